@@ -1,0 +1,170 @@
+//! Command line: clap definitions and the commands. Errors here are `anyhow`, printed with
+//! `{:#}`; exit codes follow [`Exit`].
+
+mod scan;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::results::ExportFormat;
+
+/// Exit codes: 0 every file was read, 1 some files failed (or the run failed part-way),
+/// 2 the command could not start (bad arguments, missing folder, invalid model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    SomeFailed = 1,
+    Usage = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// An error that stops a command before it does its work (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cxr-triage",
+    version,
+    about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export results",
+    long_about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export \
+results.\n\nNot a medical device: research and workflow support only.",
+    after_help = "Examples:\n  cxr-triage scan /data/xrays --model models/cxrnet-v1.json --out results.csv\n  \
+cxr-triage scan /data/xrays --model m.json --format jsonl > results.jsonl"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score every image under a folder (or one file) and write one row per image.
+    Scan(ScanArgs),
+    /// Train a cxrnet model on a folder of class subfolders (with or without splits.csv).
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Data layout: DATA/<class>/*.png (one subfolder per class). With DATA/splits.csv \
+(columns path,label,split) its train/val splits are used; without it a seeded, stratified \
+validation split is made.\n\nWrites OUT.safetensors and OUT.json (the manifest), and checkpoints \
+plus state.json in OUT.train/ after every epoch; --resume continues from them. The log goes to \
+stderr, one line per epoch.\n\nExample:\n  cxr-triage train --data ../shared/data/cxr3 --out models/cxrnet-v1"
+)]
+pub struct TrainArgs {
+    /// Folder with one subfolder per class.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output prefix, e.g. models/cxrnet-v1.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 45)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW, one epoch of warm-up, cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Seed for initialisation, splits, shuffling, augmentation and dropout.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Input side in pixels.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Layer widths: stem, then one residual stage each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = crate::model::cxrnet::CxrNetConfig::default().widths)]
+    pub widths: Vec<usize>,
+    /// Continue from the last checkpoint in OUT.train/.
+    #[arg(long)]
+    pub resume: bool,
+    /// Use at most N training images (quick smoke runs).
+    #[arg(long, hide = true)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model manifest (JSON) with its safetensors weights beside it.
+    #[arg(long, value_name = "MANIFEST.json")]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Output columns: path, status (done/error), error, folder_label, format, width, \
+height, bit_depth, p_<label> for each model label, predicted, flagged (yes/no against the \
+manifest's operating points).\n\nExit status: 0 every file was read, 1 some files failed (all rows \
+are still written), 2 usage error."
+)]
+pub struct ScanArgs {
+    /// Folder to scan recursively (or a single image file).
+    pub path: PathBuf,
+    /// Write results here; the format follows the extension (.csv, .json, .jsonl). Default: stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format (default: from --out's extension, CSV on stdout).
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Largest inference batch.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch: u16,
+    /// Decoder threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: Option<u16>,
+    /// Follow symbolic links (loops are detected and reported).
+    #[arg(short = 'L', long)]
+    pub follow_links: bool,
+    /// Include hidden files and folders (names starting with a dot).
+    #[arg(long)]
+    pub hidden: bool,
+    /// No progress bar or summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Parse arguments and run; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan(args) => scan::run(args),
+        Command::Train(args) => train::run(args),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some()
+                || err.downcast_ref::<crate::model::ModelError>().is_some()
+            {
+                Exit::Usage.into()
+            } else {
+                Exit::SomeFailed.into()
+            }
+        }
+    }
+}
+
+/// Load the model named by `--model`.
+pub fn load_model(args: &ModelArgs) -> anyhow::Result<crate::model::Model> {
+    let Some(path) = &args.model else {
+        return Err(UsageError(
+            "no model given: pass --model PATH.json (a manifest with its safetensors weights)"
+                .into(),
+        )
+        .into());
+    };
+    Ok(crate::model::Model::load(path)?)
+}

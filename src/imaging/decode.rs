@@ -1,0 +1,190 @@
+use std::fmt;
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+use super::{Decoded, GrayImage, ImageError};
+
+/// Container formats recognised from their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Png,
+    Jpeg,
+    Bmp,
+    Tiff,
+    Dicom,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Png => "PNG",
+            Format::Jpeg => "JPEG",
+            Format::Bmp => "BMP",
+            Format::Tiff => "TIFF",
+            Format::Dicom => "DICOM",
+        })
+    }
+}
+
+/// Bounds on what one file may cost to decode.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest file read, in bytes.
+    pub max_bytes: u64,
+    /// Largest `width * height` decoded.
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 512 MiB covers any real radiograph (a 4k x 5k 16-bit DICOM is 40 MB); 100 MP is
+        // 10,000 x 10,000, far above any detector, and bounds a decode to < 1 GiB of RGBA16.
+        Self {
+            max_bytes: 512 << 20,
+            max_pixels: 100_000_000,
+        }
+    }
+}
+
+/// Detect the format from the first bytes of a file (at least 132 bytes for DICOM).
+pub fn sniff(head: &[u8]) -> Option<Format> {
+    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
+        Some(Format::Tiff)
+    } else if head.len() >= 132 && &head[128..132] == b"DICM" {
+        Some(Format::Dicom)
+    } else if head.starts_with(b"BM") && head.len() >= 14 {
+        Some(Format::Bmp)
+    } else {
+        None
+    }
+}
+
+/// Read and decode one file with the default [`Limits`].
+pub fn load(path: &Path) -> Result<Decoded, ImageError> {
+    load_with(path, &Limits::default())
+}
+
+/// Read and decode one file.
+pub fn load_with(path: &Path, limits: &Limits) -> Result<Decoded, ImageError> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(ImageError::IsDirectory);
+    }
+    if meta.len() > limits.max_bytes {
+        return Err(ImageError::FileTooLarge {
+            size: meta.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // `take` bounds the read even if the file grows (or is a FIFO) after the metadata call.
+    std::fs::File::open(path)?
+        .take(limits.max_bytes + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(ImageError::FileTooLarge {
+            size: bytes.len() as u64,
+            limit: limits.max_bytes,
+        });
+    }
+    decode_bytes(&bytes, limits)
+}
+
+/// Decode an in-memory file. The format comes from the bytes, never from a name.
+pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = sniff(bytes).ok_or_else(|| ImageError::UnknownFormat(hex_head(bytes)))?;
+    let image_format = match format {
+        Format::Png => ImageFormat::Png,
+        Format::Jpeg => ImageFormat::Jpeg,
+        Format::Bmp => ImageFormat::Bmp,
+        Format::Tiff => ImageFormat::Tiff,
+        Format::Dicom => return Err(ImageError::DicomUnsupported),
+    };
+    // Decoders are third-party code fed hostile bytes: a panic in one becomes this file's error.
+    let decoded = std::panic::catch_unwind(|| decode_raster(bytes, image_format, limits))
+        .unwrap_or(Err(RasterError::Panicked));
+    let dynamic = decoded.map_err(|e| match e {
+        RasterError::Panicked => decode_error(format, "decoder panicked"),
+        RasterError::Pixels { width, height } => ImageError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        },
+        RasterError::Image(e) => decode_error(format, &e.to_string()),
+    })?;
+    Ok(Decoded {
+        image: to_gray(dynamic)?,
+        format,
+    })
+}
+
+enum RasterError {
+    Panicked,
+    Pixels { width: u32, height: u32 },
+    Image(image::ImageError),
+}
+
+fn decode_raster(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<DynamicImage, RasterError> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut image_limits = image::Limits::default();
+    // RGBA16 is the widest buffer a decoder allocates: 8 bytes a pixel, plus slack.
+    image_limits.max_alloc = Some(limits.max_pixels * 8 + (64 << 20));
+    reader.limits(image_limits);
+    let decoder = reader.into_decoder().map_err(RasterError::Image)?;
+    let (width, height) = decoder.dimensions();
+    if width as u64 * height as u64 > limits.max_pixels {
+        return Err(RasterError::Pixels { width, height });
+    }
+    DynamicImage::from_decoder(decoder).map_err(RasterError::Image)
+}
+
+fn decode_error(format: Format, message: &str) -> ImageError {
+    ImageError::Decode {
+        format,
+        message: message.to_string(),
+    }
+}
+
+/// Collapse any colour layout to one channel, keeping 16-bit sources at 16 bits.
+fn to_gray(image: DynamicImage) -> Result<GrayImage, ImageError> {
+    let (width, height) = (image.width(), image.height());
+    let (bit_depth, pixels): (u8, Vec<u16>) = match image {
+        DynamicImage::ImageLuma8(buf) => (8, buf.into_raw().into_iter().map(u16::from).collect()),
+        DynamicImage::ImageLuma16(buf) => (16, buf.into_raw()),
+        img @ (DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_)) => (
+            8,
+            img.to_luma8()
+                .into_raw()
+                .into_iter()
+                .map(u16::from)
+                .collect(),
+        ),
+        img => (16, img.to_luma16().into_raw()),
+    };
+    GrayImage::new(width, height, bit_depth, pixels)
+}
+
+fn hex_head(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

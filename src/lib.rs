@@ -1,0 +1,19 @@
+//! cxr-triage: chest X-ray triage in the terminal and in batch jobs.
+//!
+//! Module map (data flows top to bottom):
+//! - [`catalog`]: find the images in a folder (streaming, natural order, folder labels).
+//! - [`imaging`]: the one decode path, bytes to [`imaging::GrayImage`], and thumbnails.
+//! - [`model`]: the manifest, the one preprocessing function, the networks, prediction.
+//! - [`worker`]: the bounded decode-then-score pipeline that runs in the background.
+//! - [`results`]: the one results type and its CSV / JSON exports.
+//! - [`cli`]: the command line (the only place that uses `anyhow`).
+
+pub mod catalog;
+pub mod cli;
+pub mod dataset;
+pub mod imaging;
+pub mod metrics;
+pub mod model;
+pub mod results;
+pub mod train;
+pub mod worker;

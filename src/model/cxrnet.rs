@@ -1,0 +1,135 @@
+//! `cxrnet`: the project's own compact residual CNN, sized to train on a 2-core CPU.
+//!
+//! Stem (5x5 conv, stride 2) then one residual block per stage, each halving the resolution,
+//! global average pooling and a linear head. Keys follow PyTorch naming so the same
+//! safetensors load in a PyTorch twin (`benches/cxrnet_torch.py`).
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Layer widths: `widths[0]` is the stem, each further entry one stride-2 residual stage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CxrNetConfig {
+    pub widths: Vec<usize>,
+}
+
+impl Default for CxrNetConfig {
+    fn default() -> Self {
+        Self {
+            widths: vec![24, 32, 64, 128, 192],
+        }
+    }
+}
+
+impl CxrNetConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.widths.len() < 2 || self.widths.iter().any(|&w| w == 0 || w > 4096) {
+            return Err(format!(
+                "cxrnet.widths {:?}: need >= 2 widths in 1..=4096",
+                self.widths
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ConvBn {
+    weight: Tensor,
+    padding: usize,
+    stride: usize,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
+        Ok(Self {
+            weight: vb
+                .pp("conv")
+                .get_with_hints((cout, cin, k, k), "weight", init)?,
+            padding: k / 2,
+            stride,
+            bn: candle_nn::batch_norm(cout, 1e-5, vb.pp("bn"))?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        self.bn.forward_t(&y, train)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    a: ConvBn,
+    b: ConvBn,
+    down: ConvBn,
+}
+
+impl Block {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            a: ConvBn::new(cin, cout, 3, 2, vb.pp("a"))?,
+            b: ConvBn::new(cout, cout, 3, 1, vb.pp("b"))?,
+            down: ConvBn::new(cin, cout, 1, 2, vb.pp("down"))?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.a.forward_t(x, train)?.relu()?;
+        let y = self.b.forward_t(&y, train)?;
+        (y + self.down.forward_t(x, train)?)?.relu()
+    }
+}
+
+/// The network. `forward_t(x, train)` maps `(n, 1, s, s)` inputs to `(n, labels)` logits.
+#[derive(Debug)]
+pub struct CxrNet {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    head: Linear,
+}
+
+impl CxrNet {
+    pub fn new(
+        cfg: &CxrNetConfig,
+        in_channels: usize,
+        labels: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let w = &cfg.widths;
+        let stem = ConvBn::new(in_channels, w[0], 5, 2, vb.pp("stem"))?;
+        let blocks = w
+            .windows(2)
+            .enumerate()
+            .map(|(i, pair)| Block::new(pair[0], pair[1], vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let head = candle_nn::linear(w[w.len() - 1], labels, vb.pp("head"))?;
+        Ok(Self { stem, blocks, head })
+    }
+}
+
+impl CxrNet {
+    /// Pooled features `(n, widths.last())`; training applies its own dropout between these
+    /// and [`CxrNet::head`].
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.stem.forward_t(x, train)?.relu()?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, train)?;
+        }
+        x.mean((2, 3))
+    }
+
+    /// The linear classifier on pooled features: logits `(n, labels)`.
+    pub fn head(&self, features: &Tensor) -> Result<Tensor> {
+        self.head.forward(features)
+    }
+}
+
+impl ModuleT for CxrNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.head(&self.features_t(x, train)?)
+    }
+}

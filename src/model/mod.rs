@@ -1,0 +1,212 @@
+//! Models: the manifest, the one preprocessing function, the networks and prediction.
+
+pub mod cxrnet;
+mod manifest;
+mod preprocess;
+
+pub use manifest::{CropMode, InputSpec, Intensity, Manifest, Output};
+pub use preprocess::{MIN_SIDE, equalize, preprocess, preprocess_region, to_scale};
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::VarBuilder;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use cxrnet::CxrNet;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid model manifest: {0}")]
+    Manifest(String),
+    #[error(
+        "weights file does not match the manifest: sha256 is {actual}, manifest says {expected}"
+    )]
+    Checksum { expected: String, actual: String },
+    #[error("invalid weights: {0}")]
+    Weights(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("inference failed: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+/// Hex SHA-256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A loaded model: manifest plus network, ready to score preprocessed planes.
+pub struct Model {
+    pub manifest: Manifest,
+    net: CxrNet,
+    device: Device,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.manifest.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Load a manifest and the weights file it names (relative to the manifest's folder).
+    pub fn load(manifest_path: &Path) -> Result<Self, ModelError> {
+        let manifest = Manifest::from_path(manifest_path)?;
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        let weights_path = dir.join(&manifest.weights);
+        let bytes = std::fs::read(&weights_path).map_err(|e| ModelError::Io {
+            path: weights_path.clone(),
+            source: e,
+        })?;
+        Self::from_parts(manifest, &bytes)
+    }
+
+    /// Build from a validated manifest and the weights' bytes (checked against `sha256`).
+    pub fn from_parts(manifest: Manifest, weights: &[u8]) -> Result<Self, ModelError> {
+        manifest.validate()?;
+        let actual = sha256_hex(weights);
+        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(ModelError::Checksum {
+                expected: manifest.sha256.clone(),
+                actual,
+            });
+        }
+        check_finite(weights)?;
+        let device = Device::Cpu;
+        let vb = VarBuilder::from_buffered_safetensors(weights.to_vec(), DType::F32, &device)
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
+        let net = build_net(&manifest, vb).map_err(|e| ModelError::Weights(e.to_string()))?;
+        Ok(Self {
+            manifest,
+            net,
+            device,
+        })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.manifest.labels
+    }
+
+    /// Probabilities for a batch of planes from [`preprocess`]: one row per plane.
+    pub fn predict(&self, planes: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if planes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = input_tensor(planes, &self.manifest.input, &self.device)?;
+        let logits = self.net.forward_t(&x, false)?;
+        Ok(probabilities(&logits, &self.manifest)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Build the network a manifest describes on top of a variable source.
+pub fn build_net(manifest: &Manifest, vb: VarBuilder) -> candle_core::Result<CxrNet> {
+    let cfg = manifest.cxrnet.clone().unwrap_or_default();
+    CxrNet::new(&cfg, manifest.input.channels, manifest.labels.len(), vb)
+}
+
+/// Logits to probabilities with the manifest's temperature and output kind.
+pub fn probabilities(logits: &Tensor, manifest: &Manifest) -> candle_core::Result<Tensor> {
+    let scaled = (logits / manifest.temperature as f64)?;
+    match manifest.output {
+        Output::Softmax => candle_nn::ops::softmax_last_dim(&scaled),
+        Output::Sigmoid => candle_nn::ops::sigmoid(&scaled),
+    }
+}
+
+/// Stack planes into an `(n, channels, size, size)` tensor with per-channel mean/std applied.
+pub fn input_tensor(
+    planes: &[Vec<f32>],
+    spec: &InputSpec,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let s = spec.size;
+    let flat: Vec<f32> = planes.iter().flat_map(|p| p.iter().copied()).collect();
+    let x = Tensor::from_vec(flat, (planes.len(), 1, s, s), device)?;
+    let x = if spec.channels > 1 {
+        x.repeat((1, spec.channels, 1, 1))?
+    } else {
+        x
+    };
+    let per_channel =
+        |v: &[f32]| -> Vec<f32> { (0..spec.channels).map(|c| v[c.min(v.len() - 1)]).collect() };
+    let mean = Tensor::from_vec(per_channel(&spec.mean), (1, spec.channels, 1, 1), device)?;
+    let std = Tensor::from_vec(per_channel(&spec.std), (1, spec.channels, 1, 1), device)?;
+    x.broadcast_sub(&mean)?.broadcast_div(&std)
+}
+
+/// Refuse weights with NaN or infinite values, and unreadable safetensors, with a clear reason.
+fn check_finite(weights: &[u8]) -> Result<(), ModelError> {
+    let tensors = safetensors::SafeTensors::deserialize(weights)
+        .map_err(|e| ModelError::Weights(format!("not a readable safetensors file: {e}")))?;
+    for (name, view) in tensors.tensors() {
+        if view.dtype() == safetensors::Dtype::F32 {
+            let finite = view
+                .data()
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite());
+            if !finite {
+                return Err(ModelError::Weights(format!(
+                    "tensor `{name}` has NaN or infinite values"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Index of the largest probability.
+pub fn argmax(probs: &[f32]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+            if p > best.1 { (i, p) } else { best }
+        })
+        .0
+}
+
+/// Does any label with an operating point reach it?
+pub fn is_flagged(manifest: &Manifest, probs: &[f32]) -> bool {
+    manifest
+        .labels
+        .iter()
+        .zip(probs)
+        .any(|(label, p)| manifest.operating_points.get(label).is_some_and(|t| p >= t))
+}
+
+/// Write `varmap`'s tensors as `<dir>/<name>.safetensors` and the manifest, with its `weights`
+/// and `sha256` filled in, as `<dir>/<name>.json`. Returns the manifest path.
+pub fn save(
+    dir: &Path,
+    manifest: &mut Manifest,
+    varmap: &candle_nn::VarMap,
+) -> Result<PathBuf, ModelError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| ModelError::Io { path, source: e }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let weights_name = format!("{}.safetensors", manifest.name);
+    let weights_path = dir.join(&weights_name);
+    varmap
+        .save(&weights_path)
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
+    let bytes = std::fs::read(&weights_path).map_err(io(&weights_path))?;
+    manifest.weights = weights_name;
+    manifest.sha256 = sha256_hex(&bytes);
+    let manifest_path = dir.join(format!("{}.json", manifest.name));
+    std::fs::write(&manifest_path, manifest.to_json_pretty() + "\n").map_err(io(&manifest_path))?;
+    Ok(manifest_path)
+}

@@ -1,0 +1,197 @@
+//! The one results type ([`Row`]) and its exports (CSV, JSON, JSON Lines).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::model::{Manifest, argmax, is_flagged};
+use crate::worker::{Outcome, Scored};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Done,
+    Error,
+}
+
+/// One image's result, as shown and exported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub path: String,
+    pub status: Status,
+    pub error: Option<String>,
+    pub folder_label: Option<String>,
+    pub format: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub bit_depth: Option<u8>,
+    /// One probability per model label, in the manifest's order (empty on error).
+    pub probabilities: Vec<f32>,
+    pub predicted: Option<String>,
+    pub flagged: Option<bool>,
+}
+
+impl Row {
+    pub fn from_scored(s: &Scored, manifest: &Manifest) -> Self {
+        let (info, probs, error) = match &s.outcome {
+            Outcome::Scored { info, probs } => (Some(info), probs.clone(), None),
+            Outcome::Failed { info, error } => (info.as_ref(), Vec::new(), Some(error.clone())),
+        };
+        let scored = error.is_none();
+        Row {
+            path: s.entry.rel.to_string_lossy().into_owned(),
+            status: if scored { Status::Done } else { Status::Error },
+            folder_label: s.entry.folder_label.clone(),
+            format: info.map(|i| i.format.to_string()),
+            width: info.map(|i| i.width),
+            height: info.map(|i| i.height),
+            bit_depth: info.map(|i| i.bit_depth),
+            predicted: scored.then(|| manifest.labels[argmax(&probs)].clone()),
+            flagged: scored.then(|| is_flagged(manifest, &probs)),
+            probabilities: probs,
+            error,
+        }
+    }
+}
+
+/// Export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+    Jsonl,
+}
+
+impl ExportFormat {
+    /// From a file name's extension: `.json`, `.jsonl`/`.ndjson`, anything else CSV.
+    pub fn from_path(path: &Path) -> Self {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("json") => Self::Json,
+            Some("jsonl" | "ndjson") => Self::Jsonl,
+            _ => Self::Csv,
+        }
+    }
+}
+
+/// Streams rows to a writer; call [`RowWriter::finish`] at the end.
+pub struct RowWriter<W: Write> {
+    out: W,
+    format: ExportFormat,
+    labels: Vec<String>,
+    rows: usize,
+}
+
+const FIXED_COLUMNS: [&str; 8] = [
+    "path",
+    "status",
+    "error",
+    "folder_label",
+    "format",
+    "width",
+    "height",
+    "bit_depth",
+];
+
+impl<W: Write> RowWriter<W> {
+    pub fn new(mut out: W, format: ExportFormat, labels: &[String]) -> std::io::Result<Self> {
+        match format {
+            ExportFormat::Csv => {
+                let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
+                header.extend(labels.iter().map(|l| format!("p_{l}")));
+                header.extend(["predicted".into(), "flagged".into()]);
+                write_csv_record(&mut out, &header)?;
+            }
+            ExportFormat::Json => out.write_all(b"[\n")?,
+            ExportFormat::Jsonl => {}
+        }
+        Ok(Self {
+            out,
+            format,
+            labels: labels.to_vec(),
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, row: &Row) -> std::io::Result<()> {
+        match self.format {
+            ExportFormat::Csv => {
+                let opt = |v: Option<String>| v.unwrap_or_default();
+                let mut record = vec![
+                    row.path.clone(),
+                    serde_plain(&row.status),
+                    opt(row.error.clone()),
+                    opt(row.folder_label.clone()),
+                    opt(row.format.clone()),
+                    opt(row.width.map(|v| v.to_string())),
+                    opt(row.height.map(|v| v.to_string())),
+                    opt(row.bit_depth.map(|v| v.to_string())),
+                ];
+                record.extend((0..self.labels.len()).map(|i| {
+                    row.probabilities
+                        .get(i)
+                        .map(|p| format!("{p:.6}"))
+                        .unwrap_or_default()
+                }));
+                record.push(opt(row.predicted.clone()));
+                record.push(opt(row
+                    .flagged
+                    .map(|f| if f { "yes" } else { "no" }.to_string())));
+                write_csv_record(&mut self.out, &record)?;
+            }
+            ExportFormat::Json | ExportFormat::Jsonl => {
+                if self.format == ExportFormat::Json && self.rows > 0 {
+                    self.out.write_all(b",\n")?;
+                }
+                let value = self.json_value(row);
+                serde_json::to_writer(&mut self.out, &value)?;
+                if self.format == ExportFormat::Jsonl {
+                    self.out.write_all(b"\n")?;
+                }
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn json_value(&self, row: &Row) -> serde_json::Value {
+        let mut value = serde_json::to_value(row).expect("row serialises");
+        let probs: serde_json::Map<String, serde_json::Value> = self
+            .labels
+            .iter()
+            .zip(&row.probabilities)
+            .map(|(l, p)| (l.clone(), serde_json::json!(p)))
+            .collect();
+        value["probabilities"] = serde_json::Value::Object(probs);
+        value
+    }
+
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if self.format == ExportFormat::Json {
+            self.out.write_all(b"\n]\n")?;
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn serde_plain<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn write_csv_record<W: Write>(out: &mut W, fields: &[String]) -> std::io::Result<()> {
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    w.write_record(fields).map_err(std::io::Error::other)?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    out.write_all(&bytes)
+}

@@ -1,0 +1,106 @@
+use std::path::PathBuf;
+
+use cxr_triage::catalog::{WalkOptions, walk};
+
+use crate::common::write_png8;
+
+fn names(root: &std::path::Path, options: &WalkOptions) -> Vec<String> {
+    walk(root, options)
+        .map(|e| e.rel.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn natural_order_hidden_skipped_labels_from_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["normal", "covid", ".cache"] {
+        std::fs::create_dir(root.join(sub)).unwrap();
+    }
+    for name in ["img10.png", "img2.png", "img1.png"] {
+        write_png8(&root.join("normal").join(name), 4, 4);
+    }
+    write_png8(&root.join("covid/a.png"), 4, 4);
+    write_png8(&root.join(".cache/hidden.png"), 4, 4);
+    write_png8(&root.join(".hidden.png"), 4, 4);
+    std::fs::write(root.join("notes.txt"), "not an image").unwrap();
+    std::fs::write(root.join("x.png"), "a text file named png").unwrap();
+    // A DICOM-looking file without an extension is found by its magic bytes.
+    std::fs::write(
+        root.join("IM0001"),
+        [vec![0u8; 128], b"DICM".to_vec()].concat(),
+    )
+    .unwrap();
+    std::fs::create_dir(root.join("y.jpg")).unwrap();
+
+    let entries: Vec<_> = walk(root, &WalkOptions::default()).collect();
+    let rel: Vec<PathBuf> = entries.iter().map(|e| e.rel.clone()).collect();
+    assert_eq!(
+        rel,
+        [
+            "covid/a.png",
+            "IM0001",
+            "normal/img1.png",
+            "normal/img2.png",
+            "normal/img10.png",
+            "x.png"
+        ]
+        .map(PathBuf::from)
+    );
+    assert_eq!(entries[0].folder_label.as_deref(), Some("covid"));
+    assert_eq!(entries[1].folder_label, None);
+    assert_eq!(entries[4].folder_label.as_deref(), Some("normal"));
+
+    let with_hidden = names(
+        root,
+        &WalkOptions {
+            hidden: true,
+            ..Default::default()
+        },
+    );
+    assert!(with_hidden.contains(&".cache/hidden.png".to_string()));
+    assert!(with_hidden.contains(&".hidden.png".to_string()));
+}
+
+#[test]
+fn empty_folder_yields_nothing_and_single_file_yields_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(names(dir.path(), &WalkOptions::default()).is_empty());
+    let file = dir.path().join("one.png");
+    write_png8(&file, 4, 4);
+    let entries: Vec<_> = walk(&file, &WalkOptions::default()).collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].path, file);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlink_loops_are_reported_not_followed_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("a")).unwrap();
+    write_png8(&root.join("a/img.png"), 4, 4);
+    std::os::unix::fs::symlink(root.join("a"), root.join("a/loop")).unwrap();
+    std::os::unix::fs::symlink(root.join("a/img.png"), root.join("link.png")).unwrap();
+
+    // Not following: the directory link is not entered; the file link is listed.
+    assert_eq!(
+        names(root, &WalkOptions::default()),
+        ["a/img.png", "link.png"]
+    );
+
+    let followed: Vec<_> = walk(
+        root,
+        &WalkOptions {
+            follow_links: true,
+            ..Default::default()
+        },
+    )
+    .collect();
+    let errors: Vec<_> = followed
+        .iter()
+        .filter_map(|e| e.walk_error.as_deref())
+        .collect();
+    assert_eq!(errors.len(), 1, "{followed:?}");
+    assert!(errors[0].contains("loop"), "{errors:?}");
+}
