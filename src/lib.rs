@@ -8,9 +8,11 @@
 //! - [`results`]: the one results type and its CSV / JSON exports.
 //! - [`cli`]: the command line (the only place that uses `anyhow`).
 
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod dataset;
+pub mod eval;
 pub mod imaging;
 pub mod metrics;
 pub mod model;

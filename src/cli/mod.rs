@@ -1,6 +1,8 @@
 //! Command line: clap definitions and the commands. Errors here are `anyhow`, printed with
 //! `{:#}`; exit codes follow [`Exit`].
 
+mod bench;
+mod eval;
 mod scan;
 mod train;
 
@@ -52,6 +54,51 @@ pub enum Command {
     Scan(ScanArgs),
     /// Train a cxrnet model on a folder of class subfolders (with or without splits.csv).
     Train(TrainArgs),
+    /// Evaluate a model on a labelled split: accuracy, sensitivity, specificity, PPV, ROC AUC,
+    /// confusion matrix, with 95 % bootstrap intervals.
+    Eval(EvalArgs),
+    /// Measure decode, thumbnail, inference and scan speed on images the benchmark makes.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Figures are medians of --runs repetitions (decode, thumbnail, inference) or \
+one timed pass (scan stages). Generated images go to a temporary folder that is removed after."
+)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images for the scan throughput figures (1024x1024 PNGs).
+    #[arg(long, default_value_t = 200)]
+    pub images: usize,
+    /// Repetitions for the median figures.
+    #[arg(long, default_value_t = 15)]
+    pub runs: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  cxr-triage eval --data ../shared/data/cxr3 --split test")]
+pub struct EvalArgs {
+    /// Folder with one subfolder per class (and splits.csv).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value_t = crate::dataset::Split::Test)]
+    pub split: crate::dataset::Split,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Bootstrap resamples for the 95 % intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub resamples: usize,
+    /// Store the report in the manifest's `metrics` field (needs --model).
+    #[arg(long, requires = "model")]
+    pub record: bool,
+    /// Seed of the validation split when the data has no splits.csv (as given to `train`).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +188,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => scan::run(args),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(exit) => exit.into(),

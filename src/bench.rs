@@ -1,0 +1,173 @@
+//! `cxr-triage bench`: speed figures on inputs the benchmark makes itself. Medians of repeated
+//! runs; nothing here is asserted by tests.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use image::{DynamicImage, ImageFormat};
+
+use crate::catalog::{WalkOptions, walk};
+use crate::imaging::{self, Limits, thumbnail};
+use crate::model::{Model, preprocess};
+use crate::worker::{PipelineOptions, score_all};
+
+/// A radiograph-like test image: smooth anatomy-ish shapes plus film grain, `side` x `side`.
+pub fn synthetic_xray(side: u32, seed: u32) -> image::ImageBuffer<image::Luma<u16>, Vec<u16>> {
+    let s = side as f32;
+    image::ImageBuffer::from_fn(side, side, |x, y| {
+        let (u, v) = (x as f32 / s - 0.5, y as f32 / s - 0.5);
+        let body = (1.0 - (u * u * 3.0 + v * v * 1.5)).max(0.0);
+        let lungs = (-((u.abs() - 0.18).powi(2) * 40.0 + (v + 0.05).powi(2) * 12.0)).exp();
+        let grain = (((x.wrapping_mul(7919) ^ y.wrapping_mul(104_729) ^ seed.wrapping_mul(31)) % 97)
+            as f32)
+            / 97.0;
+        let value = (0.2 + 0.6 * body - 0.35 * lungs + 0.05 * grain).clamp(0.0, 1.0);
+        image::Luma([(value * 65535.0) as u16])
+    })
+}
+
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("in-memory encode");
+    out.into_inner()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    )
+}
+
+/// Decode + 256 px thumbnail, per format, in milliseconds (median).
+pub fn decode_figures(runs: usize) -> Vec<(String, f64, f64)> {
+    let wide = synthetic_xray(2048, 1);
+    let narrow = DynamicImage::ImageLuma16(wide.clone()).to_luma8();
+    let cases = [
+        (
+            "2048x2048 PNG 8-bit",
+            encode(&DynamicImage::ImageLuma8(narrow.clone()), ImageFormat::Png),
+        ),
+        (
+            "2048x2048 PNG 16-bit",
+            encode(&DynamicImage::ImageLuma16(wide), ImageFormat::Png),
+        ),
+        (
+            "2048x2048 JPEG 8-bit",
+            encode(&DynamicImage::ImageLuma8(narrow), ImageFormat::Jpeg),
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, bytes)| {
+            let limits = Limits::default();
+            let decode = time_ms(runs, || {
+                imaging::decode_bytes(&bytes, &limits).expect("bench image decodes");
+            });
+            let decoded = imaging::decode_bytes(&bytes, &limits).expect("bench image decodes");
+            let thumb = time_ms(runs, || {
+                thumbnail(&decoded.image, 256);
+            });
+            (name.to_string(), decode, thumb)
+        })
+        .collect()
+}
+
+/// Throughputs (images/s) of decoding alone, inference alone, and the pipeline end to end.
+pub struct ScanFigures {
+    pub images: usize,
+    pub decode_only: f64,
+    pub infer_only: f64,
+    pub end_to_end: f64,
+}
+
+pub fn scan_figures(
+    model: &Model,
+    dir: &Path,
+    images: usize,
+    options: &PipelineOptions,
+) -> std::io::Result<ScanFigures> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..images {
+        let path = dir.join(format!("img{i:04}.png"));
+        if !path.exists() {
+            let img = DynamicImage::ImageLuma16(synthetic_xray(1024, i as u32)).to_luma8();
+            img.save(&path).map_err(std::io::Error::other)?;
+        }
+    }
+    let entries: Vec<_> = walk(dir, &WalkOptions::default()).take(images).collect();
+    let paths: Vec<PathBuf> = entries.iter().map(|e| e.path.clone()).collect();
+    let spec = &model.manifest.input;
+
+    // Decoding alone, with as many threads as the pipeline uses.
+    let t = Instant::now();
+    let chunks: Vec<&[PathBuf]> = paths
+        .chunks(paths.len().div_ceil(options.decoders.max(1)))
+        .collect();
+    let planes: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|p| {
+                            preprocess(&imaging::load(p).expect("bench image").image, spec)
+                                .expect("preprocess")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("decoder thread"))
+            .collect()
+    });
+    let decode_only = images as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    for batch in planes.chunks(options.batch.max(1)) {
+        model.predict(batch).expect("inference");
+    }
+    let infer_only = images as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut done = 0;
+    score_all(entries, model, options, &AtomicBool::new(false), |_| {
+        done += 1
+    });
+    let end_to_end = done as f64 / t.elapsed().as_secs_f64();
+    Ok(ScanFigures {
+        images,
+        decode_only,
+        infer_only,
+        end_to_end,
+    })
+}
+
+/// Inference images/s at a given batch size on preprocessed planes (median of `runs`).
+pub fn inference_figure(model: &Model, batch: usize, runs: usize) -> f64 {
+    let img = DynamicImage::ImageLuma16(synthetic_xray(512, 3));
+    let decoded = imaging::decode_bytes(&encode(&img, ImageFormat::Png), &Limits::default())
+        .expect("decodes");
+    let plane = preprocess(&decoded.image, &model.manifest.input).expect("preprocess");
+    let planes = vec![plane; batch];
+    let ms = time_ms(runs, || {
+        model.predict(&planes).expect("inference");
+    });
+    batch as f64 / (ms / 1000.0)
+}
