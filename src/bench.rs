@@ -171,3 +171,11 @@ pub fn inference_figure(model: &Model, batch: usize, runs: usize) -> f64 {
     });
     batch as f64 / (ms / 1000.0)
 }
+
+/// Probabilities for a fixed input (a ramp from 0 to 1 over the plane, row-major), the same
+/// input `benches/cxrnet_torch.py` feeds its PyTorch twin: equal numbers mean equal networks.
+pub fn fixed_input_probabilities(model: &Model) -> Vec<f32> {
+    let n = model.manifest.input.size * model.manifest.input.size;
+    let plane: Vec<f32> = (0..n).map(|i| i as f32 / (n - 1) as f32).collect();
+    model.predict(&[plane]).expect("inference").remove(0)
+}

@@ -78,7 +78,7 @@ impl Metrics {
                 let tp = confusion[c][c];
                 let support: usize = confusion[c].iter().sum();
                 let predicted: usize = (0..k).map(|t| confusion[t][c]).sum();
-                let tn = n - support - predicted + tp;
+                let tn = n + tp - support - predicted;
                 ClassMetrics {
                     label: labels[c].clone(),
                     support,
@@ -192,5 +192,18 @@ mod tests {
         assert_eq!(m.per_class[0].sensitivity, 0.5);
         assert_eq!(m.per_class[0].ppv, 0.5);
         assert_eq!(at_threshold(&probs, &[0, 0, 1, 1], 0, 0.35), (1.0, 0.5));
+    }
+
+    #[test]
+    fn all_one_class_all_correct() {
+        // support + predicted > n: the true-negative count must not underflow.
+        let labels: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let m = Metrics::compute(&[vec![0.9, 0.1], vec![0.8, 0.2]], &[0, 0], &labels);
+        assert_eq!(m.accuracy, 1.0);
+        assert!(
+            m.per_class[0].specificity.is_nan(),
+            "no negatives: undefined"
+        );
+        assert_eq!(m.per_class[1].specificity, 1.0);
     }
 }

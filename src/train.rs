@@ -141,11 +141,39 @@ struct Loaded {
     label: usize,
 }
 
-/// Train, calibrate, and write the model. `log` gets one line per event (epoch, checkpoint).
+/// What a training run reports as it goes.
+#[derive(Clone, Debug)]
+pub enum TrainEvent {
+    /// One line for the log (data, epochs, checkpoints, the final calibration).
+    Log(String),
+    /// `done` of `total` batches of the current epoch (1-based `epoch`).
+    Batch {
+        epoch: usize,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// Train, calibrate, and write the model; `observer` gets every [`TrainEvent`].
 pub fn train(
     cfg: &TrainConfig,
     resume: bool,
+    observer: &mut dyn FnMut(TrainEvent),
+) -> Result<PathBuf, TrainError> {
+    let observer = std::cell::RefCell::new(observer);
+    train_inner(
+        cfg,
+        resume,
+        &mut |line: &str| (observer.borrow_mut())(TrainEvent::Log(line.to_string())),
+        &mut |epoch, done, total| (observer.borrow_mut())(TrainEvent::Batch { epoch, done, total }),
+    )
+}
+
+fn train_inner(
+    cfg: &TrainConfig,
+    resume: bool,
     log: &mut dyn FnMut(&str),
+    batch_done: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<PathBuf, TrainError> {
     let data = Dataset::open(&cfg.data, cfg.seed, cfg.val_fraction)?;
     log(&format!(
@@ -298,6 +326,7 @@ pub fn train(
                 let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
                 correct += pred.iter().zip(&labels).filter(|(p, t)| p == t).count();
                 seen += labels.len();
+                batch_done(epoch + 1, step_in_epoch + 1, steps_per_epoch);
             }
             Ok(())
         })?;

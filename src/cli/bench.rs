@@ -1,5 +1,5 @@
 use super::{BenchArgs, Exit, load_model};
-use crate::bench::{decode_figures, inference_figure, scan_figures};
+use crate::bench::{decode_figures, fixed_input_probabilities, inference_figure, scan_figures};
 use crate::worker::PipelineOptions;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
@@ -19,7 +19,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
         println!("  {name:<24} {decode:>10.2} {thumb:>16.2}");
     }
 
-    println!("\ninference (median of {} runs)", args.runs);
+    let fixed: Vec<String> = fixed_input_probabilities(&model)
+        .iter()
+        .map(|p| format!("{p:.4}"))
+        .collect();
+    println!(
+        "\ninference (median of {} runs); fixed-input probabilities [{}]",
+        args.runs,
+        fixed.join(", ")
+    );
     for batch in [1, 8] {
         println!(
             "  batch {batch}: {:>8.1} images/s",

@@ -1,5 +1,7 @@
+use indicatif::{ProgressBar, ProgressStyle};
+
 use super::{Exit, TrainArgs};
-use crate::train::{TrainConfig, train};
+use crate::train::{TrainConfig, TrainEvent, train};
 
 pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
     let cfg = TrainConfig {
@@ -15,8 +17,29 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
         ..TrainConfig::default()
     };
     let started = std::time::Instant::now();
-    train(&cfg, args.resume, &mut |line| {
-        eprintln!("[{:>6.0} s] {line}", started.elapsed().as_secs_f64());
+    // The bar draws only on a terminal; the log lines always reach stderr (and log files).
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("epoch {msg} {bar:30} {pos}/{len} batches  ETA {eta}")
+            .expect("valid template"),
+    );
+    train(&cfg, args.resume, &mut |event| match event {
+        TrainEvent::Log(line) => {
+            let line = format!("[{:>6.0} s] {line}", started.elapsed().as_secs_f64());
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+        TrainEvent::Batch { epoch, done, total } => {
+            if done == 1 {
+                bar.reset();
+                bar.set_length(total as u64);
+                bar.set_message(format!("{epoch}/{}", cfg.epochs));
+            }
+            bar.set_position(done as u64);
+        }
     })?;
+    bar.finish_and_clear();
     Ok(Exit::Ok)
 }

@@ -40,6 +40,8 @@ struct ConvBn {
     padding: usize,
     stride: usize,
     bn: BatchNorm,
+    /// Inference only: the batch norm folded into the convolution (weight, bias).
+    folded: Option<(Tensor, Tensor)>,
 }
 
 impl ConvBn {
@@ -52,12 +54,41 @@ impl ConvBn {
             padding: k / 2,
             stride,
             bn: candle_nn::batch_norm(cout, 1e-5, vb.pp("bn"))?,
+            folded: None,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        self.bn.forward_t(&y, train)
+        match (&self.folded, train) {
+            (Some((w, b)), false) => {
+                let y = x.conv2d(w, self.padding, self.stride, 1, 1)?;
+                y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
+            }
+            _ => {
+                let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+                self.bn.forward_t(&y, train)
+            }
+        }
+    }
+
+    /// `bn(conv(x, w))` in eval mode equals `conv(x, w * s) + (beta - mean * s)` with
+    /// `s = gamma / sqrt(var + eps)`: one convolution instead of a convolution and five
+    /// element-wise passes.
+    fn fold(&mut self) -> Result<()> {
+        let var = (self.bn.running_var() + self.bn.eps())?.sqrt()?;
+        let mean = self.bn.running_mean();
+        let (gamma, beta) = match self.bn.weight_and_bias() {
+            Some((g, b)) => (g.clone(), b.clone()),
+            None => (var.ones_like()?, var.zeros_like()?),
+        };
+        let scale = (gamma / var)?;
+        let cout = scale.dim(0)?;
+        let w = self
+            .weight
+            .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+        let b = (beta - (mean * &scale)?)?;
+        self.folded = Some((w, b));
+        Ok(())
     }
 }
 
@@ -112,6 +143,18 @@ impl CxrNet {
 }
 
 impl CxrNet {
+    /// Fold every batch norm into its convolution for inference. Training (`train = true`)
+    /// still uses the unfolded layers.
+    pub fn fold_batchnorm(&mut self) -> Result<()> {
+        self.stem.fold()?;
+        for block in &mut self.blocks {
+            for layer in [&mut block.a, &mut block.b, &mut block.down] {
+                layer.fold()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Pooled features `(n, widths.last())`; training applies its own dropout between these
     /// and [`CxrNet::head`].
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -131,5 +174,41 @@ impl CxrNet {
 impl ModuleT for CxrNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.head(&self.features_t(x, train)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// Folded inference must match the unfolded layers with non-trivial batch-norm statistics.
+    #[test]
+    fn folding_batchnorm_keeps_outputs() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let cfg = CxrNetConfig {
+            widths: vec![4, 8, 8],
+        };
+        let mut net = CxrNet::new(
+            &cfg,
+            1,
+            3,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        )?;
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.contains("bn.") {
+                let fresh = Tensor::rand(0.5f32, 1.5, var.dims(), &dev)?;
+                var.set(&fresh)?;
+            }
+        }
+        let x = Tensor::randn(0f32, 1., (2, 1, 32, 32), &dev)?;
+        let before = net.forward_t(&x, false)?;
+        net.fold_batchnorm()?;
+        let after = net.forward_t(&x, false)?;
+        let diff = (before - after)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "max difference {diff}");
+        Ok(())
     }
 }

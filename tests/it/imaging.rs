@@ -264,3 +264,70 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+fn png_with(
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    depth: png::BitDepth,
+    palette: Option<Vec<u8>>,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(color);
+        encoder.set_depth(depth);
+        if let Some(p) = palette {
+            encoder.set_palette(p);
+        }
+        encoder
+            .write_header()
+            .unwrap()
+            .write_image_data(data)
+            .unwrap();
+    }
+    out
+}
+
+#[test]
+fn one_bit_and_palette_png_decode_to_gray() {
+    // 1-bit: 8 pixels in one byte, 10110000 -> white, black, white, white, black...
+    let bits = png_with(
+        8,
+        1,
+        png::ColorType::Grayscale,
+        png::BitDepth::One,
+        None,
+        &[0b1011_0000],
+    );
+    let d = decode(&bits).unwrap();
+    assert_eq!(d.image.pixels, [255, 0, 255, 255, 0, 0, 0, 0]);
+    assert_eq!(d.image.bit_depth, 8);
+
+    // Palette: index 0 dark gray, index 1 light gray.
+    let palette = vec![20, 20, 20, 220, 220, 220];
+    let indexed = png_with(
+        4,
+        1,
+        png::ColorType::Indexed,
+        png::BitDepth::Eight,
+        Some(palette),
+        &[0, 1, 1, 0],
+    );
+    assert_eq!(decode(&indexed).unwrap().image.pixels, [20, 220, 220, 20]);
+}
+
+#[test]
+fn sixteen_bit_tiff_keeps_values() {
+    let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(16, 8, |x, y| {
+        image::Luma([(x * 1000 + y) as u16])
+    });
+    let d = decode(&encode(
+        &DynamicImage::ImageLuma16(img.clone()),
+        ImageFormat::Tiff,
+    ))
+    .unwrap();
+    assert_eq!((d.format, d.image.bit_depth), (Format::Tiff, 16));
+    assert_eq!(d.image.pixels, img.into_raw());
+}

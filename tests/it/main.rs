@@ -4,4 +4,5 @@ mod common;
 mod imaging;
 mod model;
 mod scan;
+mod train;
 mod walk;

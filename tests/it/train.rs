@@ -1,0 +1,61 @@
+use assert_cmd::Command;
+use cxr_triage::model::Model;
+
+use crate::common::write_png8;
+
+/// A seed-layout folder (one subfolder per class, no splits.csv): train one epoch, resume to a
+/// second, and load the result. Plumbing only: nothing here claims accuracy.
+#[test]
+fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
+    let data = tempfile::tempdir().unwrap();
+    for (class, n) in [("covid", 6), ("normal", 8)] {
+        std::fs::create_dir(data.path().join(class)).unwrap();
+        for i in 0..n {
+            write_png8(
+                &data.path().join(class).join(format!("{i}.png")),
+                40 + i * 3,
+                48,
+            );
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let prefix = out.path().join("smoke");
+    let train = |epochs: &str, resume: bool| {
+        let mut cmd = Command::cargo_bin("cxr-triage").unwrap();
+        cmd.args([
+            "train",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--out",
+            prefix.to_str().unwrap(),
+        ]);
+        cmd.args([
+            "--epochs", epochs, "--size", "32", "--widths", "4,8", "--batch", "4",
+        ]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        let output = cmd.assert().success().get_output().clone();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let log = train("1", false);
+    assert!(log.contains("no splits.csv: seeded"), "{log}");
+    assert!(log.contains("epoch   1/1"), "{log}");
+    assert!(
+        out.path()
+            .join("smoke.train/checkpoint.safetensors")
+            .exists()
+    );
+
+    let log = train("2", true);
+    assert!(log.contains("resumed after epoch 1"), "{log}");
+    assert!(
+        log.contains("epoch   2/2") && !log.contains("epoch   1/2"),
+        "{log}"
+    );
+
+    let model = Model::load(&out.path().join("smoke.json")).unwrap();
+    assert_eq!(model.labels(), ["covid", "normal"]);
+    assert!(model.manifest.operating_points.contains_key("covid"));
+    assert!(model.manifest.temperature > 0.0);
+}
