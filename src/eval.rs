@@ -117,7 +117,7 @@ pub fn evaluate(
                 probs.push(p);
                 truth.push(map[samples[s.index].label]);
             }
-            Outcome::Failed { error, .. } => {
+            Outcome::Failed { error, .. } | Outcome::OutOfScope { reason: error, .. } => {
                 failed.push(format!("{}: {error}", s.entry.rel.display()))
             }
         },

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::catalog::Entry;
-use crate::imaging::{self, Decoded, Format};
+use crate::imaging::{self, Decoded, DicomInfo, Format};
 use crate::model::{InputSpec, Model, preprocess};
 
 /// Facts about a decoded image, kept with its result.
@@ -25,6 +25,7 @@ pub struct ImageInfo {
     pub width: u32,
     pub height: u32,
     pub bit_depth: u8,
+    pub dicom: Option<DicomInfo>,
 }
 
 impl From<&Decoded> for ImageInfo {
@@ -34,6 +35,7 @@ impl From<&Decoded> for ImageInfo {
             width: d.image.width,
             height: d.image.height,
             bit_depth: d.image.bit_depth,
+            dicom: d.dicom.clone(),
         }
     }
 }
@@ -48,6 +50,11 @@ pub enum Outcome {
     Failed {
         info: Option<ImageInfo>,
         error: String,
+    },
+    /// Read fine, but not what the model is for (a lateral view, a CT slice): not scored.
+    OutOfScope {
+        info: ImageInfo,
+        reason: String,
     },
 }
 
@@ -65,6 +72,8 @@ pub struct PipelineOptions {
     pub batch: usize,
     /// Decoder threads.
     pub decoders: usize,
+    /// Score images that are out of scope (lateral views, other modalities) anyway.
+    pub force: bool,
 }
 
 impl Default for PipelineOptions {
@@ -73,6 +82,7 @@ impl Default for PipelineOptions {
         Self {
             batch: 8,
             decoders: cores.max(1),
+            force: false,
         }
     }
 }
@@ -115,7 +125,8 @@ pub fn score_all<I, F>(
         });
         for _ in 0..options.decoders.max(1) {
             let (jobs, ready) = (job_rx.clone(), ready_tx.clone());
-            scope.spawn(move || decode_loop(jobs, ready, spec, cancel));
+            let force = options.force;
+            scope.spawn(move || decode_loop(jobs, ready, spec, force, cancel));
         }
         drop((job_rx, ready_tx));
 
@@ -155,23 +166,24 @@ fn decode_loop(
     jobs: Receiver<(usize, Entry)>,
     ready: Sender<Ready>,
     spec: &InputSpec,
+    force: bool,
     cancel: &AtomicBool,
 ) {
     for (index, entry) in jobs {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
-        let item = match decode_one(&entry, spec) {
+        let item = match decode_one(&entry, spec, force) {
             Ok((info, plane)) => Ready::Plane {
                 index,
                 entry,
                 info,
                 plane,
             },
-            Err((info, error)) => Ready::Done(Scored {
+            Err(outcome) => Ready::Done(Scored {
                 index,
                 entry,
-                outcome: Outcome::Failed { info, error },
+                outcome: *outcome,
             }),
         };
         if ready.send(item).is_err() {
@@ -180,16 +192,24 @@ fn decode_loop(
     }
 }
 
-type DecodeFailure = (Option<ImageInfo>, String);
-
-fn decode_one(entry: &Entry, spec: &InputSpec) -> Result<(ImageInfo, Vec<f32>), DecodeFailure> {
+/// Load and preprocess one entry; anything but a plane to score is its final outcome
+/// (boxed: it is the rare, large path).
+fn decode_one(
+    entry: &Entry,
+    spec: &InputSpec,
+    force: bool,
+) -> Result<(ImageInfo, Vec<f32>), Box<Outcome>> {
+    let failed = |info, error| Box::new(Outcome::Failed { info, error });
     if let Some(e) = &entry.walk_error {
-        return Err((None, e.clone()));
+        return Err(failed(None, e.clone()));
     }
-    let decoded = imaging::load(&entry.path).map_err(|e| (None, e.to_string()))?;
+    let decoded = imaging::load(&entry.path).map_err(|e| failed(None, e.to_string()))?;
     let info = ImageInfo::from(&decoded);
+    if !force && let Some(reason) = decoded.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
+        return Err(Box::new(Outcome::OutOfScope { info, reason }));
+    }
     let plane =
-        preprocess(&decoded.image, spec).map_err(|e| (Some(info.clone()), e.to_string()))?;
+        preprocess(&decoded.image, spec).map_err(|e| failed(Some(info.clone()), e.to_string()))?;
     Ok((info, plane))
 }
 

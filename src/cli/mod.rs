@@ -40,8 +40,9 @@ pub struct UsageError(pub String);
     about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export results",
     long_about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export \
 results.\n\nNot a medical device: research and workflow support only.",
-    after_help = "Examples:\n  cxr-triage scan /data/xrays --model models/cxrnet-v1.json --out results.csv\n  \
-cxr-triage scan /data/xrays --model m.json --format jsonl > results.jsonl"
+    after_help = "Examples:\n  cxr-triage scan /data/xrays --out results.csv\n  \
+cxr-triage scan /data/xrays --format jsonl > results.jsonl\n  \
+cxr-triage eval --data ../shared/data/cxr3 --split test"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -142,7 +143,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Model manifest (JSON) with its safetensors weights beside it.
+    /// Model manifest (JSON) with its safetensors weights beside it. Default: the built-in
+    /// cxrnet-v1 (COVID-19 / normal / pneumonia; see models/MODEL_CARD.md).
     #[arg(long, value_name = "MANIFEST.json")]
     pub model: Option<PathBuf>,
 }
@@ -177,6 +179,13 @@ pub struct ScanArgs {
     /// Include hidden files and folders (names starting with a dot).
     #[arg(long)]
     pub hidden: bool,
+    /// Score images that are out of scope too (DICOM lateral views, modalities other than
+    /// CR/DX/DR); by default they get the status "out of scope" and no scores.
+    #[arg(long)]
+    pub force: bool,
+    /// Include the DICOM Patient ID in the output (protected health information: off by default).
+    #[arg(long)]
+    pub show_phi: bool,
     /// No progress bar or summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -197,6 +206,7 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             if err.downcast_ref::<UsageError>().is_some()
                 || err.downcast_ref::<crate::model::ModelError>().is_some()
+                || err.downcast_ref::<crate::dataset::DatasetError>().is_some()
             {
                 Exit::Usage.into()
             } else {
@@ -206,14 +216,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Load the model named by `--model`.
+/// Load the model named by `--model`, or the default model built into the binary.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<crate::model::Model> {
-    let Some(path) = &args.model else {
-        return Err(UsageError(
-            "no model given: pass --model PATH.json (a manifest with its safetensors weights)"
-                .into(),
-        )
-        .into());
-    };
-    Ok(crate::model::Model::load(path)?)
+    Ok(match &args.model {
+        Some(path) => crate::model::Model::load(path)?,
+        None => crate::model::Model::embedded()?,
+    })
 }

@@ -67,13 +67,14 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         decoders: args
             .jobs
             .map_or(PipelineOptions::default().decoders, |j| j as usize),
+        force: args.force,
     };
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut write_error = None;
     let cancel = AtomicBool::new(false);
     score_all(entries, &model, &options, &cancel, |scored| {
-        let row = Row::from_scored(&scored, &model.manifest);
+        let row = Row::from_scored(&scored, &model.manifest, args.show_phi);
         summary.add(&row);
         if write_error.is_none()
             && let Err(e) = writer.write(&row)
@@ -105,6 +106,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
 struct Summary {
     total: usize,
     errors: usize,
+    out_of_scope: usize,
     flagged: usize,
     per_label: BTreeMap<String, usize>,
 }
@@ -114,6 +116,7 @@ impl Summary {
         self.total += 1;
         match row.status {
             Status::Error => self.errors += 1,
+            Status::OutOfScope => self.out_of_scope += 1,
             Status::Done => {
                 if let Some(label) = &row.predicted {
                     *self.per_label.entry(label.clone()).or_default() += 1;
@@ -129,12 +132,13 @@ impl Summary {
             .map(|l| format!("{l} {}", self.per_label.get(l).copied().unwrap_or(0)))
             .collect();
         format!(
-            "{} images in {:.1} s ({:.1}/s): {} · flagged {} · errors {}",
+            "{} images in {:.1} s ({:.1}/s): {} · flagged {} · out of scope {} · errors {}",
             self.total,
             secs,
             self.total as f64 / secs.max(1e-9),
             counts.join(" · "),
             self.flagged,
+            self.out_of_scope,
             self.errors
         )
     }

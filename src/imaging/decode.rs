@@ -49,7 +49,8 @@ impl Default for Limits {
     }
 }
 
-/// Detect the format from the first bytes of a file (at least 132 bytes for DICOM).
+/// Detect the format from the first bytes of a file (at least 132 bytes for DICOM): the
+/// `DICM` marker after the preamble or at the start, or a bare implicit-VR data set.
 pub fn sniff(head: &[u8]) -> Option<Format> {
     if head.starts_with(b"\x89PNG\r\n\x1a\n") {
         Some(Format::Png)
@@ -57,7 +58,10 @@ pub fn sniff(head: &[u8]) -> Option<Format> {
         Some(Format::Jpeg)
     } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
         Some(Format::Tiff)
-    } else if head.len() >= 132 && &head[128..132] == b"DICM" {
+    } else if (head.len() >= 132 && &head[128..132] == b"DICM")
+        || head.starts_with(b"DICM")
+        || super::dicom::looks_like_bare_dataset(head)
+    {
         Some(Format::Dicom)
     } else if head.starts_with(b"BM") && head.len() >= 14 {
         Some(Format::Bmp)
@@ -108,7 +112,16 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
         Format::Jpeg => ImageFormat::Jpeg,
         Format::Bmp => ImageFormat::Bmp,
         Format::Tiff => ImageFormat::Tiff,
-        Format::Dicom => return Err(ImageError::DicomUnsupported),
+        Format::Dicom => {
+            let decoded = std::panic::catch_unwind(|| super::dicom::decode(bytes, limits))
+                .unwrap_or_else(|_| Err(decode_error(format, "decoder panicked")));
+            let (image, info) = decoded?;
+            return Ok(Decoded {
+                image,
+                format,
+                dicom: Some(info),
+            });
+        }
     };
     // Decoders are third-party code fed hostile bytes: a panic in one becomes this file's error.
     let decoded = std::panic::catch_unwind(|| decode_raster(bytes, image_format, limits))
@@ -125,6 +138,7 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
     Ok(Decoded {
         image: to_gray(dynamic)?,
         format,
+        dicom: None,
     })
 }
 

@@ -6,7 +6,10 @@
 //! an error rather than an out-of-memory kill.
 
 mod decode;
+mod dicom;
 mod thumb;
+
+pub use dicom::DicomInfo;
 
 pub use decode::{Format, Limits, decode_bytes, load, load_with, sniff};
 pub use thumb::{Crop, Thumbnail, resize_gray, thumbnail};
@@ -67,15 +70,28 @@ impl GrayImage {
 pub struct Decoded {
     pub image: GrayImage,
     pub format: Format,
+    /// Metadata, for DICOM files.
+    pub dicom: Option<DicomInfo>,
 }
 
 impl Decoded {
-    /// One-line description, e.g. `1024x1024 PNG 8-bit`.
+    /// One-line description, e.g. `1024x1024 PNG 8-bit` or `2048x2500 DICOM 12-bit DX PA`.
     pub fn describe(&self) -> String {
-        format!(
-            "{}x{} {} {}-bit",
-            self.image.width, self.image.height, self.format, self.image.bit_depth
-        )
+        let (w, h) = (self.image.width, self.image.height);
+        match &self.dicom {
+            None => format!("{w}x{h} {} {}-bit", self.format, self.image.bit_depth),
+            Some(d) => {
+                let mut s = format!("{w}x{h} DICOM {}-bit", d.bits_stored);
+                for part in [&d.modality, &d.view_position].into_iter().flatten() {
+                    s.push(' ');
+                    s.push_str(part);
+                }
+                if d.frames > 1 {
+                    s.push_str(&format!(" (frame 1 of {})", d.frames));
+                }
+                s
+            }
+        }
     }
 }
 
@@ -94,8 +110,6 @@ pub enum ImageError {
     TooManyPixels { width: u32, height: u32, limit: u64 },
     #[error("not a recognised image format (starts with {0})")]
     UnknownFormat(String),
-    #[error("DICOM is not supported yet")]
-    DicomUnsupported,
     #[error("corrupt or unsupported {format}: {message}")]
     Decode { format: Format, message: String },
     #[error("{0}")]

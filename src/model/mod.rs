@@ -232,3 +232,15 @@ impl Model {
         Self::from_parts(manifest, &bytes)
     }
 }
+
+/// The default model's manifest, compiled into the binary (see `models/MODEL_CARD.md`).
+pub const DEFAULT_MANIFEST: &str = include_str!("../../models/cxrnet-v1.json");
+/// The default model's weights (safetensors), compiled into the binary.
+pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/cxrnet-v1.safetensors");
+
+impl Model {
+    /// The default model built into the binary, checked against its own manifest's hash.
+    pub fn embedded() -> Result<Self, ModelError> {
+        Self::from_parts(Manifest::from_json(DEFAULT_MANIFEST)?, DEFAULT_WEIGHTS)
+    }
+}

@@ -13,6 +13,9 @@ use crate::worker::{Outcome, Scored};
 pub enum Status {
     Done,
     Error,
+    /// Read, but not a frontal chest radiograph (see `scan --force`).
+    #[serde(rename = "out of scope")]
+    OutOfScope,
 }
 
 /// One image's result, as shown and exported.
@@ -26,6 +29,13 @@ pub struct Row {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub bit_depth: Option<u8>,
+    pub modality: Option<String>,
+    pub view_position: Option<String>,
+    pub body_part: Option<String>,
+    pub photometric: Option<String>,
+    pub study_date: Option<String>,
+    /// Empty unless `--show-phi`.
+    pub patient_id: Option<String>,
     /// One probability per model label, in the manifest's order (empty on error).
     pub probabilities: Vec<f32>,
     pub predicted: Option<String>,
@@ -33,20 +43,44 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn from_scored(s: &Scored, manifest: &Manifest) -> Self {
-        let (info, probs, error) = match &s.outcome {
-            Outcome::Scored { info, probs } => (Some(info), probs.clone(), None),
-            Outcome::Failed { info, error } => (info.as_ref(), Vec::new(), Some(error.clone())),
+    /// The row for one pipeline result; `show_phi` lets the patient ID through.
+    pub fn from_scored(s: &Scored, manifest: &Manifest, show_phi: bool) -> Self {
+        let (info, probs, error, status) = match &s.outcome {
+            Outcome::Scored { info, probs } => (Some(info), probs.clone(), None, Status::Done),
+            Outcome::Failed { info, error } => (
+                info.as_ref(),
+                Vec::new(),
+                Some(error.clone()),
+                Status::Error,
+            ),
+            Outcome::OutOfScope { info, reason } => (
+                Some(info),
+                Vec::new(),
+                Some(reason.clone()),
+                Status::OutOfScope,
+            ),
         };
-        let scored = error.is_none();
+        let scored = status == Status::Done;
+        let dicom = info.and_then(|i| i.dicom.as_ref());
+        let field = |f: fn(&crate::imaging::DicomInfo) -> Option<String>| dicom.and_then(f);
         Row {
             path: s.entry.rel.to_string_lossy().into_owned(),
-            status: if scored { Status::Done } else { Status::Error },
+            status,
             folder_label: s.entry.folder_label.clone(),
             format: info.map(|i| i.format.to_string()),
             width: info.map(|i| i.width),
             height: info.map(|i| i.height),
-            bit_depth: info.map(|i| i.bit_depth),
+            bit_depth: info.map(|i| dicom.map_or(i.bit_depth, |d| d.bits_stored as u8)),
+            modality: field(|d| d.modality.clone()),
+            view_position: field(|d| d.view_position.clone()),
+            body_part: field(|d| d.body_part.clone()),
+            photometric: field(|d| Some(d.photometric.clone())),
+            study_date: field(|d| d.study_date.clone()),
+            patient_id: if show_phi {
+                field(|d| d.patient_id.clone())
+            } else {
+                None
+            },
             predicted: scored.then(|| manifest.labels[argmax(&probs)].clone()),
             flagged: scored.then(|| is_flagged(manifest, &probs)),
             probabilities: probs,
@@ -87,7 +121,7 @@ pub struct RowWriter<W: Write> {
     rows: usize,
 }
 
-const FIXED_COLUMNS: [&str; 8] = [
+const FIXED_COLUMNS: [&str; 14] = [
     "path",
     "status",
     "error",
@@ -96,6 +130,12 @@ const FIXED_COLUMNS: [&str; 8] = [
     "width",
     "height",
     "bit_depth",
+    "modality",
+    "view_position",
+    "body_part",
+    "photometric",
+    "study_date",
+    "patient_id",
 ];
 
 impl<W: Write> RowWriter<W> {
@@ -131,6 +171,12 @@ impl<W: Write> RowWriter<W> {
                     opt(row.width.map(|v| v.to_string())),
                     opt(row.height.map(|v| v.to_string())),
                     opt(row.bit_depth.map(|v| v.to_string())),
+                    opt(row.modality.clone()),
+                    opt(row.view_position.clone()),
+                    opt(row.body_part.clone()),
+                    opt(row.photometric.clone()),
+                    opt(row.study_date.clone()),
+                    opt(row.patient_id.clone()),
                 ];
                 record.extend((0..self.labels.len()).map(|i| {
                     row.probabilities

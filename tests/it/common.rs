@@ -71,3 +71,14 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
 pub fn unreadable_possible(path: &Path) -> bool {
     std::fs::read(path).is_err()
 }
+
+/// `../shared/data/cxr3` when present; tests that need it skip with a message otherwise.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cxr3");
+    if dir.join("splits.csv").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipping: ../shared/data/cxr3 is absent");
+        None
+    }
+}

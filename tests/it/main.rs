@@ -1,6 +1,8 @@
 //! One integration-test binary; each module covers one part of the engine.
 
 mod common;
+mod default_model;
+mod dicom;
 mod imaging;
 mod model;
 mod scan;

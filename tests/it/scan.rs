@@ -62,7 +62,7 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
     let header = text.lines().next().unwrap();
     assert_eq!(
         header,
-        "path,status,error,folder_label,format,width,height,bit_depth,p_covid,p_normal,p_pneumonia,predicted,flagged"
+        "path,status,error,folder_label,format,width,height,bit_depth,modality,view_position,body_part,photometric,study_date,patient_id,p_covid,p_normal,p_pneumonia,predicted,flagged"
     );
     let rows = csv_rows(&text);
     let by_path = |p: &str| {
@@ -79,10 +79,10 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
     ] {
         let r = by_path(good);
         assert_eq!(&r[1], "done", "{good}: {r:?}");
-        let p: f32 = (8..11).map(|i| r[i].parse::<f32>().unwrap()).sum();
+        let p: f32 = (14..17).map(|i| r[i].parse::<f32>().unwrap()).sum();
         assert!((p - 1.0).abs() < 1e-3);
-        assert!(["covid", "normal", "pneumonia"].contains(&&r[11]));
-        assert_eq!(&r[12], "yes", "covid threshold 0 flags everything");
+        assert!(["covid", "normal", "pneumonia"].contains(&&r[17]));
+        assert_eq!(&r[18], "yes", "covid threshold 0 flags everything");
     }
     assert_eq!(&by_path("normal/good1.png")[3], "normal");
     assert_eq!(&by_path("covid/photo.jpg")[4], "JPEG");
@@ -96,7 +96,7 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
         let r = by_path(bad);
         assert_eq!(&r[1], "error", "{bad}");
         assert!(r[2].contains(message), "{bad}: {}", &r[2]);
-        assert_eq!(&r[8], "", "no probabilities for {bad}");
+        assert_eq!(&r[14], "", "no probabilities for {bad}");
     }
     assert!(
         !rows.iter().any(|r| r[0].starts_with("y.jpg")),

@@ -1,0 +1,245 @@
+//! DICOM decoding with dicom-rs (pure-Rust codecs only), in the standard's pixel order:
+//! modality LUT (rescale), VOI LUT (first window, else min-max without padding), MONOCHROME1
+//! inverted so bone is always bright. Output is 16-bit gray.
+
+use std::io::Cursor;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::file::ReadPreamble;
+use dicom_object::mem::InMemDicomObject;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+
+use super::{Format, GrayImage, ImageError, Limits};
+
+/// What the user sees about a DICOM file (and what decides whether it is in scope).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DicomInfo {
+    pub modality: Option<String>,
+    pub view_position: Option<String>,
+    pub body_part: Option<String>,
+    pub bits_stored: u16,
+    pub photometric: String,
+    pub study_date: Option<String>,
+    /// Protected health information: shown and exported only with `--show-phi`.
+    pub patient_id: Option<String>,
+    pub frames: u32,
+    pub transfer_syntax: String,
+}
+
+impl DicomInfo {
+    /// Why this image is not a frontal chest radiograph the model was made for, if it is not.
+    pub fn out_of_scope(&self) -> Option<String> {
+        if let Some(view) = &self.view_position
+            && matches!(
+                view.as_str(),
+                "LATERAL" | "LL" | "RL" | "LAT" | "LLD" | "RLD"
+            )
+        {
+            return Some(format!(
+                "lateral view ({view}); the model reads frontal views only"
+            ));
+        }
+        match self.modality.as_deref() {
+            Some("CR" | "DX" | "DR") | None => None,
+            Some(m) => Some(format!("modality {m}, not a radiograph (CR/DX/DR)")),
+        }
+    }
+}
+
+fn fail(message: impl Into<String>) -> ImageError {
+    ImageError::Decode {
+        format: Format::Dicom,
+        message: message.into(),
+    }
+}
+
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let element = obj.element_opt(tag).ok()??;
+    let value = element.to_str().ok()?;
+    let value = value.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    obj.element_opt(tag).ok()??.to_int::<i64>().ok()
+}
+
+fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
+    obj.element_opt(tag)
+        .ok()??
+        .to_multi_float64()
+        .ok()?
+        .first()
+        .copied()
+}
+
+/// Parse the bytes: with the 128-byte preamble, with the `DICM` meta group at offset 0, or a
+/// bare data set in implicit VR little endian (old scanners write those).
+fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
+    let with_meta = |skip: usize| {
+        OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Never)
+            .from_reader(Cursor::new(&bytes[skip..]))
+            .map_err(|e| fail(format!("cannot parse: {e}")))
+    };
+    if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        return with_meta(128);
+    }
+    if bytes.starts_with(b"DICM") {
+        return with_meta(0);
+    }
+    let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts).map_err(|e| {
+        fail(format!(
+            "cannot parse as a bare implicit VR little endian data set: {e}"
+        ))
+    })?;
+    let sop_class =
+        text(&obj, tags::SOP_CLASS_UID).unwrap_or_else(|| "1.2.840.10008.5.1.4.1.1.1".into());
+    let sop_instance = text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
+    obj.with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN.uid())
+            .media_storage_sop_class_uid(sop_class)
+            .media_storage_sop_instance_uid(sop_instance),
+    )
+    .map_err(|e| fail(format!("cannot parse: {e}")))
+}
+
+/// Does this look like a bare implicit-VR data set (first tag in groups 0002-0010)?
+pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
+    if head.len() < 8 {
+        return false;
+    }
+    let group = u16::from_le_bytes([head[0], head[1]]);
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    matches!(group, 0x0002 | 0x0008) && len < 1024
+}
+
+/// Decode the first frame and read the metadata.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), ImageError> {
+    let obj = parse(bytes)?;
+    let ts_uid = obj
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    let ts_name = TransferSyntaxRegistry.get(&ts_uid).map_or_else(
+        || format!("unknown transfer syntax {ts_uid}"),
+        |ts| format!("{} ({ts_uid})", ts.name()),
+    );
+    let info = DicomInfo {
+        modality: text(&obj, tags::MODALITY),
+        view_position: text(&obj, tags::VIEW_POSITION).map(|v| v.to_ascii_uppercase()),
+        body_part: text(&obj, tags::BODY_PART_EXAMINED),
+        bits_stored: int(&obj, tags::BITS_STORED).unwrap_or(0) as u16,
+        photometric: text(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
+        study_date: text(&obj, tags::STUDY_DATE),
+        patient_id: text(&obj, tags::PATIENT_ID),
+        frames: int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as u32,
+        transfer_syntax: ts_name.clone(),
+    };
+
+    // Check what the decoder would trust, so hostile headers give errors, not panics or OOM.
+    let rows = int(&obj, tags::ROWS).ok_or_else(|| fail("missing Rows (0028,0010)"))?;
+    let cols = int(&obj, tags::COLUMNS).ok_or_else(|| fail("missing Columns (0028,0011)"))?;
+    if rows <= 0 || cols <= 0 {
+        return Err(fail(format!("image is {cols}x{rows}")));
+    }
+    if (rows * cols) as u64 > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width: cols as u32,
+            height: rows as u32,
+            limit: limits.max_pixels,
+        });
+    }
+    let allocated = int(&obj, tags::BITS_ALLOCATED).unwrap_or(0);
+    if !matches!(allocated, 8 | 16) {
+        return Err(fail(format!(
+            "Bits Allocated {allocated} (supported: 8, 16)"
+        )));
+    }
+    if !(1..=allocated).contains(&(info.bits_stored as i64)) {
+        return Err(fail(format!(
+            "Bits Stored {} with Bits Allocated {allocated}",
+            info.bits_stored
+        )));
+    }
+    if int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1
+        || !matches!(info.photometric.as_str(), "MONOCHROME1" | "MONOCHROME2")
+    {
+        return Err(fail(format!(
+            "photometric interpretation {} (supported: MONOCHROME1, MONOCHROME2)",
+            info.photometric
+        )));
+    }
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(fail("no Pixel Data (7FE0,0010)"));
+    }
+
+    let pixels = obj
+        .decode_pixel_data()
+        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+    let options = ConvertOptions::new()
+        .with_modality_lut(ModalityLutOption::Default)
+        .with_voi_lut(VoiLutOption::Identity);
+    let values: Vec<f64> = pixels
+        .to_vec_frame_with_options(0, &options)
+        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+    let n = (rows * cols) as usize;
+    if values.len() != n {
+        return Err(fail(format!(
+            "pixel data has {} samples for {cols}x{rows}",
+            values.len()
+        )));
+    }
+
+    // Pixel Padding Value is a stored value: compare it after the same rescale.
+    let slope = float(&obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
+    let intercept = float(&obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+    let padding = int(&obj, tags::PIXEL_PADDING_VALUE).map(|p| p as f64 * slope + intercept);
+    let is_padding = |v: f64| padding.is_some_and(|p| (v - p).abs() < 1e-6);
+
+    let window = match (
+        float(&obj, tags::WINDOW_CENTER),
+        float(&obj, tags::WINDOW_WIDTH),
+    ) {
+        (Some(c), Some(w)) if w >= 1.0 => {
+            Some((c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0))
+        }
+        _ => None,
+    };
+    let (lo, hi) = window.unwrap_or_else(|| {
+        values
+            .iter()
+            .copied()
+            .filter(|&v| v.is_finite() && !is_padding(v))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
+    });
+    let range = hi - lo;
+    let invert = info.photometric == "MONOCHROME1";
+    let out: Vec<u16> = values
+        .iter()
+        .map(|&v| {
+            if is_padding(v) || !v.is_finite() {
+                return 0;
+            }
+            let unit = if range > 0.0 {
+                ((v - lo) / range).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let unit = if invert { 1.0 - unit } else { unit };
+            (unit * 65535.0).round() as u16
+        })
+        .collect();
+    Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info))
+}

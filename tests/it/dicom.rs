@@ -1,0 +1,495 @@
+//! DICOM files built here with dicom-object from images the test makes, decoded through the
+//! one entry point (`imaging::decode_bytes`).
+
+use cxr_triage::imaging::{Format, ImageError, Limits, decode_bytes};
+use dicom_core::value::{PixelFragmentSequence, Value};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_object::meta::FileMetaTableBuilder;
+
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const RLE: &str = "1.2.840.10008.1.2.5";
+const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+
+/// What goes into one test file.
+#[derive(Clone)]
+struct Spec {
+    rows: u16,
+    cols: u16,
+    allocated: u16,
+    stored: u16,
+    photometric: &'static str,
+    modality: &'static str,
+    view: &'static str,
+    window: Option<(f64, f64)>,
+    rescale: Option<(f64, f64)>,
+    padding: Option<u16>,
+}
+
+impl Spec {
+    fn eight_bit(rows: u16, cols: u16) -> Self {
+        Self {
+            rows,
+            cols,
+            allocated: 8,
+            stored: 8,
+            photometric: "MONOCHROME2",
+            modality: "DX",
+            view: "PA",
+            window: None,
+            rescale: None,
+            padding: None,
+        }
+    }
+}
+
+fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
+}
+
+fn text(tag: Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, vr, PrimitiveValue::from(v))
+}
+
+fn dataset(spec: &Spec) -> InMemDicomObject {
+    let mut obj = InMemDicomObject::new_empty();
+    obj.put(text(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.1.1",
+    ));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, "2.25.123456789"));
+    obj.put(text(tags::PATIENT_ID, VR::LO, "PAT-0001"));
+    obj.put(text(tags::STUDY_DATE, VR::DA, "20260101"));
+    obj.put(text(tags::MODALITY, VR::CS, spec.modality));
+    obj.put(text(tags::VIEW_POSITION, VR::CS, spec.view));
+    obj.put(text(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"));
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    obj.put(text(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        spec.photometric,
+    ));
+    obj.put(us(tags::ROWS, spec.rows));
+    obj.put(us(tags::COLUMNS, spec.cols));
+    obj.put(us(tags::BITS_ALLOCATED, spec.allocated));
+    obj.put(us(tags::BITS_STORED, spec.stored));
+    obj.put(us(tags::HIGH_BIT, spec.stored - 1));
+    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    if let Some((c, w)) = spec.window {
+        obj.put(text(tags::WINDOW_CENTER, VR::DS, &c.to_string()));
+        obj.put(text(tags::WINDOW_WIDTH, VR::DS, &w.to_string()));
+    }
+    if let Some((slope, intercept)) = spec.rescale {
+        obj.put(text(tags::RESCALE_SLOPE, VR::DS, &slope.to_string()));
+        obj.put(text(
+            tags::RESCALE_INTERCEPT,
+            VR::DS,
+            &intercept.to_string(),
+        ));
+    }
+    if let Some(p) = spec.padding {
+        obj.put(us(tags::PIXEL_PADDING_VALUE, p));
+    }
+    obj
+}
+
+fn native_pixels(spec: &Spec, values: &[u16]) -> DataElement<InMemDicomObject> {
+    if spec.allocated == 8 {
+        let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bytes))
+    } else {
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(values.iter().copied().collect()),
+        )
+    }
+}
+
+fn encapsulated(fragment: Vec<u8>) -> DataElement<InMemDicomObject> {
+    DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Value::PixelSequence(PixelFragmentSequence::new(vec![0u32; 0], vec![fragment])),
+    )
+}
+
+fn file(mut obj: InMemDicomObject, pixel_data: DataElement<InMemDicomObject>, ts: &str) -> Vec<u8> {
+    obj.put(pixel_data);
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
+        .unwrap();
+    let mut out = Vec::new();
+    file.write_all(&mut out).unwrap();
+    out
+}
+
+fn ramp(spec: &Spec, max: u16) -> Vec<u16> {
+    let n = spec.rows as usize * spec.cols as usize;
+    (0..n)
+        .map(|i| ((i * max as usize) / (n - 1)) as u16)
+        .collect()
+}
+
+fn decode(bytes: &[u8]) -> Result<cxr_triage::imaging::Decoded, ImageError> {
+    decode_bytes(bytes, &Limits::default())
+}
+
+#[test]
+fn eight_bit_monochrome2_full_range_decodes_exactly() {
+    let spec = Spec::eight_bit(20, 30);
+    let values = ramp(&spec, 255);
+    let d = decode(&file(
+        dataset(&spec),
+        native_pixels(&spec, &values),
+        EXPLICIT_LE,
+    ))
+    .unwrap();
+    assert_eq!(d.format, Format::Dicom);
+    assert_eq!(
+        (d.image.width, d.image.height, d.image.bit_depth),
+        (30, 20, 16)
+    );
+    // No window: min-max over 0..=255 maps v to v * 257 exactly.
+    let expected: Vec<u16> = values.iter().map(|&v| v * 257).collect();
+    assert_eq!(d.image.pixels, expected);
+    assert!(
+        d.describe().contains("DICOM 8-bit DX PA"),
+        "{}",
+        d.describe()
+    );
+    let info = d.dicom.unwrap();
+    assert_eq!(info.modality.as_deref(), Some("DX"));
+    assert_eq!(info.view_position.as_deref(), Some("PA"));
+    assert_eq!(info.body_part.as_deref(), Some("CHEST"));
+    assert_eq!(info.patient_id.as_deref(), Some("PAT-0001"));
+    assert_eq!(info.out_of_scope(), None);
+}
+
+#[test]
+fn twelve_bit_with_rescale_and_window_follows_the_standard() {
+    let spec = Spec {
+        allocated: 16,
+        stored: 12,
+        rescale: Some((2.0, -1000.0)),
+        window: Some((1000.0, 2001.0)),
+        ..Spec::eight_bit(16, 16)
+    };
+    let values = ramp(&spec, 4095);
+    let d = decode(&file(
+        dataset(&spec),
+        native_pixels(&spec, &values),
+        EXPLICIT_LE,
+    ))
+    .unwrap();
+    // Modality LUT: 2 v - 1000; window centre 1000 width 2001: linear from -0.5 to 1999.5.
+    for (&v, &out) in values.iter().zip(&d.image.pixels) {
+        let hu = 2.0 * v as f64 - 1000.0;
+        let expected = ((hu + 0.5) / 2000.0).clamp(0.0, 1.0) * 65535.0;
+        assert!(
+            (out as f64 - expected).abs() <= 1.0,
+            "stored {v}: got {out}, expected {expected:.1}"
+        );
+    }
+    assert_eq!(d.dicom.unwrap().bits_stored, 12);
+}
+
+#[test]
+fn monochrome1_is_inverted_so_bone_stays_bright() {
+    let spec = Spec {
+        photometric: "MONOCHROME1",
+        ..Spec::eight_bit(8, 8)
+    };
+    let values = ramp(&spec, 255);
+    let d = decode(&file(
+        dataset(&spec),
+        native_pixels(&spec, &values),
+        EXPLICIT_LE,
+    ))
+    .unwrap();
+    let expected: Vec<u16> = values.iter().map(|&v| 65535 - v * 257).collect();
+    assert_eq!(d.image.pixels, expected);
+}
+
+#[test]
+fn padding_value_is_left_out_of_the_min_max_window() {
+    let spec = Spec {
+        allocated: 16,
+        stored: 16,
+        padding: Some(60000),
+        ..Spec::eight_bit(4, 4)
+    };
+    let mut values: Vec<u16> = (0..16).map(|i| 100 + i * 10).collect();
+    values[0] = 60000;
+    let d = decode(&file(
+        dataset(&spec),
+        native_pixels(&spec, &values),
+        EXPLICIT_LE,
+    ))
+    .unwrap();
+    assert_eq!(d.image.pixels[0], 0, "padding shown black");
+    assert_eq!(d.image.pixels[1], 0, "lowest real value");
+    assert_eq!(
+        d.image.pixels[15], 65535,
+        "highest real value, not squashed by the padding"
+    );
+}
+
+#[test]
+fn big_endian_implicit_and_bare_data_sets_decode_the_same() {
+    let spec = Spec {
+        allocated: 16,
+        stored: 16,
+        ..Spec::eight_bit(6, 5)
+    };
+    let values = ramp(&spec, 40000);
+    let reference = decode(&file(
+        dataset(&spec),
+        native_pixels(&spec, &values),
+        EXPLICIT_LE,
+    ))
+    .unwrap()
+    .image;
+    for ts in [EXPLICIT_BE, IMPLICIT_LE] {
+        let d = decode(&file(dataset(&spec), native_pixels(&spec, &values), ts)).unwrap();
+        assert_eq!(d.image, reference, "{ts}");
+    }
+    // No preamble, no meta group: a bare implicit VR little endian data set.
+    let mut obj = dataset(&spec);
+    obj.put(native_pixels(&spec, &values));
+    let mut bare = Vec::new();
+    obj.write_dataset_with_ts(
+        &mut bare,
+        &dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+    )
+    .unwrap();
+    assert_eq!(decode(&bare).unwrap().image, reference);
+}
+
+/// RLE Lossless for 8-bit samples: one segment of PackBits literal runs.
+fn rle_fragment(bytes: &[u8]) -> Vec<u8> {
+    let mut segment = Vec::new();
+    for chunk in bytes.chunks(128) {
+        segment.push((chunk.len() - 1) as u8);
+        segment.extend_from_slice(chunk);
+    }
+    if segment.len() % 2 == 1 {
+        segment.push(0x80); // no-op byte keeps the segment even
+    }
+    let mut header = vec![0u8; 64];
+    header[0..4].copy_from_slice(&1u32.to_le_bytes());
+    header[4..8].copy_from_slice(&64u32.to_le_bytes());
+    [header, segment].concat()
+}
+
+#[test]
+fn rle_lossless_decodes_exactly() {
+    let spec = Spec::eight_bit(12, 20);
+    let values = ramp(&spec, 255);
+    let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+    let d = decode(&file(
+        dataset(&spec),
+        encapsulated(rle_fragment(&bytes)),
+        RLE,
+    ))
+    .unwrap();
+    assert_eq!(
+        d.image.pixels,
+        values.iter().map(|&v| v * 257).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn jpeg_baseline_decodes_within_35_db() {
+    let spec = Spec::eight_bit(64, 64);
+    let source = image::GrayImage::from_fn(64, 64, |x, y| {
+        image::Luma([if x == 0 && y == 0 {
+            0
+        } else if x == 63 && y == 63 {
+            255
+        } else {
+            (x * 2 + y * 2) as u8
+        }])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .encode_image(&source)
+        .unwrap();
+    let mut fragment = jpeg.into_inner();
+    if fragment.len() % 2 == 1 {
+        fragment.push(0);
+    }
+    let d = decode(&file(dataset(&spec), encapsulated(fragment), JPEG_BASELINE)).unwrap();
+    // Compare after undoing the min-max window (the decoded extremes may move by a few levels).
+    let out: Vec<f64> = d.image.pixels.iter().map(|&v| v as f64 / 257.0).collect();
+    let mse: f64 = out
+        .iter()
+        .zip(source.as_raw())
+        .map(|(a, &b)| (a - b as f64).powi(2))
+        .sum::<f64>()
+        / out.len() as f64;
+    let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
+    assert!(psnr > 35.0, "PSNR {psnr:.1} dB");
+}
+
+#[test]
+fn lateral_views_and_other_modalities_are_out_of_scope() {
+    for (view, modality, expected) in [
+        ("LATERAL", "DX", "lateral"),
+        ("LL", "CR", "lateral"),
+        ("PA", "CT", "modality CT"),
+        ("AP", "CR", ""),
+    ] {
+        let spec = Spec {
+            view,
+            modality,
+            ..Spec::eight_bit(8, 8)
+        };
+        let d = decode(&file(
+            dataset(&spec),
+            native_pixels(&spec, &ramp(&spec, 255)),
+            EXPLICIT_LE,
+        ))
+        .unwrap();
+        let reason = d.dicom.unwrap().out_of_scope().unwrap_or_default();
+        assert!(
+            reason.contains(expected) && (expected.is_empty() == reason.is_empty()),
+            "{view} {modality}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn broken_files_give_clear_errors() {
+    let spec = Spec::eight_bit(16, 16);
+    let values = ramp(&spec, 255);
+    let good = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+
+    let truncated = &good[..good.len() - 100];
+    let mut no_rows = dataset(&spec);
+    no_rows.remove_element(tags::ROWS);
+    let no_rows = file(no_rows, native_pixels(&spec, &values), EXPLICIT_LE);
+    let short = file(
+        dataset(&spec),
+        native_pixels(&spec, &values[..100]),
+        EXPLICIT_LE,
+    );
+    let jpeg_ls = file(
+        dataset(&spec),
+        encapsulated(vec![0xFF, 0xD8, 0xFF, 0xF7, 0, 0]),
+        "1.2.840.10008.1.2.4.80",
+    );
+    // dicom-object will not write an unknown syntax: write explicit VR LE, then rename it in
+    // the meta group (same length, so every group length stays right).
+    let mut unknown = good.clone();
+    let at = unknown
+        .windows(20)
+        .position(|w| w == b"1.2.840.10008.1.2.1\0")
+        .unwrap();
+    unknown[at..at + 20].copy_from_slice(b"1.2.3.4.5.6.7.8.9.10");
+    let huge_spec = Spec {
+        rows: 50_000,
+        cols: 50_000,
+        ..spec.clone()
+    };
+    let huge = file(
+        dataset(&huge_spec),
+        native_pixels(&spec, &values),
+        EXPLICIT_LE,
+    );
+
+    for (name, bytes, expected) in [
+        ("truncated pixel data", truncated.to_vec(), ""),
+        ("missing Rows", no_rows, "Rows"),
+        ("pixel data length mismatch", short, ""),
+        (
+            "JPEG-LS (no pure-Rust codec)",
+            jpeg_ls,
+            "1.2.840.10008.1.2.4.80",
+        ),
+        ("unknown transfer syntax", unknown, "1.2.3.4.5.6.7.8.9.10"),
+        ("50,000 x 50,000", huge, "limit"),
+    ] {
+        let err = decode(&bytes).expect_err(name).to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(!err.contains('\n'), "{name}: one line: {err}");
+    }
+}
+
+#[test]
+fn scan_marks_laterals_out_of_scope_and_hides_patient_ids() {
+    let models = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model(models.path());
+    let data = tempfile::tempdir().unwrap();
+    let frontal = Spec::eight_bit(40, 40);
+    let lateral = Spec {
+        view: "LATERAL",
+        ..frontal.clone()
+    };
+    let values = ramp(&frontal, 255);
+    // No extension: found by its DICM marker.
+    std::fs::write(
+        data.path().join("IM0001"),
+        file(
+            dataset(&frontal),
+            native_pixels(&frontal, &values),
+            EXPLICIT_LE,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        data.path().join("IM0002.dcm"),
+        file(
+            dataset(&lateral),
+            native_pixels(&lateral, &values),
+            EXPLICIT_LE,
+        ),
+    )
+    .unwrap();
+    std::fs::write(data.path().join("empty.dcm"), b"").unwrap();
+    let scan = |extra: &[&str]| {
+        let mut cmd = assert_cmd::Command::cargo_bin("cxr-triage").unwrap();
+        cmd.args([
+            "scan",
+            data.path().to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "-q",
+            "--format",
+            "jsonl",
+        ]);
+        cmd.args(extra);
+        let out = cmd.assert().code(1).get_output().stdout.clone();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let rows = scan(&[]);
+    assert_eq!(rows.len(), 3);
+    let (front, side, empty) = (&rows[1], &rows[2], &rows[0]);
+    assert_eq!(empty["path"], "empty.dcm");
+    assert_eq!(empty["status"], "error");
+    assert_eq!(front["path"], "IM0001");
+    assert_eq!(front["status"], "done");
+    assert_eq!(front["modality"], "DX");
+    assert_eq!(front["view_position"], "PA");
+    assert_eq!(front["format"], "DICOM");
+    assert_eq!(
+        front["patient_id"],
+        serde_json::Value::Null,
+        "PHI hidden by default"
+    );
+    assert_eq!(side["status"], "out of scope");
+    assert!(side["error"].as_str().unwrap().contains("lateral"));
+    assert_eq!(side["probabilities"].as_object().unwrap().len(), 0);
+
+    let rows = scan(&["--show-phi", "--force"]);
+    assert_eq!(rows[1]["patient_id"], "PAT-0001");
+    assert_eq!(rows[2]["status"], "done", "--force scores the lateral view");
+}
