@@ -1,5 +1,6 @@
 //! DICOM decoding with dicom-rs (pure-Rust codecs only), in the standard's pixel order:
-//! modality LUT (rescale), VOI LUT (first window, else min-max without padding), MONOCHROME1
+//! modality LUT (rescale), VOI (first window, else the VOI LUT table, else min-max without
+//! padding), MONOCHROME1
 //! inverted so bone is always bright. Output is 16-bit gray.
 
 use std::io::Cursor;
@@ -215,6 +216,23 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         }
         _ => None,
     };
+    // VOI: the first window; else the first VOI LUT table; else min-max without padding.
+    let table = match window {
+        Some(_) => None,
+        None => pixels
+            .voi_lut_sequence()
+            .ok()
+            .flatten()
+            .and_then(|luts| luts.first())
+            .filter(|lut| !lut.data.is_empty() && (1..=16).contains(&lut.bits_stored))
+            .map(|lut| {
+                (
+                    lut.min_pixel_value as f64,
+                    &lut.data,
+                    ((1u32 << lut.bits_stored) - 1) as f64,
+                )
+            }),
+    };
     let (lo, hi) = window.unwrap_or_else(|| {
         values
             .iter()
@@ -225,6 +243,16 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
             })
     });
     let range = hi - lo;
+    let voi = |v: f64| -> f64 {
+        match table {
+            Some((first, data, max)) => {
+                let i = (v.round() - first).clamp(0.0, (data.len() - 1) as f64) as usize;
+                (data[i] as f64 / max).clamp(0.0, 1.0)
+            }
+            None if range > 0.0 => ((v - lo) / range).clamp(0.0, 1.0),
+            None => 0.0,
+        }
+    };
     let invert = info.photometric == "MONOCHROME1";
     let out: Vec<u16> = values
         .iter()
@@ -232,11 +260,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
             if is_padding(v) || !v.is_finite() {
                 return 0;
             }
-            let unit = if range > 0.0 {
-                ((v - lo) / range).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
+            let unit = voi(v);
             let unit = if invert { 1.0 - unit } else { unit };
             (unit * 65535.0).round() as u16
         })

@@ -493,3 +493,85 @@ fn scan_marks_laterals_out_of_scope_and_hides_patient_ids() {
     assert_eq!(rows[1]["patient_id"], "PAT-0001");
     assert_eq!(rows[2]["status"], "done", "--force scores the lateral view");
 }
+
+fn u16s(values: &[u16]) -> PrimitiveValue {
+    PrimitiveValue::U16(values.iter().copied().collect())
+}
+
+#[test]
+fn voi_lut_sequence_is_applied_when_there_is_no_window() {
+    let spec = Spec {
+        allocated: 16,
+        stored: 16,
+        ..Spec::eight_bit(2, 3)
+    };
+    let mut obj = dataset(&spec);
+    let mut item = InMemDicomObject::new_empty();
+    // 4 entries, first mapped value 100, 8-bit entries.
+    item.put(DataElement::new(
+        tags::LUT_DESCRIPTOR,
+        VR::US,
+        u16s(&[4, 100, 8]),
+    ));
+    item.put(DataElement::new(
+        tags::LUT_DATA,
+        VR::OW,
+        u16s(&[0, 85, 170, 255]),
+    ));
+    obj.put(DataElement::new(
+        tags::VOILUT_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(vec![item]),
+    ));
+    let values = [50, 100, 101, 102, 103, 900];
+    let d = decode(&file(obj, native_pixels(&spec, &values), EXPLICIT_LE)).unwrap();
+    assert_eq!(d.image.pixels, [0, 0, 21845, 43690, 65535, 65535]);
+}
+
+#[test]
+fn signed_pixels_keep_their_order() {
+    let spec = Spec {
+        allocated: 16,
+        stored: 12,
+        ..Spec::eight_bit(1, 4)
+    };
+    let mut obj = dataset(&spec);
+    obj.put(us(tags::PIXEL_REPRESENTATION, 1));
+    // -2048, -1, 0, 2047 as 12-bit two's complement in 16-bit words.
+    let stored = [0x0800u16, 0x0FFF, 0x0000, 0x07FF];
+    let d = decode(&file(obj, native_pixels(&spec, &stored), EXPLICIT_LE)).unwrap();
+    let p = &d.image.pixels;
+    assert_eq!(p[0], 0, "-2048 is the minimum");
+    assert_eq!(p[3], 65535, "2047 is the maximum");
+    assert!(p[1] < p[2] && (p[1] as i32 - 32759).abs() <= 1, "{p:?}");
+}
+
+#[test]
+fn multi_frame_shows_the_first_frame_and_counts_frames() {
+    let spec = Spec::eight_bit(4, 4);
+    let mut obj = dataset(&spec);
+    obj.put(text(tags::NUMBER_OF_FRAMES, VR::IS, "2"));
+    let first = ramp(&spec, 255);
+    let second: Vec<u16> = first.iter().map(|v| 255 - v).collect();
+    let both = [first.clone(), second].concat();
+    let d = decode(&file(obj, native_pixels(&spec, &both), EXPLICIT_LE)).unwrap();
+    assert_eq!(
+        d.image.pixels,
+        first.iter().map(|v| v * 257).collect::<Vec<_>>()
+    );
+    assert!(d.describe().ends_with("(frame 1 of 2)"), "{}", d.describe());
+}
+
+#[test]
+fn sixteen_bit_rle_matches_uncompressed() {
+    // The benchmark's own DICOM writer (PackBits runs and literals, two byte planes).
+    let img = cxr_triage::bench::synthetic_xray(96, 5);
+    let plain = decode(&cxr_triage::bench::dicom_bytes(&img, false))
+        .unwrap()
+        .image;
+    let rle = decode(&cxr_triage::bench::dicom_bytes(&img, true))
+        .unwrap()
+        .image;
+    assert_eq!(plain, rle);
+    assert_eq!(plain.bit_depth, 16);
+}
