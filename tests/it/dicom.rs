@@ -135,6 +135,16 @@ fn ramp(spec: &Spec, max: u16) -> Vec<u16> {
         .collect()
 }
 
+/// Decode an explicit VR little endian file of `spec` with uncompressed `values`.
+fn decode_native(spec: &Spec, values: &[u16]) -> cxr_triage::imaging::Decoded {
+    decode(&file(
+        dataset(spec),
+        native_pixels(spec, values),
+        EXPLICIT_LE,
+    ))
+    .unwrap()
+}
+
 fn decode(bytes: &[u8]) -> Result<cxr_triage::imaging::Decoded, ImageError> {
     decode_bytes(bytes, &Limits::default())
 }
@@ -143,12 +153,7 @@ fn decode(bytes: &[u8]) -> Result<cxr_triage::imaging::Decoded, ImageError> {
 fn eight_bit_monochrome2_full_range_decodes_exactly() {
     let spec = Spec::eight_bit(20, 30);
     let values = ramp(&spec, 255);
-    let d = decode(&file(
-        dataset(&spec),
-        native_pixels(&spec, &values),
-        EXPLICIT_LE,
-    ))
-    .unwrap();
+    let d = decode_native(&spec, &values);
     assert_eq!(d.format, Format::Dicom);
     assert_eq!(
         (d.image.width, d.image.height, d.image.bit_depth),
@@ -180,12 +185,7 @@ fn twelve_bit_with_rescale_and_window_follows_the_standard() {
         ..Spec::eight_bit(16, 16)
     };
     let values = ramp(&spec, 4095);
-    let d = decode(&file(
-        dataset(&spec),
-        native_pixels(&spec, &values),
-        EXPLICIT_LE,
-    ))
-    .unwrap();
+    let d = decode_native(&spec, &values);
     // Modality LUT: 2 v - 1000; window centre 1000 width 2001: linear from -0.5 to 1999.5.
     for (&v, &out) in values.iter().zip(&d.image.pixels) {
         let hu = 2.0 * v as f64 - 1000.0;
@@ -205,12 +205,7 @@ fn monochrome1_is_inverted_so_bone_stays_bright() {
         ..Spec::eight_bit(8, 8)
     };
     let values = ramp(&spec, 255);
-    let d = decode(&file(
-        dataset(&spec),
-        native_pixels(&spec, &values),
-        EXPLICIT_LE,
-    ))
-    .unwrap();
+    let d = decode_native(&spec, &values);
     let expected: Vec<u16> = values.iter().map(|&v| 65535 - v * 257).collect();
     assert_eq!(d.image.pixels, expected);
 }
@@ -225,12 +220,7 @@ fn padding_value_is_left_out_of_the_min_max_window() {
     };
     let mut values: Vec<u16> = (0..16).map(|i| 100 + i * 10).collect();
     values[0] = 60000;
-    let d = decode(&file(
-        dataset(&spec),
-        native_pixels(&spec, &values),
-        EXPLICIT_LE,
-    ))
-    .unwrap();
+    let d = decode_native(&spec, &values);
     assert_eq!(d.image.pixels[0], 0, "padding shown black");
     assert_eq!(d.image.pixels[1], 0, "lowest real value");
     assert_eq!(
@@ -247,13 +237,7 @@ fn big_endian_implicit_and_bare_data_sets_decode_the_same() {
         ..Spec::eight_bit(6, 5)
     };
     let values = ramp(&spec, 40000);
-    let reference = decode(&file(
-        dataset(&spec),
-        native_pixels(&spec, &values),
-        EXPLICIT_LE,
-    ))
-    .unwrap()
-    .image;
+    let reference = decode_native(&spec, &values).image;
     for ts in [EXPLICIT_BE, IMPLICIT_LE] {
         let d = decode(&file(dataset(&spec), native_pixels(&spec, &values), ts)).unwrap();
         assert_eq!(d.image, reference, "{ts}");
