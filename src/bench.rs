@@ -52,101 +52,15 @@ fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
     )
 }
 
-/// A 16-bit MONOCHROME2 DX file (12 bits stored) of `img`, uncompressed or RLE Lossless.
+/// The bench's 16-bit DICOM: 12 bits stored, uncompressed or RLE Lossless.
 pub fn dicom_bytes(img: &image::ImageBuffer<image::Luma<u16>, Vec<u16>>, rle: bool) -> Vec<u8> {
-    use dicom_core::value::{PixelFragmentSequence, Value};
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
-    use dicom_object::InMemDicomObject;
-    use dicom_object::meta::FileMetaTableBuilder;
-
     let stored: Vec<u16> = img.as_raw().iter().map(|v| v >> 4).collect();
-    let mut obj = InMemDicomObject::new_empty();
-    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
-    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
-    obj.put(text(
-        tags::SOP_CLASS_UID,
-        VR::UI,
-        "1.2.840.10008.5.1.4.1.1.1.1",
-    ));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, "2.25.42"));
-    obj.put(text(tags::MODALITY, VR::CS, "DX"));
-    obj.put(text(
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    ));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(us(tags::ROWS, img.height() as u16));
-    obj.put(us(tags::COLUMNS, img.width() as u16));
-    obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, 12));
-    obj.put(us(tags::HIGH_BIT, 11));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    let ts = if rle {
-        let planes: Vec<Vec<u8>> = [8u32, 0]
-            .iter()
-            .map(|shift| stored.iter().map(|v| (v >> shift) as u8).collect())
-            .collect();
-        let segments: Vec<Vec<u8>> = planes.iter().map(|p| packbits(p)).collect();
-        let mut fragment = vec![0u8; 64];
-        fragment[0..4].copy_from_slice(&2u32.to_le_bytes());
-        fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
-        fragment[8..12].copy_from_slice(&(64 + segments[0].len() as u32).to_le_bytes());
-        segments.iter().for_each(|seg| fragment.extend(seg));
-        let sequence = PixelFragmentSequence::new(Vec::<u32>::new(), vec![fragment]);
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OB,
-            Value::PixelSequence(sequence),
-        ));
-        "1.2.840.10008.1.2.5"
-    } else {
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(stored.into_iter().collect()),
-        ));
-        "1.2.840.10008.1.2.1"
+    let options = imaging::DicomWrite {
+        bits_stored: 12,
+        rle,
+        ..Default::default()
     };
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
-        .expect("meta");
-    let mut out = Vec::new();
-    file.write_all(&mut out).expect("in-memory write");
-    out
-}
-
-/// PackBits (DICOM RLE segment) encoding, padded to an even length.
-fn packbits(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 64);
-    let mut i = 0;
-    while i < bytes.len() {
-        let run = bytes[i..]
-            .iter()
-            .take(128)
-            .take_while(|&&b| b == bytes[i])
-            .count();
-        if run >= 3 {
-            out.push((257 - run) as u8);
-            out.push(bytes[i]);
-            i += run;
-        } else {
-            let start = i;
-            while i < bytes.len() && i - start < 128 {
-                if i + 2 < bytes.len() && bytes[i] == bytes[i + 1] && bytes[i] == bytes[i + 2] {
-                    break;
-                }
-                i += 1;
-            }
-            out.push((i - start - 1) as u8);
-            out.extend_from_slice(&bytes[start..i]);
-        }
-    }
-    if out.len() % 2 == 1 {
-        out.push(0x80);
-    }
-    out
+    imaging::write_dicom(&stored, img.width(), img.height(), &options)
 }
 
 /// Decode + 256 px thumbnail, per format, in milliseconds (median).

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod dataset;
+pub mod drr;
 pub mod eval;
 pub mod imaging;
 pub mod metrics;

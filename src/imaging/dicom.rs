@@ -267,3 +267,152 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         .collect();
     Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info))
 }
+
+/// How [`write_dicom`] writes a file.
+#[derive(Clone, Debug)]
+pub struct DicomWrite {
+    pub photometric: &'static str,
+    pub modality: &'static str,
+    pub view_position: &'static str,
+    /// 8 (one byte a sample) or up to 16 (two bytes).
+    pub bits_stored: u16,
+    /// Rescale Slope and Intercept to record.
+    pub rescale: Option<(f64, f64)>,
+    /// RLE Lossless instead of explicit VR little endian.
+    pub rle: bool,
+}
+
+impl Default for DicomWrite {
+    fn default() -> Self {
+        Self {
+            photometric: "MONOCHROME2",
+            modality: "DX",
+            view_position: "PA",
+            bits_stored: 16,
+            rescale: None,
+            rle: false,
+        }
+    }
+}
+
+/// Write a single-frame grayscale DICOM file of `stored` sample values (row-major).
+pub fn write_dicom(stored: &[u16], width: u32, height: u32, o: &DicomWrite) -> Vec<u8> {
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    let allocated: u16 = if o.bits_stored <= 8 { 8 } else { 16 };
+    let mut obj = InMemDicomObject::new_empty();
+    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    obj.put(text(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.1.1",
+    ));
+    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, "2.25.42"));
+    obj.put(text(tags::MODALITY, VR::CS, o.modality));
+    obj.put(text(tags::VIEW_POSITION, VR::CS, o.view_position));
+    obj.put(text(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"));
+    obj.put(text(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        o.photometric,
+    ));
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    obj.put(us(tags::ROWS, height as u16));
+    obj.put(us(tags::COLUMNS, width as u16));
+    obj.put(us(tags::BITS_ALLOCATED, allocated));
+    obj.put(us(tags::BITS_STORED, o.bits_stored));
+    obj.put(us(tags::HIGH_BIT, o.bits_stored - 1));
+    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
+    if let Some((slope, intercept)) = o.rescale {
+        obj.put(text(tags::RESCALE_SLOPE, VR::DS, &slope.to_string()));
+        obj.put(text(
+            tags::RESCALE_INTERCEPT,
+            VR::DS,
+            &intercept.to_string(),
+        ));
+    }
+    let ts = if o.rle {
+        let shifts: &[u32] = if allocated == 16 { &[8, 0] } else { &[0] };
+        let segments: Vec<Vec<u8>> = shifts
+            .iter()
+            .map(|shift| {
+                packbits(
+                    &stored
+                        .iter()
+                        .map(|v| (v >> shift) as u8)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut fragment = vec![0u8; 64];
+        fragment[0..4].copy_from_slice(&(segments.len() as u32).to_le_bytes());
+        let mut offset = 64u32;
+        for (i, seg) in segments.iter().enumerate() {
+            fragment[4 + 4 * i..8 + 4 * i].copy_from_slice(&offset.to_le_bytes());
+            offset += seg.len() as u32;
+        }
+        segments.iter().for_each(|seg| fragment.extend(seg));
+        let sequence = PixelFragmentSequence::new(Vec::<u32>::new(), vec![fragment]);
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(sequence),
+        ));
+        "1.2.840.10008.1.2.5"
+    } else if allocated == 8 {
+        let bytes: Vec<u8> = stored.iter().map(|&v| v as u8).collect();
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::from(bytes),
+        ));
+        "1.2.840.10008.1.2.1"
+    } else {
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(stored.iter().copied().collect()),
+        ));
+        "1.2.840.10008.1.2.1"
+    };
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
+        .expect("meta from known values");
+    let mut out = Vec::new();
+    file.write_all(&mut out).expect("writing to memory");
+    out
+}
+
+/// PackBits (DICOM RLE segment) encoding, padded to an even length.
+fn packbits(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 64);
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = bytes[i..]
+            .iter()
+            .take(128)
+            .take_while(|&&b| b == bytes[i])
+            .count();
+        if run >= 3 {
+            out.push((257 - run) as u8);
+            out.push(bytes[i]);
+            i += run;
+        } else {
+            let start = i;
+            while i < bytes.len() && i - start < 128 {
+                if i + 2 < bytes.len() && bytes[i] == bytes[i + 1] && bytes[i] == bytes[i + 2] {
+                    break;
+                }
+                i += 1;
+            }
+            out.push((i - start - 1) as u8);
+            out.extend_from_slice(&bytes[start..i]);
+        }
+    }
+    if out.len() % 2 == 1 {
+        out.push(0x80);
+    }
+    out
+}

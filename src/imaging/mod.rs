@@ -9,7 +9,7 @@ mod decode;
 mod dicom;
 mod thumb;
 
-pub use dicom::DicomInfo;
+pub use dicom::{DicomInfo, DicomWrite, write_dicom};
 
 pub use decode::{Format, Limits, decode_bytes, load, load_with, sniff};
 pub use thumb::{Crop, Thumbnail, resize_gray, thumbnail};

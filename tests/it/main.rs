@@ -5,6 +5,7 @@ mod default_model;
 mod dicom;
 mod imaging;
 mod model;
+mod samples;
 mod scan;
 mod train;
 mod walk;
