@@ -190,7 +190,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     let options = ConvertOptions::new()
         .with_modality_lut(ModalityLutOption::Default)
         .with_voi_lut(VoiLutOption::Identity);
-    let values: Vec<f64> = pixels
+    // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
+    let values: Vec<f32> = pixels
         .to_vec_frame_with_options(0, &options)
         .map_err(|e| fail(format!("{ts_name}: {e}")))?;
     let n = (rows * cols) as usize;
@@ -236,7 +237,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     let (lo, hi) = window.unwrap_or_else(|| {
         values
             .iter()
-            .copied()
+            .map(|&v| v as f64)
             .filter(|&v| v.is_finite() && !is_padding(v))
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
                 (lo.min(v), hi.max(v))
@@ -257,6 +258,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     let out: Vec<u16> = values
         .iter()
         .map(|&v| {
+            let v = v as f64;
             if is_padding(v) || !v.is_finite() {
                 return 0;
             }
