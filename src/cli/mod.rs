@@ -207,6 +207,10 @@ pub fn main() -> ExitCode {
             if err.downcast_ref::<UsageError>().is_some()
                 || err.downcast_ref::<crate::model::ModelError>().is_some()
                 || err.downcast_ref::<crate::dataset::DatasetError>().is_some()
+                || matches!(
+                    err.downcast_ref::<crate::train::TrainError>(),
+                    Some(crate::train::TrainError::Dataset(_))
+                )
             {
                 Exit::Usage.into()
             } else {

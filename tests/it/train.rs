@@ -59,3 +59,21 @@ fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
     assert!(model.manifest.operating_points.contains_key("covid"));
     assert!(model.manifest.temperature > 0.0);
 }
+
+#[test]
+fn missing_data_folder_is_a_usage_error() {
+    let out = tempfile::tempdir().unwrap();
+    let assert = Command::cargo_bin("cxr-triage")
+        .unwrap()
+        .args([
+            "train",
+            "--data",
+            "/no/such/data",
+            "--out",
+            out.path().join("m").to_str().unwrap(),
+        ])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert_eq!(err.trim(), "error: /no/such/data: no such folder");
+}
