@@ -90,3 +90,24 @@ fn manifest_validation_names_the_problem() {
     }
     assert!(Manifest::from_json("{ not json").is_err());
 }
+
+#[test]
+fn nan_weights_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path());
+    let manifest = Manifest::from_path(&path).unwrap();
+    let weights_path = dir.path().join(&manifest.weights);
+    let mut tensors =
+        candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu).unwrap();
+    let bias = tensors["head.bias"].clone();
+    tensors.insert("head.bias".into(), (bias * f64::NAN).unwrap());
+    let poisoned = dir.path().join("poisoned.safetensors");
+    candle_core::safetensors::save(&tensors, &poisoned).unwrap();
+    let bytes = std::fs::read(&poisoned).unwrap();
+    let m = Manifest {
+        sha256: cxr_triage::model::sha256_hex(&bytes),
+        ..manifest
+    };
+    let err = Model::from_parts(m, &bytes).unwrap_err().to_string();
+    assert!(err.contains("head.bias") && err.contains("NaN"), "{err}");
+}
