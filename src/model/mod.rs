@@ -211,28 +211,6 @@ pub fn save(
     Ok(manifest_path)
 }
 
-impl Model {
-    /// A model with freshly initialised (untrained) weights for `manifest`'s architecture:
-    /// for benchmarks and plumbing tests, never for predictions anyone reads.
-    pub fn untrained(mut manifest: Manifest) -> Result<Self, ModelError> {
-        let varmap = candle_nn::VarMap::new();
-        build_net(
-            &manifest,
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )?;
-        let tensors: Vec<(String, Tensor)> = {
-            let data = varmap.data().lock().expect("varmap lock");
-            data.iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-                .collect()
-        };
-        let bytes = safetensors::serialize(tensors, None)
-            .map_err(|e| ModelError::Weights(e.to_string()))?;
-        manifest.sha256 = sha256_hex(&bytes);
-        Self::from_parts(manifest, &bytes)
-    }
-}
-
 /// The default model's manifest, compiled into the binary (see `models/MODEL_CARD.md`).
 pub const DEFAULT_MANIFEST: &str = include_str!("../../models/cxrnet-v1.json");
 /// The default model's weights (safetensors), compiled into the binary.
