@@ -114,7 +114,7 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
         Format::Tiff => ImageFormat::Tiff,
         Format::Dicom => {
             let decoded = std::panic::catch_unwind(|| super::dicom::decode(bytes, limits))
-                .unwrap_or_else(|_| Err(decode_error(format, "decoder panicked")));
+                .unwrap_or_else(|_| Err(ImageError::decode(format, "decoder panicked")));
             let (image, info) = decoded?;
             return Ok(Decoded {
                 image,
@@ -127,13 +127,13 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
     let decoded = std::panic::catch_unwind(|| decode_raster(bytes, image_format, limits))
         .unwrap_or(Err(RasterError::Panicked));
     let dynamic = decoded.map_err(|e| match e {
-        RasterError::Panicked => decode_error(format, "decoder panicked"),
+        RasterError::Panicked => ImageError::decode(format, "decoder panicked"),
         RasterError::Pixels { width, height } => ImageError::TooManyPixels {
             width,
             height,
             limit: limits.max_pixels,
         },
-        RasterError::Image(e) => decode_error(format, &e.to_string()),
+        RasterError::Image(e) => ImageError::decode(format, e.to_string()),
     })?;
     Ok(Decoded {
         image: to_gray(dynamic)?,
@@ -164,13 +164,6 @@ fn decode_raster(
         return Err(RasterError::Pixels { width, height });
     }
     DynamicImage::from_decoder(decoder).map_err(RasterError::Image)
-}
-
-fn decode_error(format: Format, message: &str) -> ImageError {
-    ImageError::Decode {
-        format,
-        message: message.to_string(),
-    }
 }
 
 /// Collapse any colour layout to one channel, keeping 16-bit sources at 16 bits.

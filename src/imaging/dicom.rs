@@ -54,10 +54,7 @@ impl DicomInfo {
 }
 
 fn fail(message: impl Into<String>) -> ImageError {
-    ImageError::Decode {
-        format: Format::Dicom,
-        message: message.into(),
-    }
+    ImageError::decode(Format::Dicom, message)
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {

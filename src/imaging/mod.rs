@@ -115,3 +115,13 @@ pub enum ImageError {
     #[error("{0}")]
     Invalid(String),
 }
+
+impl ImageError {
+    /// A decoder's complaint about a file of a known format.
+    pub(crate) fn decode(format: Format, message: impl Into<String>) -> Self {
+        Self::Decode {
+            format,
+            message: message.into(),
+        }
+    }
+}
