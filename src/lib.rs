@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod model;
 pub mod results;
 pub mod train;
+pub mod tui;
 pub mod worker;

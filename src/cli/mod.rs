@@ -40,17 +40,45 @@ pub struct UsageError(pub String);
     about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export results",
     long_about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export \
 results.\n\nNot a medical device: research and workflow support only.",
-    after_help = "Examples:\n  cxr-triage scan /data/xrays --out results.csv\n  \
+    after_help = "Examples:\n  cxr-triage /data/xrays                      browse, run (R), sort, export (e)\n  \
+cxr-triage samples                          the same on the images shipped with the project\n  \
+cxr-triage scan /data/xrays --out results.csv\n  \
 cxr-triage scan /data/xrays --format jsonl > results.jsonl\n  \
 cxr-triage eval --data ../shared/data/cxr3 --split test"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub browse: BrowseArgs,
+}
+
+/// Options of the terminal UI (the default command).
+#[derive(Debug, Args)]
+pub struct BrowseArgs {
+    /// Folder to browse (or one image). Default: the current folder.
+    pub folder: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Follow symbolic links (loops are detected and reported).
+    #[arg(short = 'L', long)]
+    pub follow_links: bool,
+    /// Include hidden files and folders (names starting with a dot).
+    #[arg(long)]
+    pub hidden: bool,
+    /// Score images that are out of scope too (DICOM lateral views, other modalities).
+    #[arg(long)]
+    pub force: bool,
+    /// Include the DICOM Patient ID in exports (protected health information: off by default).
+    #[arg(long)]
+    pub show_phi: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the terminal UI on the sample images shipped with the project (samples/).
+    Samples(SamplesArgs),
     /// Score every image under a folder (or one file) and write one row per image.
     Scan(ScanArgs),
     /// Train a cxrnet model on a folder of class subfolders (with or without splits.csv).
@@ -60,6 +88,12 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure decode, thumbnail, inference and scan speed on images the benchmark makes.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SamplesArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -195,10 +229,12 @@ pub struct ScanArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Scan(args) => scan::run(args),
-        Command::Train(args) => train::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Bench(args) => bench::run(args),
+        None => browse(cli.browse),
+        Some(Command::Samples(args)) => samples(args),
+        Some(Command::Scan(args)) => scan::run(args),
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -225,5 +261,54 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<crate::model::Model> {
     Ok(match &args.model {
         Some(path) => crate::model::Model::load(path)?,
         None => crate::model::Model::embedded()?,
+    })
+}
+
+/// The terminal UI on a folder.
+fn browse(args: BrowseArgs) -> anyhow::Result<Exit> {
+    let root = args.folder.unwrap_or_else(|| PathBuf::from("."));
+    if !root.exists() {
+        return Err(UsageError(format!("{}: no such file or folder", root.display())).into());
+    }
+    crate::tui::run(crate::tui::TuiConfig {
+        root,
+        model: load_model(&args.model)?,
+        walk: crate::catalog::WalkOptions {
+            follow_links: args.follow_links,
+            hidden: args.hidden,
+        },
+        force: args.force,
+        show_phi: args.show_phi,
+    })?;
+    Ok(Exit::Ok)
+}
+
+/// Where the shipped samples are: `samples/` in the source tree this binary was built from,
+/// or beside the executable.
+pub fn samples_dir() -> Option<PathBuf> {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("samples")));
+    std::iter::once(source)
+        .chain(beside)
+        .find(|d| d.join("README.md").is_file())
+}
+
+fn samples(args: SamplesArgs) -> anyhow::Result<Exit> {
+    let Some(dir) = samples_dir() else {
+        return Err(UsageError(
+            "cannot find the samples folder (samples/ in the source tree, or beside the binary)"
+                .into(),
+        )
+        .into());
+    };
+    browse(BrowseArgs {
+        folder: Some(dir),
+        model: args.model,
+        follow_links: false,
+        hidden: false,
+        force: false,
+        show_phi: false,
     })
 }

@@ -8,4 +8,5 @@ mod model;
 mod samples;
 mod scan;
 mod train;
+mod tui;
 mod walk;

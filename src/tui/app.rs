@@ -1,0 +1,812 @@
+//! The UI's state and every change to it. No IO here: events come in through
+//! [`App::update`], and what the outside world should do comes back as [`Command`]s. The runtime
+//! (`tui::run`) carries the commands out; tests drive `App` directly.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::catalog::Entry;
+use crate::imaging::Thumbnail;
+use crate::model::{Manifest, argmax};
+use crate::results::{ExportFormat, Row, Status as RowStatus};
+use crate::worker::Scored;
+
+/// Where an item is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    Pending,
+    /// In a running (or queued) inference job.
+    Running,
+    Done,
+    Error,
+    OutOfScope,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Error => "error",
+            Status::OutOfScope => "out of scope",
+        }
+    }
+}
+
+/// One file in the list.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub entry: Entry,
+    pub status: Status,
+    /// The result, once the model (or the decoder) has had its say.
+    pub row: Option<Row>,
+    /// Index of the predicted label.
+    pub predicted: Option<usize>,
+    pub marked: bool,
+}
+
+impl Item {
+    pub fn probs(&self) -> &[f32] {
+        self.row.as_ref().map_or(&[], |r| &r.probabilities)
+    }
+}
+
+/// A decoded preview, or why there is none.
+#[derive(Clone, Debug)]
+pub enum Preview {
+    Ready {
+        thumb: Arc<Thumbnail>,
+        /// e.g. `2048x2500 DICOM 12-bit DX PA`.
+        describe: String,
+    },
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// Walk order: natural order of the relative path.
+    Name,
+    /// Probability of one label, highest first (unscored last).
+    Label(usize),
+    Status,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    /// Predicted label.
+    Label(usize),
+    Flagged,
+    Errors,
+    /// Predicted label differs from the folder label.
+    Disagree,
+}
+
+/// Which rows an export writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportScope {
+    /// The list as shown (filter and search applied).
+    Shown,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Typing a `/` search.
+    Search,
+    Help,
+    /// Typing the export path.
+    Export {
+        path: String,
+        scope: ExportScope,
+    },
+}
+
+/// What the runtime should do.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Score these items (index, entry).
+    Score(Vec<(usize, Entry)>),
+    /// Cancel every inference job.
+    Cancel,
+    /// Decode previews of these items, most wanted first; replaces the previous request.
+    Previews(Vec<(usize, PathBuf)>),
+    /// Show this file full-screen.
+    Zoom(PathBuf),
+    /// Write these rows.
+    Export {
+        path: PathBuf,
+        format: ExportFormat,
+        rows: Vec<Row>,
+    },
+    Quit,
+}
+
+/// Everything that happens to the UI, from the keyboard or from the background threads.
+#[derive(Debug)]
+pub enum Event {
+    Key(KeyEvent),
+    Resize,
+    /// More files found by the walk.
+    Found(Vec<Entry>),
+    WalkDone,
+    /// One item's result from an inference job (`item` is the index in the list).
+    Scored {
+        item: usize,
+        scored: Box<Scored>,
+    },
+    /// An inference job ended (finished or cancelled).
+    JobEnded,
+    Preview {
+        item: usize,
+        preview: Preview,
+    },
+    Exported(Result<String, String>),
+    /// The zoom image is decoded (handled by the runtime, which owns the terminal).
+    ZoomReady(Result<Box<crate::imaging::Thumbnail>, String>),
+    /// A background thread failed; shown on the message line.
+    Problem(String),
+    /// Redraw (progress rates, ETA).
+    Tick,
+    /// SIGTERM, SIGHUP, SIGINT: leave cleanly.
+    Signal(i32),
+}
+
+/// Progress of the inference jobs in flight.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub total: usize,
+    pub done: usize,
+    pub started: Instant,
+    pub jobs: usize,
+}
+
+/// A small LRU cache of previews.
+#[derive(Debug, Default)]
+pub struct PreviewCache {
+    map: HashMap<usize, (Preview, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+impl PreviewCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            ..Default::default()
+        }
+    }
+
+    pub fn get(&mut self, item: usize) -> Option<&Preview> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(&item).map(|(p, used)| {
+            *used = clock;
+            &*p
+        })
+    }
+
+    pub fn peek(&self, item: usize) -> Option<&Preview> {
+        self.map.get(&item).map(|(p, _)| p)
+    }
+
+    pub fn contains(&self, item: usize) -> bool {
+        self.map.contains_key(&item)
+    }
+
+    pub fn insert(&mut self, item: usize, preview: Preview) {
+        self.clock += 1;
+        if self.map.len() >= self.capacity
+            && !self.map.contains_key(&item)
+            && let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+        {
+            self.map.remove(&oldest);
+        }
+        self.map.insert(item, (preview, self.clock));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Step of `+`/`-` on the operating point.
+pub const OP_STEP: f32 = 0.05;
+
+pub struct App {
+    /// The folder (or file) being triaged, as given.
+    pub root: PathBuf,
+    pub labels: Vec<String>,
+    pub manifest: Manifest,
+    pub items: Vec<Item>,
+    /// Indices into `items`, filtered and sorted: what the list shows.
+    pub view: Vec<usize>,
+    view_dirty: bool,
+    /// Position of the cursor in `view`.
+    pub cursor: usize,
+    /// First row of `view` shown (kept so the cursor stays visible).
+    pub scroll: usize,
+    pub sort: SortKey,
+    pub filter: Filter,
+    pub search: String,
+    pub mode: Mode,
+    pub grid: bool,
+    pub walking: bool,
+    /// Label whose operating point `+`/`-` moves, and the thresholds (per label, `None` where the
+    /// model has none).
+    pub op_label: usize,
+    pub thresholds: Vec<Option<f32>>,
+    pub progress: Option<Progress>,
+    /// Last job's summary, e.g. `scored 312 images in 8.1 s`.
+    pub last_run: Option<String>,
+    /// One-line message at the bottom (export written, nothing to run, ...).
+    pub message: Option<String>,
+    pub previews: PreviewCache,
+    /// Previews asked for and not yet arrived.
+    requested: HashSet<usize>,
+    last_request: Vec<usize>,
+    /// Rows the list can show (set by the drawing code from the terminal size).
+    pub list_rows: usize,
+    /// Items the grid shows at once (set by the drawing code).
+    pub grid_cells: usize,
+    /// The time now, for rates and ETA (set by the runtime; tests set it by hand).
+    pub now: Instant,
+    pub show_phi: bool,
+    /// The path the export prompt starts with (set by the runtime: it knows the disk).
+    pub export_default: String,
+}
+
+impl App {
+    pub fn new(root: PathBuf, manifest: &Manifest) -> Self {
+        let labels = manifest.labels.clone();
+        let mut thresholds: Vec<Option<f32>> = labels
+            .iter()
+            .map(|l| manifest.operating_points.get(l).copied())
+            .collect();
+        let op_label = thresholds.iter().position(Option::is_some).unwrap_or(0);
+        if thresholds.iter().all(Option::is_none) && !thresholds.is_empty() {
+            thresholds[0] = Some(0.5);
+        }
+        Self {
+            root,
+            labels,
+            manifest: manifest.clone(),
+            items: Vec::new(),
+            view: Vec::new(),
+            view_dirty: false,
+            cursor: 0,
+            scroll: 0,
+            sort: SortKey::Name,
+            filter: Filter::All,
+            search: String::new(),
+            mode: Mode::Normal,
+            grid: false,
+            walking: true,
+            op_label,
+            thresholds,
+            progress: None,
+            last_run: None,
+            message: None,
+            previews: PreviewCache::new(256),
+            requested: HashSet::new(),
+            last_request: Vec::new(),
+            list_rows: 20,
+            grid_cells: 12,
+            now: Instant::now(),
+            show_phi: false,
+            export_default: "cxr-triage-results.csv".into(),
+        }
+    }
+
+    /// The item under the cursor.
+    pub fn current(&self) -> Option<usize> {
+        self.view.get(self.cursor).copied()
+    }
+
+    pub fn is_flagged(&self, item: &Item) -> bool {
+        item.status == Status::Done
+            && item
+                .probs()
+                .iter()
+                .zip(&self.thresholds)
+                .any(|(p, t)| t.is_some_and(|t| *p >= t))
+    }
+
+    /// Does the predicted label differ from the folder label? Only folders named after one of
+    /// the model's labels count (`covid/`, `Normal/`); `dicom/` or `2024-03/` say nothing.
+    pub fn disagrees(&self, item: &Item) -> bool {
+        match (&item.entry.folder_label, item.predicted) {
+            (Some(folder), Some(p)) => {
+                self.labels.iter().any(|l| l.eq_ignore_ascii_case(folder))
+                    && !folder.eq_ignore_ascii_case(&self.labels[p])
+            }
+            _ => false,
+        }
+    }
+
+    pub fn threshold(&self) -> f32 {
+        self.thresholds
+            .get(self.op_label)
+            .copied()
+            .flatten()
+            .unwrap_or(0.5)
+    }
+
+    /// Handle one event; returns what the runtime should do.
+    pub fn update(&mut self, event: Event) -> Vec<Command> {
+        let mut out = Vec::new();
+        match event {
+            Event::Key(key) if key.kind != KeyEventKind::Release => self.key(key, &mut out),
+            Event::Key(_) | Event::Resize | Event::Tick => {}
+            Event::Found(entries) => {
+                self.items.extend(entries.into_iter().map(|entry| Item {
+                    entry,
+                    status: Status::Pending,
+                    row: None,
+                    predicted: None,
+                    marked: false,
+                }));
+                self.view_dirty = true;
+            }
+            Event::WalkDone => self.walking = false,
+            Event::Scored { item, scored } => self.scored(item, &scored),
+            Event::JobEnded => {
+                if let Some(p) = &mut self.progress {
+                    p.jobs = p.jobs.saturating_sub(1);
+                    if p.jobs == 0 {
+                        let secs = self.now.duration_since(p.started).as_secs_f64();
+                        let mut line = format!("scored {} of {}", p.done, p.total);
+                        if secs >= 0.1 {
+                            line.push_str(&format!(
+                                " in {secs:.1} s ({:.1} img/s)",
+                                p.done as f64 / secs
+                            ));
+                        }
+                        self.last_run = Some(line);
+                        self.progress = None;
+                        self.unqueue();
+                    }
+                }
+            }
+            Event::Preview { item, preview } => {
+                self.requested.remove(&item);
+                self.previews.insert(item, preview);
+            }
+            Event::Exported(result) => {
+                self.message = Some(match result {
+                    Ok(m) => m,
+                    Err(e) => format!("export failed: {e}"),
+                });
+            }
+            Event::Problem(m) => self.message = Some(m),
+            Event::ZoomReady(_) => {}
+            Event::Signal(_) => out.push(Command::Quit),
+        }
+        out
+    }
+
+    fn scored(&mut self, index: usize, scored: &Scored) {
+        if index >= self.items.len() {
+            return;
+        }
+        // `flagged` in the row follows the manifest; it is recomputed against the current
+        // operating point wherever it is shown or exported.
+        let row = Row::from_scored(scored, &self.manifest, self.show_phi);
+        let item = &mut self.items[index];
+        item.status = match row.status {
+            RowStatus::Done => Status::Done,
+            RowStatus::Error => Status::Error,
+            RowStatus::OutOfScope => Status::OutOfScope,
+        };
+        item.predicted = (item.status == Status::Done).then(|| argmax(&row.probabilities));
+        item.row = Some(row);
+        if let Some(p) = &mut self.progress {
+            p.done += 1;
+        }
+        if self.sort != SortKey::Name || self.filter != Filter::All {
+            self.view_dirty = true;
+        }
+    }
+
+    /// Items still marked running go back to pending (after a cancel).
+    fn unqueue(&mut self) {
+        for item in &mut self.items {
+            if item.status == Status::Running {
+                item.status = Status::Pending;
+            }
+        }
+    }
+
+    fn key(&mut self, key: KeyEvent, out: &mut Vec<Command>) {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            out.push(Command::Quit);
+            return;
+        }
+        match self.mode.clone() {
+            Mode::Help => self.mode = Mode::Normal,
+            Mode::Search => match key.code {
+                KeyCode::Esc => {
+                    self.search.clear();
+                    self.mode = Mode::Normal;
+                    self.view_dirty = true;
+                }
+                KeyCode::Enter => self.mode = Mode::Normal,
+                KeyCode::Backspace => {
+                    self.search.pop();
+                    self.view_dirty = true;
+                }
+                KeyCode::Char(c) => {
+                    self.search.push(c);
+                    self.view_dirty = true;
+                }
+                KeyCode::Down | KeyCode::Up => self.normal_key(key, out),
+                _ => {}
+            },
+            Mode::Export { mut path, scope } => match key.code {
+                KeyCode::Esc => self.mode = Mode::Normal,
+                KeyCode::Enter => {
+                    self.mode = Mode::Normal;
+                    self.export(PathBuf::from(path.trim()), scope, out);
+                }
+                KeyCode::Tab => {
+                    let scope = match scope {
+                        ExportScope::Shown => ExportScope::All,
+                        ExportScope::All => ExportScope::Shown,
+                    };
+                    self.mode = Mode::Export { path, scope };
+                }
+                KeyCode::Backspace => {
+                    path.pop();
+                    self.mode = Mode::Export { path, scope };
+                }
+                KeyCode::Char(c) => {
+                    path.push(c);
+                    self.mode = Mode::Export { path, scope };
+                }
+                _ => {}
+            },
+            Mode::Normal => self.normal_key(key, out),
+        }
+    }
+
+    fn normal_key(&mut self, key: KeyEvent, out: &mut Vec<Command>) {
+        self.message = None;
+        // Keys act on the list as it is now, even if no frame was drawn since it changed.
+        self.refresh_view();
+        let page = if self.grid {
+            self.grid_cells
+        } else {
+            self.list_rows
+        }
+        .max(1);
+        match key.code {
+            KeyCode::Char('q') => out.push(Command::Quit),
+            KeyCode::Char('j') | KeyCode::Down => self.move_cursor(1),
+            KeyCode::Char('k') | KeyCode::Up => self.move_cursor(-1),
+            KeyCode::Char('l') | KeyCode::Right if self.grid => self.move_cursor(1),
+            KeyCode::Char('h') | KeyCode::Left if self.grid => self.move_cursor(-1),
+            KeyCode::PageDown => self.move_cursor(page as isize),
+            KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                self.move_cursor(page as isize / 2)
+            }
+            KeyCode::PageUp => self.move_cursor(-(page as isize)),
+            KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                self.move_cursor(-(page as isize) / 2)
+            }
+            KeyCode::Home => self.move_cursor(isize::MIN / 2),
+            KeyCode::End | KeyCode::Char('G') => self.move_cursor(isize::MAX / 2),
+            KeyCode::Char(' ') => {
+                if let Some(i) = self.current() {
+                    self.items[i].marked = !self.items[i].marked;
+                    self.move_cursor(1);
+                }
+            }
+            KeyCode::Char('r') => {
+                let marked: Vec<usize> = (0..self.items.len())
+                    .filter(|&i| self.items[i].marked)
+                    .collect();
+                let chosen = if marked.is_empty() {
+                    self.current().into_iter().collect()
+                } else {
+                    marked
+                };
+                self.run(chosen, true, out);
+            }
+            KeyCode::Char('R') => {
+                let pending = (0..self.items.len())
+                    .filter(|&i| self.items[i].status == Status::Pending)
+                    .collect();
+                self.run(pending, false, out);
+            }
+            KeyCode::Esc => {
+                if self.progress.is_some() {
+                    out.push(Command::Cancel);
+                    self.unqueue();
+                    self.message = Some("cancelled: finished results are kept".into());
+                } else if !self.search.is_empty() {
+                    self.search.clear();
+                    self.view_dirty = true;
+                } else {
+                    self.items.iter_mut().for_each(|i| i.marked = false);
+                }
+            }
+            KeyCode::Char('s') => {
+                self.sort = match self.sort {
+                    SortKey::Name if !self.labels.is_empty() => SortKey::Label(0),
+                    SortKey::Label(i) if i + 1 < self.labels.len() => SortKey::Label(i + 1),
+                    SortKey::Name | SortKey::Label(_) => SortKey::Status,
+                    SortKey::Status => SortKey::Name,
+                };
+                self.view_dirty = true;
+            }
+            KeyCode::Char('f') => {
+                self.filter = match self.filter {
+                    Filter::All if !self.labels.is_empty() => Filter::Label(0),
+                    Filter::Label(i) if i + 1 < self.labels.len() => Filter::Label(i + 1),
+                    Filter::All | Filter::Label(_) => Filter::Flagged,
+                    Filter::Flagged => Filter::Errors,
+                    Filter::Errors => Filter::Disagree,
+                    Filter::Disagree => Filter::All,
+                };
+                self.view_dirty = true;
+            }
+            KeyCode::Char('F') => {
+                self.filter = Filter::All;
+                self.view_dirty = true;
+            }
+            KeyCode::Char('/') => self.mode = Mode::Search,
+            KeyCode::Char('+') | KeyCode::Char('=') => self.nudge_threshold(OP_STEP),
+            KeyCode::Char('-') => self.nudge_threshold(-OP_STEP),
+            KeyCode::Char('g') => self.grid = !self.grid,
+            KeyCode::Char('z') | KeyCode::Enter => {
+                if let Some(i) = self.current() {
+                    out.push(Command::Zoom(self.items[i].entry.path.clone()));
+                }
+            }
+            KeyCode::Char('e') => {
+                self.mode = Mode::Export {
+                    path: self.export_default.clone(),
+                    scope: ExportScope::Shown,
+                }
+            }
+            KeyCode::Char('?') => self.mode = Mode::Help,
+            _ => {}
+        }
+    }
+
+    fn nudge_threshold(&mut self, delta: f32) {
+        if let Some(t) = self.thresholds.get_mut(self.op_label) {
+            let v = (t.unwrap_or(0.5) + delta).clamp(0.0, 1.0);
+            *t = Some((v * 100.0).round() / 100.0);
+            if self.filter == Filter::Flagged {
+                self.view_dirty = true;
+            }
+        }
+    }
+
+    fn run(&mut self, chosen: Vec<usize>, rerun: bool, out: &mut Vec<Command>) {
+        let jobs: Vec<(usize, Entry)> = chosen
+            .into_iter()
+            .filter(|&i| {
+                let s = self.items[i].status;
+                s != Status::Running && (rerun || s == Status::Pending)
+            })
+            .map(|i| (i, self.items[i].entry.clone()))
+            .collect();
+        if jobs.is_empty() {
+            self.message = Some(if self.items.is_empty() {
+                "nothing to run: no images here".into()
+            } else {
+                "nothing to run: already scored or running".into()
+            });
+            return;
+        }
+        for (i, _) in &jobs {
+            self.items[*i].status = Status::Running;
+            self.items[*i].marked = false;
+        }
+        let n = jobs.len();
+        match &mut self.progress {
+            Some(p) => {
+                p.total += n;
+                p.jobs += 1;
+            }
+            None => {
+                self.progress = Some(Progress {
+                    total: n,
+                    done: 0,
+                    started: self.now,
+                    jobs: 1,
+                })
+            }
+        }
+        out.push(Command::Score(jobs));
+    }
+
+    fn export(&mut self, path: PathBuf, scope: ExportScope, out: &mut Vec<Command>) {
+        self.refresh_view();
+        if path.as_os_str().is_empty() {
+            self.message = Some("export cancelled: no path".into());
+            return;
+        }
+        let indices: Vec<usize> = match scope {
+            ExportScope::Shown => self.view.clone(),
+            ExportScope::All => (0..self.items.len()).collect(),
+        };
+        let rows: Vec<Row> = indices
+            .iter()
+            .filter_map(|&i| {
+                let item = &self.items[i];
+                item.row.clone().map(|mut r| {
+                    if r.status == RowStatus::Done {
+                        r.flagged = Some(self.is_flagged(item));
+                    }
+                    r
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            self.message = Some("nothing to export: no results yet (press R to run)".into());
+            return;
+        }
+        let format = ExportFormat::from_path(&path);
+        out.push(Command::Export { path, format, rows });
+    }
+
+    fn move_cursor(&mut self, delta: isize) {
+        self.refresh_view();
+        if self.view.is_empty() {
+            self.cursor = 0;
+            return;
+        }
+        let last = self.view.len() as isize - 1;
+        self.cursor = (self.cursor as isize).saturating_add(delta).clamp(0, last) as usize;
+    }
+
+    /// Recompute the filtered, sorted view if anything changed; keeps the cursor on its item.
+    pub fn refresh_view(&mut self) {
+        if !self.view_dirty {
+            return;
+        }
+        self.view_dirty = false;
+        let current = self.current();
+        let needle = self.search.to_lowercase();
+        let keep = |i: usize| -> bool {
+            let item = &self.items[i];
+            let shown = match self.filter {
+                Filter::All => true,
+                Filter::Label(l) => item.predicted == Some(l),
+                Filter::Flagged => self.is_flagged(item),
+                Filter::Errors => item.status == Status::Error,
+                Filter::Disagree => self.disagrees(item),
+            };
+            shown
+                && (needle.is_empty()
+                    || item
+                        .entry
+                        .rel
+                        .to_string_lossy()
+                        .to_lowercase()
+                        .contains(&needle))
+        };
+        let mut view: Vec<usize> = if self.filter == Filter::All && needle.is_empty() {
+            (0..self.items.len()).collect()
+        } else {
+            (0..self.items.len()).filter(|&i| keep(i)).collect()
+        };
+        match self.sort {
+            SortKey::Name => {}
+            SortKey::Label(l) => view.sort_by(|&a, &b| {
+                let p = |i: usize| self.items[i].probs().get(l).copied().unwrap_or(-1.0);
+                p(b).total_cmp(&p(a)).then(a.cmp(&b))
+            }),
+            SortKey::Status => view.sort_by_key(|&i| (self.items[i].status, i)),
+        }
+        self.view = view;
+        self.cursor = current
+            .and_then(|c| self.view.iter().position(|&i| i == c))
+            .unwrap_or(self.cursor.min(self.view.len().saturating_sub(1)));
+    }
+
+    /// Keep the cursor inside the `rows` shown, scrolling as little as possible.
+    pub fn scroll_to_cursor(&mut self, rows: usize) {
+        let rows = rows.max(1);
+        if self.cursor < self.scroll {
+            self.scroll = self.cursor;
+        } else if self.cursor >= self.scroll + rows {
+            self.scroll = self.cursor + 1 - rows;
+        }
+        self.scroll = self.scroll.min(self.view.len().saturating_sub(rows));
+        if self.cursor < self.scroll {
+            self.scroll = self.cursor;
+        }
+    }
+
+    /// The previews worth decoding now: the current item first, then the visible ones; returns
+    /// a command when that list changed (newest request wins in the preview pool).
+    pub fn wanted_previews(&mut self, visible: std::ops::Range<usize>) -> Option<Command> {
+        let mut want = Vec::new();
+        if let Some(c) = self.current() {
+            want.push(c);
+        }
+        let visible: Vec<usize> = self.view
+            [visible.start.min(self.view.len())..visible.end.min(self.view.len())]
+            .to_vec();
+        want.extend(visible.into_iter().filter(|i| Some(*i) != self.current()));
+        want.retain(|i| !self.previews.contains(*i));
+        if want == self.last_request {
+            return None;
+        }
+        self.last_request = want.clone();
+        self.requested = want.iter().copied().collect();
+        Some(Command::Previews(
+            want.into_iter()
+                .map(|i| (i, self.items[i].entry.path.clone()))
+                .collect(),
+        ))
+    }
+
+    /// Is a preview of `item` on its way?
+    pub fn preview_requested(&self, item: usize) -> bool {
+        self.requested.contains(&item)
+    }
+
+    /// Counts for the summary bar.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            per_label: vec![0; self.labels.len()],
+            ..Default::default()
+        };
+        for item in &self.items {
+            match item.status {
+                Status::Pending => s.pending += 1,
+                Status::Running => s.running += 1,
+                Status::Error => s.errors += 1,
+                Status::OutOfScope => s.out_of_scope += 1,
+                Status::Done => {
+                    if let Some(p) = item.predicted {
+                        s.per_label[p] += 1;
+                    }
+                    s.flagged += usize::from(self.is_flagged(item));
+                }
+            }
+        }
+        s
+    }
+
+    /// Images per second and time left of the running jobs.
+    pub fn rate_and_eta(&self) -> Option<(f64, Duration)> {
+        let p = self.progress.as_ref()?;
+        let secs = self.now.duration_since(p.started).as_secs_f64();
+        if p.done == 0 || secs <= 0.0 {
+            return None;
+        }
+        let rate = p.done as f64 / secs;
+        let left = (p.total - p.done.min(p.total)) as f64 / rate;
+        Some((rate, Duration::from_secs_f64(left)))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub per_label: Vec<usize>,
+    pub flagged: usize,
+    pub errors: usize,
+    pub out_of_scope: usize,
+    pub pending: usize,
+    pub running: usize,
+}

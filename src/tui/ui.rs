@@ -1,0 +1,687 @@
+//! Drawing: reads [`App`], writes ratatui's buffer. [`prepare`] runs first and does the little
+//! the layout needs to change in the state (rows per page, scroll, previews wanted).
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+
+use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status};
+use super::image::{ColorMode, GrayPicture};
+
+/// The screen's regions for a terminal of a given size.
+#[derive(Clone, Copy, Debug)]
+pub struct Panes {
+    /// List (or grid) block, borders included.
+    pub list: Rect,
+    /// Preview block, borders included; `None` when the terminal is too narrow.
+    pub preview: Option<Rect>,
+    pub footer: Rect,
+}
+
+/// Grid cell size in terminal cells.
+const GRID_W: u16 = 20;
+const GRID_H: u16 = 9;
+
+pub fn panes(area: Rect, grid: bool) -> Panes {
+    let [main, footer] = Layout::vertical([Constraint::Min(3), Constraint::Length(2)]).areas(area);
+    if grid || area.width < 60 {
+        return Panes {
+            list: main,
+            preview: None,
+            footer,
+        };
+    }
+    let list_pct = if area.width < 100 { 60 } else { 58 };
+    let [list, preview] =
+        Layout::horizontal([Constraint::Percentage(list_pct), Constraint::Fill(1)]).areas(main);
+    Panes {
+        list,
+        preview: Some(preview),
+        footer,
+    }
+}
+
+fn grid_shape(list: Rect) -> (usize, usize) {
+    let inner = inner(list);
+    let cols = (inner.width / GRID_W).max(1) as usize;
+    let rows = (inner.height / GRID_H).max(1) as usize;
+    (cols, rows)
+}
+
+fn inner(r: Rect) -> Rect {
+    Block::default().borders(Borders::ALL).inner(r)
+}
+
+/// Update what depends on the screen size; returns the preview request when it changed.
+pub fn prepare(app: &mut App, area: Rect) -> Option<Command> {
+    app.refresh_view();
+    let p = panes(area, app.grid);
+    let visible = if app.grid {
+        let (cols, rows) = grid_shape(p.list);
+        app.grid_cells = cols * rows;
+        let start = app.cursor / app.grid_cells * app.grid_cells;
+        start..start + app.grid_cells
+    } else {
+        // One row of the block is the column header.
+        app.list_rows = inner(p.list).height.saturating_sub(1) as usize;
+        app.scroll_to_cursor(app.list_rows);
+        app.scroll..app.scroll + app.list_rows
+    };
+    app.wanted_previews(visible)
+}
+
+/// Colours and emphasis, or emphasis alone under `NO_COLOR`.
+#[derive(Clone, Copy)]
+struct Theme {
+    color: bool,
+}
+
+impl Theme {
+    fn fg(self, c: Color) -> Style {
+        if self.color {
+            Style::default().fg(c)
+        } else {
+            Style::default()
+        }
+    }
+    fn dim(self) -> Style {
+        self.fg(Color::DarkGray)
+    }
+    fn error(self) -> Style {
+        if self.color {
+            Style::default().fg(Color::Red)
+        } else {
+            Style::default().add_modifier(Modifier::BOLD)
+        }
+    }
+    fn warn(self) -> Style {
+        if self.color {
+            Style::default().fg(Color::Yellow)
+        } else {
+            Style::default().add_modifier(Modifier::UNDERLINED)
+        }
+    }
+    fn title(self) -> Style {
+        Style::default().add_modifier(Modifier::BOLD)
+    }
+    fn cursor(self) -> Style {
+        Style::default().add_modifier(Modifier::REVERSED)
+    }
+    fn status(self, s: Status) -> Style {
+        match s {
+            Status::Error => self.error(),
+            Status::OutOfScope => self.warn(),
+            Status::Running => self.fg(Color::Cyan),
+            Status::Pending => self.dim(),
+            Status::Done => Style::default(),
+        }
+    }
+}
+
+/// Draw the whole screen. Call [`prepare`] first.
+pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
+    let theme = Theme {
+        color: colors != ColorMode::None,
+    };
+    let area = frame.area();
+    let p = panes(area, app.grid);
+    if app.grid {
+        draw_grid(frame, app, p.list, theme, colors);
+    } else {
+        draw_list(frame, app, p.list, theme);
+    }
+    if let Some(preview) = p.preview {
+        draw_preview(frame, app, preview, theme, colors);
+    }
+    draw_footer(frame, app, p.footer, theme);
+    if app.mode == Mode::Help {
+        draw_help(frame, area, theme);
+    }
+}
+
+fn list_title(app: &App) -> String {
+    let s = app.summary();
+    let mut t = format!(" {}  {} images", app.root.display(), app.items.len());
+    if s.errors > 0 {
+        let plural = if s.errors == 1 { "" } else { "s" };
+        t.push_str(&format!(" · {} error{plural}", s.errors));
+    }
+    if app.walking {
+        t.push_str(" · finding…");
+    }
+    if app.view.len() != app.items.len() {
+        t.push_str(&format!(" · {} shown", app.view.len()));
+    }
+    t.push(' ');
+    t
+}
+
+fn view_label(app: &App) -> String {
+    let sort = match app.sort {
+        SortKey::Name => "name".to_string(),
+        SortKey::Label(l) => format!("P({})", app.labels[l]),
+        SortKey::Status => "status".to_string(),
+    };
+    let filter = match app.filter {
+        Filter::All => None,
+        Filter::Label(l) => Some(format!("predicted {}", app.labels[l])),
+        Filter::Flagged => Some("flagged".into()),
+        Filter::Errors => Some("errors".into()),
+        Filter::Disagree => Some("disagrees with folder".into()),
+    };
+    let mut s = format!(" sort: {sort}");
+    if let Some(f) = filter {
+        s.push_str(&format!(" · filter: {f}"));
+    }
+    if !app.search.is_empty() {
+        s.push_str(&format!(" · search: {}", app.search));
+    }
+    s.push(' ');
+    s
+}
+
+/// Keep the end of a path (the file name) when it does not fit.
+fn fit_left(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        return s.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let tail: String = s.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+/// A horizontal bar of `width` cells filled to `frac`, with eighth-block resolution.
+pub fn bar(frac: f32, width: usize) -> String {
+    const EIGHTHS: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+    let eighths = (frac.clamp(0.0, 1.0) * width as f32 * 8.0).round() as usize;
+    let mut s = "█".repeat(eighths / 8);
+    if !eighths.is_multiple_of(8) {
+        s.push(EIGHTHS[eighths % 8]);
+    }
+    s
+}
+
+fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(list_title(app), theme.title()))
+        .title_bottom(Line::from(Span::styled(view_label(app), theme.dim())).right_aligned());
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if app.items.is_empty() {
+        let msg = if app.walking {
+            "looking for images…".to_string()
+        } else {
+            format!(
+                "no images found in {}\n\nImages are PNG, JPEG, BMP, TIFF and DICOM files, in \
+                 this folder or below. Hidden files are skipped (--hidden), links are not followed (-L).",
+                app.root.display()
+            )
+        };
+        frame.render_widget(
+            Paragraph::new(msg)
+                .style(theme.dim())
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+        return;
+    }
+    let label_w = app.labels.iter().map(|l| l.len()).max().unwrap_or(5).max(5) as u16;
+    let has_folders = app.items.iter().any(|i| i.entry.folder_label.is_some());
+    let folder_w = if has_folders && inner.width >= 90 {
+        10
+    } else {
+        0
+    };
+    let bar_w = if inner.width >= 60 { 8 } else { 0 };
+    let fixed = 2 + 12 + label_w + 5 + bar_w + folder_w + 6;
+    let name_w = inner.width.saturating_sub(fixed).max(8);
+    let mut widths = vec![
+        Constraint::Length(1),
+        Constraint::Length(name_w),
+        Constraint::Length(12),
+        Constraint::Length(label_w),
+        Constraint::Length(4),
+    ];
+    let mut header = vec!["", "name", "status", "label", "P"];
+    if bar_w > 0 {
+        widths.push(Constraint::Length(bar_w));
+        header.push("");
+    }
+    if folder_w > 0 {
+        widths.push(Constraint::Length(folder_w));
+        header.push("folder");
+    }
+    let end = (app.scroll + app.list_rows).min(app.view.len());
+    let rows = app.view[app.scroll.min(end)..end]
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let item = &app.items[i];
+            let probs = item.probs();
+            let (label, p) = match item.predicted {
+                Some(l) => (app.labels[l].clone(), probs[l]),
+                None => (String::new(), f32::NAN),
+            };
+            let disagree = matches!((&item.entry.folder_label, item.predicted),
+            (Some(f), Some(l)) if !f.eq_ignore_ascii_case(&app.labels[l]));
+            let mut label_style = Style::default();
+            if disagree {
+                label_style = theme.warn();
+            }
+            let flag = if app.is_flagged(item) {
+                "⚑"
+            } else if item.marked {
+                "●"
+            } else {
+                " "
+            };
+            let mut cells = vec![
+                Cell::from(flag).style(theme.warn()),
+                Cell::from(fit_left(&item.entry.rel.to_string_lossy(), name_w as usize)),
+                Cell::from(item.status.name()).style(theme.status(item.status)),
+                Cell::from(label).style(label_style),
+                Cell::from(if p.is_nan() {
+                    String::new()
+                } else {
+                    format!("{p:.2}")
+                }),
+            ];
+            if bar_w > 0 {
+                let b = if p.is_nan() {
+                    String::new()
+                } else {
+                    bar(p, bar_w as usize)
+                };
+                cells.push(Cell::from(b).style(theme.fg(Color::Cyan)));
+            }
+            if folder_w > 0 {
+                cells.push(
+                    Cell::from(item.entry.folder_label.clone().unwrap_or_default())
+                        .style(theme.dim()),
+                );
+            }
+            let mut row = Row::new(cells);
+            if app.scroll + k == app.cursor {
+                row = row.style(theme.cursor());
+            } else if item.marked {
+                row = row.style(Style::default().add_modifier(Modifier::BOLD));
+            }
+            row
+        });
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(theme.dim().add_modifier(Modifier::BOLD)))
+        .column_spacing(1);
+    frame.render_widget(table, inner);
+}
+
+fn draw_grid(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: ColorMode) {
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(list_title(app), theme.title()))
+        .title_bottom(Line::from(Span::styled(view_label(app), theme.dim())).right_aligned());
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let (cols, _) = grid_shape(area);
+    let cells = app.grid_cells.max(1);
+    let start = app.cursor / cells * cells;
+    for (k, &i) in app.view.iter().skip(start).take(cells).enumerate() {
+        let x = inner.x + (k % cols) as u16 * GRID_W;
+        let y = inner.y + (k / cols) as u16 * GRID_H;
+        let cell = Rect::new(
+            x,
+            y,
+            GRID_W.min(inner.right() - x),
+            GRID_H.min(inner.bottom() - y),
+        );
+        let item = &app.items[i];
+        let selected = start + k == app.cursor;
+        let [pic, badge] =
+            Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(cell);
+        let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
+        match app.previews.peek(i) {
+            Some(Preview::Ready { thumb, .. }) => frame.render_widget(
+                GrayPicture {
+                    thumb,
+                    mode: colors,
+                },
+                pic,
+            ),
+            Some(Preview::Failed(_)) => {
+                frame.render_widget(Paragraph::new("cannot read").style(theme.error()), pic)
+            }
+            None => frame.render_widget(Paragraph::new("…").style(theme.dim()), pic),
+        }
+        let text = match item.predicted {
+            Some(l) => format!("{} {:.2}", app.labels[l], item.probs()[l]),
+            None => item.status.name().to_string(),
+        };
+        let mut style = theme.status(item.status);
+        if selected {
+            style = theme.cursor();
+        }
+        let flag = if app.is_flagged(item) { "⚑" } else { "" };
+        frame.render_widget(
+            Paragraph::new(fit_left(
+                &format!("{flag}{text}"),
+                badge.width.saturating_sub(1) as usize,
+            ))
+            .style(style),
+            badge,
+        );
+    }
+}
+
+fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: ColorMode) {
+    let current = app.current();
+    let title = current
+        .map(|i| {
+            let name = app.items[i]
+                .entry
+                .rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!(
+                " {} ",
+                fit_left(&name, area.width.saturating_sub(4) as usize)
+            )
+        })
+        .unwrap_or_default();
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(title, theme.title()));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let Some(i) = current else {
+        return;
+    };
+    let item = &app.items[i];
+    let n_labels = app.labels.len() as u16;
+    let [pic, probs, info] = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(n_labels),
+        Constraint::Length(2),
+    ])
+    .areas(inner);
+    match app.previews.peek(i) {
+        Some(Preview::Ready { thumb, .. }) => frame.render_widget(
+            GrayPicture {
+                thumb,
+                mode: colors,
+            },
+            pic,
+        ),
+        Some(Preview::Failed(e)) => frame.render_widget(
+            Paragraph::new(format!("cannot show this file:\n{e}"))
+                .style(theme.error())
+                .wrap(Wrap { trim: true }),
+            pic,
+        ),
+        None => frame.render_widget(
+            Paragraph::new(if app.preview_requested(i) {
+                "loading…"
+            } else {
+                ""
+            })
+            .style(theme.dim())
+            .alignment(Alignment::Center),
+            pic,
+        ),
+    }
+    // Per-label probabilities.
+    let label_w = app.labels.iter().map(|l| l.len()).max().unwrap_or(0);
+    let bar_w = (probs.width as usize).saturating_sub(label_w + 7);
+    let lines: Vec<Line> = app
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(l, name)| {
+            let p = item.probs().get(l).copied();
+            let op = app.thresholds[l].filter(|_| l == app.op_label);
+            let mut style = Style::default();
+            if item.predicted == Some(l) {
+                style = style.add_modifier(Modifier::BOLD);
+            }
+            let mut spans = vec![Span::styled(format!("{name:<label_w$} "), style)];
+            match p {
+                Some(p) => {
+                    spans.push(Span::styled(format!("{p:.2} "), style));
+                    let over = app.thresholds[l].is_some_and(|t| p >= t);
+                    spans.push(Span::styled(
+                        bar(p, bar_w),
+                        if over {
+                            theme.warn()
+                        } else {
+                            theme.fg(Color::Cyan)
+                        },
+                    ));
+                }
+                None => spans.push(Span::styled("  – ", theme.dim())),
+            }
+            if let (Some(t), None) = (op, p) {
+                spans.push(Span::styled(format!(" (flag ≥ {t:.2})"), theme.dim()));
+            }
+            Line::from(spans)
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), probs);
+    // Info: size, depth, format, view; then the error or the folder label.
+    let describe = match app.previews.peek(i) {
+        Some(Preview::Ready { describe, .. }) => Some(describe.clone()),
+        _ => item.row.as_ref().and_then(|r| {
+            Some(format!(
+                "{}x{} {} {}-bit{}",
+                r.width?,
+                r.height?,
+                r.format.clone()?,
+                r.bit_depth?,
+                r.view_position
+                    .as_ref()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default()
+            ))
+        }),
+    };
+    let mut info_lines = vec![Line::from(Span::styled(
+        describe.unwrap_or_default(),
+        theme.dim(),
+    ))];
+    if let Some(err) = item.row.as_ref().and_then(|r| r.error.clone()) {
+        info_lines.push(Line::from(Span::styled(err, theme.status(item.status))));
+    } else if let Some(f) = &item.entry.folder_label {
+        info_lines.push(Line::from(Span::styled(
+            format!("folder label: {f}"),
+            theme.dim(),
+        )));
+    }
+    frame.render_widget(Paragraph::new(info_lines), info);
+}
+
+fn draw_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let s = app.summary();
+    let mut parts: Vec<Span> = Vec::new();
+    for (l, n) in app.labels.iter().zip(&s.per_label) {
+        parts.push(Span::raw(format!("{l} {n}")));
+        parts.push(Span::styled(" · ", theme.dim()));
+    }
+    let op = app
+        .labels
+        .get(app.op_label)
+        .map(|l| format!(" ({l} ≥ {:.2})", app.threshold()))
+        .unwrap_or_default();
+    parts.push(Span::styled(
+        format!("flagged {}{op}", s.flagged),
+        theme.warn(),
+    ));
+    parts.push(Span::styled(" · ", theme.dim()));
+    parts.push(Span::styled(
+        format!("errors {}", s.errors),
+        if s.errors > 0 {
+            theme.error()
+        } else {
+            Style::default()
+        },
+    ));
+    if s.out_of_scope > 0 {
+        parts.push(Span::styled(" · ", theme.dim()));
+        parts.push(Span::raw(format!("out of scope {}", s.out_of_scope)));
+    }
+    parts.push(Span::styled(" · ", theme.dim()));
+    parts.push(Span::raw(format!("pending {}", s.pending)));
+    frame.render_widget(Paragraph::new(Line::from(parts)), top);
+
+    let line = match (&app.mode, &app.progress) {
+        (Mode::Search, _) => Line::from(vec![
+            Span::styled("/", theme.title()),
+            Span::raw(app.search.clone()),
+            Span::styled("▏  Enter keep · Esc clear", theme.dim()),
+        ]),
+        (Mode::Export { path, scope }, _) => {
+            let scope = match scope {
+                ExportScope::Shown => format!("the {} shown", app.view.len()),
+                ExportScope::All => format!("all {}", app.items.len()),
+            };
+            Line::from(vec![
+                Span::styled("export to: ", theme.title()),
+                Span::raw(path.clone()),
+                Span::styled(
+                    format!(
+                        "▏  rows: {scope} (Tab) · .csv/.json/.jsonl · Enter write · Esc cancel"
+                    ),
+                    theme.dim(),
+                ),
+            ])
+        }
+        (_, Some(p)) => {
+            let width = (bottom.width as usize / 3).max(10);
+            let frac = p.done as f32 / p.total.max(1) as f32;
+            let filled = bar(frac, width);
+            let rest = "░".repeat(width.saturating_sub(filled.chars().count()));
+            let rate = match app.rate_and_eta() {
+                Some((rate, eta)) => {
+                    let secs = eta.as_secs();
+                    format!("  {rate:.1} img/s  ETA {}:{:02}", secs / 60, secs % 60)
+                }
+                None => String::new(),
+            };
+            Line::from(vec![
+                Span::styled(filled, theme.fg(Color::Cyan)),
+                Span::styled(rest, theme.dim()),
+                Span::raw(format!(" {}/{}{rate}", p.done, p.total)),
+                Span::styled("  Esc cancel", theme.dim()),
+            ])
+        }
+        (_, None) => match (&app.message, &app.last_run) {
+            (Some(m), _) => Line::from(Span::styled(m.clone(), theme.warn())),
+            (None, last) => {
+                let mut spans = Vec::new();
+                if let Some(l) = last {
+                    spans.push(Span::raw(format!("{l} · ")));
+                }
+                spans.push(Span::styled(
+                    "? help · R run all · r run selection · / search · s sort · f filter · g grid · z zoom · e export · q quit",
+                    theme.dim(),
+                ));
+                Line::from(spans)
+            }
+        },
+    };
+    frame.render_widget(Paragraph::new(line), bottom);
+}
+
+/// Every key, as the help overlay lists them.
+pub const KEYS: &[(&str, &str)] = &[
+    ("j k ↓ ↑", "move"),
+    ("PgDn PgUp ^d ^u", "page down / up"),
+    ("Home End G", "first / last"),
+    ("space", "mark (r runs the marked images)"),
+    (
+        "r",
+        "run the model on the marked images, or on the current one",
+    ),
+    ("R", "run on everything not scored yet"),
+    (
+        "Esc",
+        "cancel the run (keeps the results) / clear search / unmark",
+    ),
+    ("s", "sort: name → P(each label) → status"),
+    (
+        "f F",
+        "filter: label → flagged → errors → disagrees with folder / off",
+    ),
+    (
+        "/",
+        "search the paths as you type (Enter keeps, Esc clears)",
+    ),
+    ("+ -", "move the operating point of the flag label"),
+    ("g", "thumbnail grid of the list / back (h l move sideways)"),
+    (
+        "z Enter",
+        "zoom: full screen, best image protocol; any key returns",
+    ),
+    (
+        "e",
+        "export the list (Tab: shown rows or all) to .csv .json .jsonl",
+    ),
+    ("?", "this help"),
+    ("q ^c", "quit"),
+];
+
+fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
+    let w = area.width.min(80);
+    let h = (KEYS.len() as u16 + 2).min(area.height);
+    let popup = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    frame.render_widget(Clear, popup);
+    let lines: Vec<Line> = KEYS
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!("{k:>15} "), theme.title()),
+                Span::raw(*v),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Span::styled(" keys ", theme.title()))
+                .title_bottom(Line::from(" any key closes ").right_aligned()),
+        ),
+        popup,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_use_eighths() {
+        assert_eq!(bar(0.0, 4), "");
+        assert_eq!(bar(1.0, 4), "████");
+        assert_eq!(bar(0.5, 4), "██");
+        assert_eq!(bar(0.5 + 1.0 / 32.0, 4), "██▏");
+        assert_eq!(bar(7.0, 2), "██");
+    }
+
+    #[test]
+    fn long_paths_keep_their_end() {
+        assert_eq!(fit_left("covid/abc.png", 20), "covid/abc.png");
+        assert_eq!(fit_left("covid/abc.png", 8), "…abc.png");
+        assert_eq!(fit_left("abc", 0), "");
+    }
+}

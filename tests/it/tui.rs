@@ -1,0 +1,611 @@
+//! The terminal UI without a terminal: `App` driven by events, the screen drawn into
+//! ratatui's `TestBackend` and compared with insta snapshots (`tests/it/snapshots/`), and one
+//! end-to-end run of the real binary inside tmux.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cxr_triage::catalog::Entry;
+use cxr_triage::imaging::{Format, Thumbnail};
+use cxr_triage::model::Manifest;
+use cxr_triage::tui::app::{App, Command, Event, Filter, Mode, Preview, SortKey, Status};
+use cxr_triage::tui::image::ColorMode;
+use cxr_triage::tui::ui;
+use cxr_triage::worker::{ImageInfo, Outcome, Scored};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+fn manifest() -> Manifest {
+    Manifest::from_json(cxr_triage::model::DEFAULT_MANIFEST).unwrap()
+}
+
+fn entry(rel: &str) -> Entry {
+    let rel = PathBuf::from(rel);
+    let folder_label = rel
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    Entry {
+        path: PathBuf::from("/data/incoming").join(&rel),
+        rel,
+        folder_label,
+        walk_error: None,
+    }
+}
+
+fn key(c: char) -> Event {
+    Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
+}
+
+fn code(code: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn info() -> ImageInfo {
+    ImageInfo {
+        format: Format::Png,
+        width: 1024,
+        height: 1024,
+        bit_depth: 8,
+        dicom: None,
+    }
+}
+
+fn scored(app: &App, item: usize, probs: [f32; 3]) -> Event {
+    Event::Scored {
+        item,
+        scored: Box::new(Scored {
+            index: 0,
+            entry: app.items[item].entry.clone(),
+            outcome: Outcome::Scored {
+                info: info(),
+                probs: probs.to_vec(),
+            },
+        }),
+    }
+}
+
+fn failed(app: &App, item: usize, error: &str) -> Event {
+    Event::Scored {
+        item,
+        scored: Box::new(Scored {
+            index: 0,
+            entry: app.items[item].entry.clone(),
+            outcome: Outcome::Failed {
+                info: None,
+                error: error.into(),
+            },
+        }),
+    }
+}
+
+/// An app with `names` found and the walk finished.
+fn app_with(names: &[&str]) -> App {
+    let mut app = App::new(PathBuf::from("/data/incoming"), &manifest());
+    app.update(Event::Found(names.iter().map(|n| entry(n)).collect()));
+    app.update(Event::WalkDone);
+    app.refresh_view();
+    app
+}
+
+const NAMES: [&str; 6] = [
+    "covid/a.png",
+    "covid/b.png",
+    "normal/c.png",
+    "normal/d.png",
+    "pneumonia/e.png",
+    "pneumonia/broken.png",
+];
+
+/// Every item scored: a covid, b normal (disagrees), c normal, d normal, e pneumonia, broken fails.
+fn scored_app() -> App {
+    let mut app = app_with(&NAMES);
+    let cmds = app.update(key('R'));
+    assert!(matches!(&cmds[..], [Command::Score(jobs)] if jobs.len() == 6));
+    let probs = [
+        [0.91, 0.05, 0.04],
+        [0.20, 0.70, 0.10],
+        [0.02, 0.95, 0.03],
+        [0.05, 0.60, 0.35],
+        [0.10, 0.15, 0.75],
+    ];
+    for (i, p) in probs.into_iter().enumerate() {
+        let ev = scored(&app, i, p);
+        app.update(ev);
+    }
+    let ev = failed(&app, 5, "truncated PNG: unexpected end of file");
+    app.update(ev);
+    app.update(Event::JobEnded);
+    app.refresh_view();
+    app
+}
+
+fn shown(app: &App) -> Vec<String> {
+    app.view
+        .iter()
+        .map(|&i| app.items[i].entry.rel.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn keys_move_the_cursor_within_the_list() {
+    let mut app = app_with(&NAMES);
+    assert_eq!(app.current(), Some(0));
+    app.update(key('j'));
+    app.update(code(KeyCode::Down));
+    assert_eq!(app.current(), Some(2));
+    app.update(key('k'));
+    assert_eq!(app.current(), Some(1));
+    app.update(key('G'));
+    assert_eq!(app.current(), Some(5));
+    app.update(key('j'));
+    assert_eq!(app.current(), Some(5), "stays on the last row");
+    app.update(code(KeyCode::Home));
+    app.update(key('k'));
+    assert_eq!(app.current(), Some(0), "stays on the first row");
+}
+
+#[test]
+fn r_runs_the_marked_images_or_else_the_current_one() {
+    let mut app = app_with(&NAMES);
+    let cmds = app.update(key('r'));
+    match &cmds[..] {
+        [Command::Score(jobs)] => assert_eq!(jobs.iter().map(|j| j.0).collect::<Vec<_>>(), [0]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(app.items[0].status, Status::Running);
+    // Mark two (space marks and moves down), run: only those two, and marks are cleared.
+    app.update(key(' ')); // marks 0, which is running: still marked
+    app.update(key(' ')); // marks 1
+    app.update(key('j'));
+    app.update(key(' ')); // marks 3
+    let cmds = app.update(key('r'));
+    match &cmds[..] {
+        [Command::Score(jobs)] => assert_eq!(jobs.iter().map(|j| j.0).collect::<Vec<_>>(), [1, 3]),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        app.items
+            .iter()
+            .all(|i| !i.marked || i.status == Status::Running)
+    );
+    assert_eq!(
+        app.progress.as_ref().map(|p| (p.total, p.jobs)),
+        Some((3, 2))
+    );
+}
+
+#[test]
+fn capital_r_runs_only_what_is_pending_and_reports_when_nothing_is() {
+    let mut app = scored_app();
+    let cmds = app.update(key('R'));
+    assert!(cmds.is_empty());
+    assert!(app.message.as_deref().unwrap().contains("nothing to run"));
+    assert!(app.progress.is_none());
+}
+
+#[test]
+fn escape_cancels_the_run_and_keeps_what_finished() {
+    let mut app = app_with(&NAMES);
+    app.update(key('R'));
+    let ev = scored(&app, 0, [0.9, 0.05, 0.05]);
+    app.update(ev);
+    let cmds = app.update(code(KeyCode::Esc));
+    assert_eq!(cmds, [Command::Cancel]);
+    assert_eq!(app.items[0].status, Status::Done);
+    assert!(app.items[1..].iter().all(|i| i.status == Status::Pending));
+    // A result already on its way when Esc was pressed is still kept.
+    let ev = scored(&app, 1, [0.1, 0.8, 0.1]);
+    app.update(ev);
+    assert_eq!(app.items[1].status, Status::Done);
+    app.update(Event::JobEnded);
+    assert!(app.progress.is_none());
+    assert!(
+        app.last_run
+            .as_deref()
+            .unwrap()
+            .starts_with("scored 2 of 6")
+    );
+    // Pending ones can be run again.
+    let cmds = app.update(key('R'));
+    assert!(matches!(&cmds[..], [Command::Score(jobs)] if jobs.len() == 4));
+}
+
+#[test]
+fn summary_counts_follow_results_and_the_operating_point() {
+    let mut app = scored_app();
+    let s = app.summary();
+    assert_eq!(s.per_label, [1, 3, 1]);
+    assert_eq!((s.errors, s.pending, s.running), (1, 0, 0));
+    // The default model flags covid from its operating point in the manifest.
+    let t0 = app.threshold();
+    let flagged_at = |app: &App| app.items.iter().filter(|i| app.is_flagged(i)).count();
+    assert_eq!(s.flagged, flagged_at(&app));
+    // Raise the threshold over 0.20 and 0.10: only a (0.91) stays flagged.
+    while app.threshold() < 0.25 {
+        app.update(key('+'));
+    }
+    assert!(app.threshold() > t0);
+    assert_eq!(app.summary().flagged, 1);
+    // Lower it to 0: every scored image is flagged; errors never are.
+    for _ in 0..30 {
+        app.update(key('-'));
+    }
+    assert_eq!(app.threshold(), 0.0);
+    assert_eq!(app.summary().flagged, 5);
+}
+
+#[test]
+fn sorting_by_a_label_puts_the_highest_first_and_keeps_the_cursor_on_its_item() {
+    let mut app = scored_app();
+    app.update(key('j')); // b.png
+    app.update(key('s')); // P(covid)
+    app.refresh_view();
+    assert_eq!(app.sort, SortKey::Label(0));
+    assert_eq!(
+        shown(&app),
+        [
+            "covid/a.png",
+            "covid/b.png",
+            "pneumonia/e.png",
+            "normal/d.png",
+            "normal/c.png",
+            "pneumonia/broken.png"
+        ]
+    );
+    assert_eq!(app.current(), Some(1), "cursor follows b.png");
+    for _ in 0..3 {
+        app.update(key('s'));
+    }
+    app.refresh_view();
+    assert_eq!(app.sort, SortKey::Status);
+    assert_eq!(shown(&app).last().unwrap(), "pneumonia/broken.png");
+    app.update(key('s'));
+    assert_eq!(app.sort, SortKey::Name);
+}
+
+#[test]
+fn filters_select_labels_errors_and_disagreements() {
+    let mut app = scored_app();
+    app.update(key('f'));
+    app.refresh_view();
+    assert_eq!(app.filter, Filter::Label(0));
+    assert_eq!(shown(&app), ["covid/a.png"]);
+    app.update(key('f'));
+    app.refresh_view();
+    assert_eq!(shown(&app), ["covid/b.png", "normal/c.png", "normal/d.png"]);
+    for _ in 0..3 {
+        app.update(key('f'));
+    }
+    app.refresh_view();
+    assert_eq!(app.filter, Filter::Errors);
+    assert_eq!(shown(&app), ["pneumonia/broken.png"]);
+    app.update(key('f'));
+    app.refresh_view();
+    assert_eq!(app.filter, Filter::Disagree);
+    assert_eq!(shown(&app), ["covid/b.png"]);
+    app.update(key('F'));
+    app.refresh_view();
+    assert_eq!(shown(&app).len(), 6);
+}
+
+#[test]
+fn folders_not_named_after_a_label_never_disagree() {
+    let mut app = app_with(&["dicom/x.dcm", "Normal/y.png"]);
+    app.update(key('R'));
+    for i in 0..2 {
+        let ev = scored(&app, i, [0.9, 0.05, 0.05]);
+        app.update(ev);
+    }
+    assert!(!app.disagrees(&app.items[0]), "dicom/ is not a label");
+    assert!(
+        app.disagrees(&app.items[1]),
+        "Normal/ is, whatever the case"
+    );
+}
+
+#[test]
+fn search_filters_as_you_type_and_escape_clears_it() {
+    let mut app = scored_app();
+    app.update(key('/'));
+    assert_eq!(app.mode, Mode::Search);
+    for c in "NORMAL/".chars() {
+        app.update(key(c));
+    }
+    app.refresh_view();
+    assert_eq!(shown(&app), ["normal/c.png", "normal/d.png"]);
+    // Keys typed into the search are not commands: `q` is text here.
+    let cmds = app.update(key('q'));
+    assert!(cmds.is_empty());
+    app.refresh_view();
+    assert!(shown(&app).is_empty());
+    app.update(code(KeyCode::Backspace));
+    app.update(code(KeyCode::Enter));
+    assert_eq!(app.mode, Mode::Normal);
+    app.refresh_view();
+    assert_eq!(shown(&app).len(), 2, "Enter keeps the search");
+    app.update(code(KeyCode::Esc));
+    app.refresh_view();
+    assert_eq!(shown(&app).len(), 6);
+}
+
+#[test]
+fn export_writes_the_shown_rows_with_the_current_operating_point() {
+    let mut app = scored_app();
+    app.export_default = "/tmp/out.csv".into();
+    app.update(key('f')); // predicted covid: a.png
+    app.update(key('e'));
+    assert!(matches!(&app.mode, Mode::Export { path, .. } if path == "/tmp/out.csv"));
+    let cmds = app.update(code(KeyCode::Enter));
+    match &cmds[..] {
+        [Command::Export { path, rows, .. }] => {
+            assert_eq!(path, &PathBuf::from("/tmp/out.csv"));
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].path, "covid/a.png");
+            assert_eq!(rows[0].flagged, Some(true));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Tab switches to every row; pending items have no result and are left out.
+    app.update(key('F'));
+    for _ in 0..30 {
+        app.update(key('+'));
+    }
+    app.update(key('e'));
+    app.update(code(KeyCode::Tab));
+    for _ in 0..20 {
+        app.update(code(KeyCode::Backspace));
+    }
+    for c in "x.json".chars() {
+        app.update(key(c));
+    }
+    let cmds = app.update(code(KeyCode::Enter));
+    match &cmds[..] {
+        [Command::Export { path, rows, format }] => {
+            assert_eq!(path, &PathBuf::from("x.json"));
+            assert_eq!(*format, cxr_triage::results::ExportFormat::Json);
+            assert_eq!(rows.len(), 6);
+            assert!(
+                rows.iter().all(|r| r.flagged != Some(true)),
+                "threshold 1.0 flags nothing"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn export_rows_refuses_the_image_folder_and_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let app = scored_app();
+    let rows: Vec<_> = app.items.iter().filter_map(|i| i.row.clone()).collect();
+    let csv = cxr_triage::results::ExportFormat::Csv;
+    let inside = images.join("sub/out.csv");
+    let err = cxr_triage::tui::export_rows(&inside, &images, csv, &app.labels, &rows).unwrap_err();
+    assert!(err.contains("inside the image folder"), "{err}");
+    assert!(!images.join("sub").exists());
+    let out = dir.path().join("out.csv");
+    let ok = cxr_triage::tui::export_rows(&out, &images, csv, &app.labels, &rows).unwrap();
+    assert!(ok.starts_with("6 rows written"), "{ok}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 7);
+    assert!(text.starts_with("path,status,error,folder_label"));
+    let err = cxr_triage::tui::export_rows(&out, &images, csv, &app.labels, &rows).unwrap_err();
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        text,
+        "not overwritten"
+    );
+}
+
+#[test]
+fn previews_are_asked_for_the_current_item_first_and_only_once() {
+    let mut app = app_with(&NAMES);
+    app.update(key('j'));
+    app.update(key('j'));
+    let Some(Command::Previews(list)) = app.wanted_previews(0..4) else {
+        panic!("expected a request");
+    };
+    assert_eq!(list.iter().map(|l| l.0).collect::<Vec<_>>(), [2, 0, 1, 3]);
+    assert!(
+        app.wanted_previews(0..4).is_none(),
+        "same request is not sent twice"
+    );
+    app.update(Event::Preview {
+        item: 2,
+        preview: Preview::Failed("x".into()),
+    });
+    let Some(Command::Previews(list)) = app.wanted_previews(0..4) else {
+        panic!("expected a new request");
+    };
+    assert_eq!(list.iter().map(|l| l.0).collect::<Vec<_>>(), [0, 1, 3]);
+}
+
+#[test]
+fn the_preview_cache_forgets_the_least_recently_used() {
+    let mut cache = cxr_triage::tui::app::PreviewCache::new(2);
+    let p = || Preview::Failed(String::new());
+    cache.insert(1, p());
+    cache.insert(2, p());
+    assert!(cache.get(1).is_some()); // 2 is now the oldest
+    cache.insert(3, p());
+    assert!(cache.contains(1) && cache.contains(3) && !cache.contains(2));
+    assert_eq!(cache.len(), 2);
+}
+
+#[test]
+fn quit_keys_and_signals_ask_to_quit() {
+    let mut app = app_with(&NAMES);
+    assert_eq!(app.update(key('q')), [Command::Quit]);
+    assert_eq!(
+        app.update(Event::Key(KeyEvent::new(
+            KeyCode::Char('c'),
+            KeyModifiers::CONTROL
+        ))),
+        [Command::Quit]
+    );
+    assert_eq!(app.update(Event::Signal(15)), [Command::Quit]);
+    app.update(key('?'));
+    assert_eq!(app.mode, Mode::Help);
+    assert!(
+        app.update(key('q')).is_empty(),
+        "a key closes the help first"
+    );
+    assert_eq!(app.mode, Mode::Normal);
+}
+
+// ---------------------------------------------------------------- snapshots
+
+fn gradient(w: u32, h: u32) -> Thumbnail {
+    // A bright frame around a dark centre, like lungs in a chest film.
+    let pixels = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let dx = (x as f32 / w as f32 - 0.5).abs();
+            let dy = (y as f32 / h as f32 - 0.5).abs();
+            (dx.max(dy) * 500.0).min(255.0) as u8
+        })
+        .collect();
+    Thumbnail {
+        width: w,
+        height: h,
+        pixels,
+    }
+}
+
+fn screen(app: &mut App, w: u16, h: u16, colors: ColorMode) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    ui::prepare(app, ratatui::layout::Rect::new(0, 0, w, h));
+    terminal.draw(|f| ui::draw(f, app, colors)).unwrap();
+    terminal.backend().to_string()
+}
+
+#[test]
+fn snapshot_empty_folder() {
+    let mut app = app_with(&[]);
+    insta::assert_snapshot!(screen(&mut app, 100, 20, ColorMode::TrueColor));
+}
+
+#[test]
+fn snapshot_folder_loading() {
+    let mut app = App::new(PathBuf::from("/data/incoming"), &manifest());
+    app.update(Event::Found(NAMES[..3].iter().map(|n| entry(n)).collect()));
+    insta::assert_snapshot!(screen(&mut app, 100, 20, ColorMode::TrueColor));
+}
+
+#[test]
+fn snapshot_results_with_a_selection() {
+    let mut app = scored_app();
+    app.update(key('j'));
+    app.update(Event::Preview {
+        item: 1,
+        preview: Preview::Ready {
+            thumb: Arc::new(gradient(64, 64)),
+            describe: "1024x1024 PNG 8-bit".into(),
+        },
+    });
+    insta::assert_snapshot!(screen(&mut app, 120, 35, ColorMode::TrueColor));
+}
+
+#[test]
+fn snapshot_run_in_progress() {
+    let mut app = app_with(&NAMES);
+    app.update(key('R'));
+    for i in 0..3 {
+        let ev = scored(&app, i, [0.2, 0.7, 0.1]);
+        app.update(ev);
+    }
+    // 3 done in 2 s: 1.5 img/s, 3 left, ETA 2 s.
+    let started = app.progress.as_ref().unwrap().started;
+    app.now = started + Duration::from_secs(2);
+    insta::assert_snapshot!(screen(&mut app, 100, 14, ColorMode::TrueColor));
+}
+
+#[test]
+fn snapshot_errors_shown() {
+    let mut app = scored_app();
+    app.update(key('G'));
+    app.update(Event::Preview {
+        item: 5,
+        preview: Preview::Failed("truncated PNG: unexpected end of file".into()),
+    });
+    insta::assert_snapshot!(screen(&mut app, 100, 20, ColorMode::TrueColor));
+}
+
+#[test]
+fn snapshot_help_overlay() {
+    let mut app = scored_app();
+    app.update(key('?'));
+    insta::assert_snapshot!(screen(&mut app, 100, 24, ColorMode::TrueColor));
+}
+
+#[test]
+fn snapshot_80x24_without_colour() {
+    let mut app = scored_app();
+    app.update(Event::Preview {
+        item: 0,
+        preview: Preview::Ready {
+            thumb: Arc::new(gradient(48, 40)),
+            describe: "2048x2500 DICOM 12-bit DX PA".into(),
+        },
+    });
+    insta::assert_snapshot!(screen(&mut app, 80, 24, ColorMode::None));
+}
+
+#[test]
+fn snapshot_grid() {
+    let mut app = scored_app();
+    for i in 0..4 {
+        app.update(Event::Preview {
+            item: i,
+            preview: Preview::Ready {
+                thumb: Arc::new(gradient(32, 32)),
+                describe: String::new(),
+            },
+        });
+    }
+    app.update(key('g'));
+    insta::assert_snapshot!(screen(&mut app, 80, 24, ColorMode::TrueColor));
+}
+
+#[test]
+fn no_color_draws_no_colour() {
+    let mut app = scored_app();
+    app.update(Event::Preview {
+        item: 0,
+        preview: Preview::Ready {
+            thumb: Arc::new(gradient(48, 40)),
+            describe: String::new(),
+        },
+    });
+    let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
+    ui::prepare(&mut app, ratatui::layout::Rect::new(0, 0, 100, 30));
+    terminal
+        .draw(|f| ui::draw(f, &app, ColorMode::None))
+        .unwrap();
+    let buf = terminal.backend().buffer();
+    use ratatui::style::Color;
+    assert!(
+        buf.content()
+            .iter()
+            .all(|c| c.fg == Color::Reset && c.bg == Color::Reset),
+        "a cell has a colour under NO_COLOR"
+    );
+    // With colour the same screen does use colours (the test can fail).
+    terminal
+        .draw(|f| ui::draw(f, &app, ColorMode::TrueColor))
+        .unwrap();
+    assert!(
+        terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .any(|c| c.bg != Color::Reset)
+    );
+}
