@@ -6,6 +6,7 @@
 //! - [`model`]: the manifest, the one preprocessing function, the networks, prediction.
 //! - [`worker`]: the bounded decode-then-score pipeline that runs in the background.
 //! - [`results`]: the one results type and its CSV / JSON exports.
+//! - [`tui`]: the terminal UI (state in `tui::app`, drawing in `tui::ui`).
 //! - [`cli`]: the command line (the only place that uses `anyhow`).
 
 pub mod bench;

@@ -2,6 +2,63 @@ use std::cmp::Ordering;
 
 /// Compare names the way people count: `img2` < `img10`, case-insensitively first.
 pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        return ascii_cmp(a.as_bytes(), b.as_bytes()).then_with(|| a.cmp(b));
+    }
+    chunk_cmp(a, b)
+}
+
+/// The same order as [`chunk_cmp`] for ASCII names, without allocating or splitting: sorting a
+/// folder of 20,000 files before its first entry can be shown runs this n log n times.
+fn ascii_cmp(x: &[u8], y: &[u8]) -> Ordering {
+    let (mut i, mut j) = (0, 0);
+    // Inside a run of text (the previous, equal byte was not a digit)?
+    let mut in_text = false;
+    while i < x.len() && j < y.len() {
+        let (dx, dy) = (x[i].is_ascii_digit(), y[j].is_ascii_digit());
+        if dx && dy {
+            let (si, sj) = (i, j);
+            while i < x.len() && x[i].is_ascii_digit() {
+                i += 1;
+            }
+            while j < y.len() && y[j].is_ascii_digit() {
+                j += 1;
+            }
+            let (tx, ty) = (trim_zeros(&x[si..i]), trim_zeros(&y[sj..j]));
+            let ord = tx.len().cmp(&ty.len()).then_with(|| tx.cmp(ty));
+            if ord != Ordering::Equal {
+                return ord;
+            }
+            in_text = false;
+            continue;
+        }
+        if in_text && dx != dy {
+            // One text run ended where the other goes on: the shorter run sorts first.
+            return if dx {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+        }
+        let ord = x[i].to_ascii_lowercase().cmp(&y[j].to_ascii_lowercase());
+        if ord != Ordering::Equal {
+            return ord;
+        }
+        in_text = true;
+        i += 1;
+        j += 1;
+    }
+    (x.len() - i).cmp(&(y.len() - j))
+}
+
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let zeros = d.iter().take_while(|&&c| c == b'0').count();
+    &d[zeros..]
+}
+
+/// The reference order: split into digit and text chunks, numbers by value, text
+/// case-insensitively.
+fn chunk_cmp(a: &str, b: &str) -> Ordering {
     let (mut x, mut y) = (a, b);
     loop {
         match (x.is_empty(), y.is_empty()) {
@@ -44,6 +101,37 @@ fn split_chunk(s: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_fast_path_orders_like_the_reference() {
+        // Random short names over an alphabet with digits, case and separators.
+        let alphabet = b"aAbB0129-._ z";
+        let mut state = 0x2545_f491_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 33) as usize
+        };
+        let mut names = Vec::new();
+        for _ in 0..400 {
+            let len = next() % 7;
+            names.push(
+                (0..len)
+                    .map(|_| alphabet[next() % alphabet.len()] as char)
+                    .collect::<String>(),
+            );
+        }
+        for a in &names {
+            for b in &names {
+                assert_eq!(
+                    natural_cmp(a, b),
+                    chunk_cmp(a, b).then_with(|| a.cmp(b)),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn numbers_compare_by_value() {

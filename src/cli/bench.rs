@@ -1,4 +1,4 @@
-use super::{BenchArgs, Exit, load_model};
+use super::{BenchArgs, BenchPart, Exit, load_model};
 use crate::bench::{decode_figures, fixed_input_probabilities, inference_figure, scan_figures};
 use crate::worker::PipelineOptions;
 
@@ -10,6 +10,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
         model.manifest.name, model.manifest.input.size, model.manifest.input.size
     );
 
+    let part = |p: BenchPart| args.only.is_none_or(|o| o == p);
+    if part(BenchPart::Decode) {
+        decode(&args);
+    }
+    if part(BenchPart::Inference) {
+        inference(&args, &model);
+    }
+    if part(BenchPart::Scan) {
+        scan(&args, &model)?;
+    }
+    if part(BenchPart::Tui) {
+        tui(&args)?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn decode(args: &BenchArgs) {
     println!("decode and thumbnail (median of {} runs)", args.runs);
     println!(
         "  {:<24} {:>10} {:>16}",
@@ -18,8 +35,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     for (name, decode, thumb) in decode_figures(args.runs) {
         println!("  {name:<24} {decode:>10.2} {thumb:>16.2}");
     }
+}
 
-    let fixed: Vec<String> = fixed_input_probabilities(&model)
+fn inference(args: &BenchArgs, model: &crate::model::Model) {
+    let fixed: Vec<String> = fixed_input_probabilities(model)
         .iter()
         .map(|p| format!("{p:.4}"))
         .collect();
@@ -31,13 +50,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     for batch in [1, 8] {
         println!(
             "  batch {batch}: {:>8.1} images/s",
-            inference_figure(&model, batch, args.runs)
+            inference_figure(model, batch, args.runs)
         );
     }
+}
 
+fn scan(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("cxr-triage-bench-{}", std::process::id()));
     let options = PipelineOptions::default();
-    let figures = scan_figures(&model, &dir, args.images, &options);
+    let figures = scan_figures(model, &dir, args.images, &options);
     let _ = std::fs::remove_dir_all(&dir);
     let f = figures?;
     let slower = f.decode_only.min(f.infer_only);
@@ -58,5 +79,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
         f.end_to_end,
         f.end_to_end / slower * 100.0
     );
-    Ok(Exit::Ok)
+    Ok(())
+}
+
+fn tui(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cxr-triage-bench-tui-{}", std::process::id()));
+    let real = 1000.min(args.tui_files);
+    let figures = crate::tui::bench::figures(&dir, args.tui_files, real, args.runs, args.keys);
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = figures?;
+    println!(
+        "\nterminal UI, 120x35, folder of {} files ({} real 1024x1024 PNGs, the rest empty stubs)",
+        f.files, f.real
+    );
+    println!(
+        "  launch to first full frame  {:>8.1} ms  (median of {} runs; model load included)",
+        f.first_frame_ms, args.runs
+    );
+    println!("  all files listed            {:>8.1} ms", f.all_listed_ms);
+    println!("  key + redraw while inference runs (queued results applied first):");
+    for (name, median, p99, max, n) in &f.keys {
+        println!(
+            "    {name:<32} median {median:>6.2} ms  p99 {p99:>6.2} ms  max {max:>6.2} ms  ({n} keys)"
+        );
+    }
+    println!("  images scored by then       {:>8}", f.scored_meanwhile);
+    Ok(())
 }

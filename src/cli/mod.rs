@@ -37,9 +37,11 @@ pub struct UsageError(pub String);
 #[command(
     name = "cxr-triage",
     version,
-    about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export results",
-    long_about = "Chest X-ray triage: score a folder of X-rays with a CNN, sort the worklist, export \
-results.\n\nNot a medical device: research and workflow support only.",
+    about = "Chest X-ray triage: browse a folder of X-rays, score them with a CNN, sort the worklist, export results",
+    long_about = "Chest X-ray triage: browse a folder of X-rays in the terminal, score them with a \
+CNN, sort the worklist, export results. Without a command it opens the terminal UI on FOLDER \
+(press ? there for the keys); `scan` does the same work headless.\n\nNot a medical device: \
+research and workflow support only.",
     after_help = "Examples:\n  cxr-triage /data/xrays                      browse, run (R), sort, export (e)\n  \
 cxr-triage samples                          the same on the images shipped with the project\n  \
 cxr-triage scan /data/xrays --out results.csv\n  \
@@ -57,7 +59,8 @@ pub struct Cli {
 /// Options of the terminal UI (the default command).
 #[derive(Debug, Args)]
 pub struct BrowseArgs {
-    /// Folder to browse (or one image). Default: the current folder.
+    /// Folder to browse (or one image). Default: the current folder. A folder named like a
+    /// command (scan, samples, ...) is written ./NAME.
     pub folder: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -86,7 +89,7 @@ pub enum Command {
     /// Evaluate a model on a labelled split: accuracy, sensitivity, specificity, PPV, ROC AUC,
     /// confusion matrix, with 95 % bootstrap intervals.
     Eval(EvalArgs),
-    /// Measure decode, thumbnail, inference and scan speed on images the benchmark makes.
+    /// Measure decode, thumbnail, inference, scan and UI speed on images the benchmark makes.
     Bench(BenchArgs),
 }
 
@@ -98,8 +101,10 @@ pub struct SamplesArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Figures are medians of --runs repetitions (decode, thumbnail, inference) or \
-one timed pass (scan stages). Generated images go to a temporary folder that is removed after."
+    after_help = "Figures are medians of --runs repetitions (decode, thumbnail, inference, UI first \
+frame) or one timed pass (scan stages); key latency is the median, 99th percentile and maximum \
+of --keys presses. Generated images go to a temporary folder that is removed after.\n\n\
+Example:\n  cxr-triage bench --only tui"
 )]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -110,6 +115,28 @@ pub struct BenchArgs {
     /// Repetitions for the median figures.
     #[arg(long, default_value_t = 15)]
     pub runs: usize,
+    /// Run one part only.
+    #[arg(long, value_enum)]
+    pub only: Option<BenchPart>,
+    /// Files in the folder for the UI figures (empty stubs, 1,000 of them real images).
+    #[arg(long, default_value_t = 20_000)]
+    pub tui_files: usize,
+    /// Key presses per UI latency figure.
+    #[arg(long, default_value_t = 500)]
+    pub keys: usize,
+}
+
+/// Parts of `bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPart {
+    /// Decode and thumbnail times per format.
+    Decode,
+    /// Model inference throughput, batch 1 and 8.
+    Inference,
+    /// The scan pipeline, stage by stage and end to end.
+    Scan,
+    /// The terminal UI: first frame on a big folder, key latency while inference runs.
+    Tui,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@
 //! restores before the message is printed) and SIGTERM/SIGHUP/SIGINT.
 
 pub mod app;
+pub mod bench;
 pub mod image;
 pub mod ui;
 

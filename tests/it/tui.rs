@@ -609,3 +609,225 @@ fn no_color_draws_no_colour() {
             .any(|c| c.bg != Color::Reset)
     );
 }
+
+// ---------------------------------------------------------------- end to end, in tmux
+
+/// A private tmux server (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// `None` (with a message) where tmux is not installed.
+    fn start(command: &str, w: u16, h: u16) -> Option<Self> {
+        if std::process::Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: tmux is not installed; the end-to-end UI test needs it");
+            return None;
+        }
+        let socket = format!("cxr-it-{}-{}", std::process::id(), rand_suffix());
+        let ok = std::process::Command::new("tmux")
+            .args([
+                "-L",
+                &socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+            ])
+            .args(["-x", &w.to_string(), "-y", &h.to_string(), command])
+            .env("TERM", "xterm-256color")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux new-session failed");
+        Some(Self { socket })
+    }
+
+    fn keys(&self, keys: &str) {
+        std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "t", keys])
+            .status()
+            .unwrap();
+    }
+
+    fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait until the screen contains `text`; panics with the screen after `secs`.
+    fn wait_for(&self, text: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{text}` did not appear within {secs} s; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(42);
+    h.finish() % 1_000_000
+}
+
+/// A folder of four small PNGs and one broken file.
+fn e2e_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        crate::common::write_png8(&dir.path().join(format!("img{i}.png")), 96, 80);
+    }
+    std::fs::write(dir.path().join("broken.png"), b"not a png").unwrap();
+    dir
+}
+
+fn shell_quote(p: &std::path::Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+#[test]
+fn end_to_end_run_everything_and_read_the_summary() {
+    let dir = e2e_folder();
+    let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
+    let command = format!(
+        "cd {} && {} {}; echo EXIT=$?; sleep 60",
+        shell_quote(&std::env::temp_dir()),
+        shell_quote(&bin),
+        shell_quote(dir.path())
+    );
+    let Some(tmux) = Tmux::start(&command, 100, 30) else {
+        return;
+    };
+    tmux.wait_for("5 images", 30);
+    tmux.keys("R");
+    let screen = tmux.wait_for("scored 5 of 5", 120);
+    let summary = screen
+        .lines()
+        .find(|l| l.contains("flagged") && l.contains("pending"))
+        .expect("summary line");
+    let count = |name: &str| -> usize {
+        let at = summary.find(&format!("{name} ")).expect(name) + name.len() + 1;
+        summary[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count("errors"), 1, "{summary}");
+    assert_eq!(count("pending"), 0, "{summary}");
+    let per_label: usize = ["covid", "normal", "pneumonia"]
+        .iter()
+        .map(|l| count(l))
+        .sum();
+    assert_eq!(per_label, 4, "{summary}");
+    // Quit: the program exits 0 and the shell's screen is back (no UI borders left).
+    tmux.keys("q");
+    let after = tmux.wait_for("EXIT=", 10);
+    assert!(after.contains("EXIT=0"), "{after}");
+    assert!(
+        !after.contains("pending"),
+        "the UI was left on screen:\n{after}"
+    );
+    // Nothing was written into the image folder.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
+}
+
+#[test]
+fn end_to_end_sigterm_and_sighup_restore_the_terminal() {
+    for signal in ["TERM", "HUP"] {
+        let dir = e2e_folder();
+        let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
+        let pid_file = dir.path().with_extension("pid");
+        let command = format!(
+            "sh -c 'echo $$ > {}; exec {} {}'; echo EXIT=$?; sleep 60",
+            pid_file.display(),
+            bin.display(),
+            dir.path().display()
+        );
+        let Some(tmux) = Tmux::start(&command, 100, 30) else {
+            return;
+        };
+        tmux.wait_for("5 images", 30);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let after = tmux.wait_for("EXIT=", 10);
+        assert!(after.contains("EXIT=0"), "SIG{signal}: {after}");
+        assert!(
+            !after.contains("pending"),
+            "SIG{signal}: the UI was left on screen:\n{after}"
+        );
+        let _ = std::fs::remove_file(&pid_file);
+    }
+}
+
+#[test]
+fn without_a_terminal_the_browser_says_so_and_exits_2() {
+    let dir = e2e_folder();
+    assert_cmd::Command::cargo_bin("cxr-triage")
+        .unwrap()
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("needs a terminal"))
+        .stderr(predicates::str::contains("cxr-triage scan"));
+    assert_cmd::Command::cargo_bin("cxr-triage")
+        .unwrap()
+        .arg("samples")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("needs a terminal"));
+}
+
+#[test]
+fn a_missing_folder_is_a_usage_error_before_the_screen_changes() {
+    assert_cmd::Command::cargo_bin("cxr-triage")
+        .unwrap()
+        .arg("/no/such/folder")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("no such file or folder"));
+}
+
+#[test]
+fn end_to_end_samples_opens_the_shipped_images() {
+    let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
+    let command = format!("{} samples; echo EXIT=$?; sleep 60", shell_quote(&bin));
+    let Some(tmux) = Tmux::start(&command, 100, 30) else {
+        return;
+    };
+    let screen = tmux.wait_for("chest-pa.png", 30);
+    assert!(screen.contains("samples"), "{screen}");
+    tmux.keys("q");
+    assert!(tmux.wait_for("EXIT=", 10).contains("EXIT=0"));
+}

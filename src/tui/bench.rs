@@ -1,0 +1,208 @@
+//! UI speed figures for `cxr-triage bench --only tui`: launch to first full frame on a big
+//! folder, and the time to handle a key and redraw while inference runs. Frames are drawn by
+//! the real crossterm backend into a sink (the escape sequences are produced, not displayed).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, unbounded};
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::layout::Rect;
+use ratatui::{Terminal, TerminalOptions, Viewport};
+
+use super::app::{App, Command, Event};
+use super::image::ColorMode;
+use super::{Workers, spawn_walk, ui};
+use crate::catalog::WalkOptions;
+use crate::model::Model;
+
+pub struct TuiFigures {
+    pub files: usize,
+    pub real: usize,
+    /// Median ms from start (model load included) to the first frame with a full list.
+    pub first_frame_ms: f64,
+    /// Median ms until all files were listed.
+    pub all_listed_ms: f64,
+    /// (what, median ms, p99 ms, max ms, keys) per key-latency scenario.
+    pub keys: Vec<(String, f64, f64, f64, usize)>,
+    /// Images scored (not failed) by the end of the key figures.
+    pub scored_meanwhile: usize,
+}
+
+const SIZE: Rect = Rect {
+    x: 0,
+    y: 0,
+    width: 120,
+    height: 35,
+};
+
+type SinkTerminal = Terminal<CrosstermBackend<std::io::Sink>>;
+
+fn terminal() -> SinkTerminal {
+    Terminal::with_options(
+        CrosstermBackend::new(std::io::sink()),
+        TerminalOptions {
+            viewport: Viewport::Fixed(SIZE),
+        },
+    )
+    .expect("sink terminal")
+}
+
+fn frame(app: &mut App, workers: &mut Workers, terminal: &mut SinkTerminal) {
+    app.now = Instant::now();
+    if let Some(c) = ui::prepare(app, SIZE) {
+        workers.execute(c);
+    }
+    terminal
+        .draw(|f| ui::draw(f, app, ColorMode::TrueColor))
+        .expect("draw into a sink");
+}
+
+/// Apply what is waiting, as the UI loop does before a frame (at most 20 ms of it).
+fn drain(app: &mut App, workers: &mut Workers, rx: &Receiver<Event>) {
+    let end = Instant::now() + Duration::from_millis(20);
+    while Instant::now() < end {
+        let Ok(ev) = rx.try_recv() else { break };
+        for c in app.update(ev) {
+            workers.execute(c);
+        }
+    }
+}
+
+/// Make `files` files in `dir`: every `files / real`-th a generated 1024x1024 PNG (hard links
+/// of one file), the rest empty stubs (they list like images and fail fast when scored).
+pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let png = {
+        let img =
+            image::DynamicImage::ImageLuma16(crate::bench::synthetic_xray(1024, 1)).to_luma8();
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .map_err(std::io::Error::other)?;
+        out.into_inner()
+    };
+    let every = (files / real.max(1)).max(1);
+    let original = dir.join("img-00000.png");
+    std::fs::write(&original, &png)?;
+    for i in 1..files {
+        let path = dir.join(format!("img-{i:05}.png"));
+        if i % every == 0 {
+            // Hard links: the same decode work per file without the disk space.
+            if std::fs::hard_link(&original, &path).is_err() {
+                std::fs::write(&path, &png)?;
+            }
+        } else {
+            std::fs::File::create(path)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn figures(
+    dir: &Path,
+    files: usize,
+    real: usize,
+    runs: usize,
+    keys: usize,
+) -> anyhow::Result<TuiFigures> {
+    make_folder(dir, files, real)?;
+    let mut first = Vec::new();
+    let mut all = Vec::new();
+    for run in 0..=runs {
+        let started = Instant::now();
+        let model = Model::embedded()?;
+        let (tx, rx) = unbounded();
+        let mut app = App::new(dir.to_path_buf(), &model.manifest);
+        let mut workers = Workers::start(model, false, tx.clone());
+        spawn_walk(dir.to_path_buf(), WalkOptions::default(), tx);
+        let mut terminal = terminal();
+        let mut first_ms = None;
+        while app.walking {
+            let Ok(ev) = rx.recv() else { break };
+            for c in app.update(ev) {
+                workers.execute(c);
+            }
+            drain(&mut app, &mut workers, &rx);
+            frame(&mut app, &mut workers, &mut terminal);
+            if first_ms.is_none() && (app.view.len() >= app.list_rows || !app.walking) {
+                first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let all_ms = started.elapsed().as_secs_f64() * 1000.0;
+        workers.stop();
+        if run > 0 {
+            // Run 0 warms the file-system cache.
+            first.push(first_ms.unwrap_or(all_ms));
+            all.push(all_ms);
+        }
+    }
+
+    // Keys while inference runs over the whole folder.
+    let model = Model::embedded()?;
+    let (tx, rx) = unbounded();
+    let mut app = App::new(dir.to_path_buf(), &model.manifest);
+    let mut workers = Workers::start(model, false, tx.clone());
+    spawn_walk(dir.to_path_buf(), WalkOptions::default(), tx);
+    let mut terminal = terminal();
+    while app.walking {
+        let Ok(ev) = rx.recv() else { break };
+        for c in app.update(ev) {
+            workers.execute(c);
+        }
+    }
+    let key = |c: char| Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+    for c in app.update(key('R')) {
+        assert!(matches!(c, Command::Score(_)));
+        workers.execute(c);
+    }
+    let mut scenarios = Vec::new();
+    for (name, sort_presses) in [("sorted by name", 0), ("sorted by P(first label), live", 1)] {
+        for _ in 0..sort_presses {
+            app.update(key('s'));
+        }
+        let mut times = Vec::with_capacity(keys);
+        for k in 0..keys {
+            if app.progress.is_none() {
+                break; // Inference finished: the rest would not be "while inference runs".
+            }
+            std::thread::sleep(Duration::from_millis(8));
+            let t = Instant::now();
+            drain(&mut app, &mut workers, &rx);
+            // Mostly down, with a jump back now and then, like a person reading the list.
+            let ev = if k % 50 == 49 {
+                Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE))
+            } else {
+                key('j')
+            };
+            for c in app.update(ev) {
+                workers.execute(c);
+            }
+            frame(&mut app, &mut workers, &mut terminal);
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+        scenarios.push((
+            name.to_string(),
+            times[times.len() / 2],
+            p99,
+            *times.last().unwrap_or(&0.0),
+            times.len(),
+        ));
+    }
+    let scored = app
+        .items
+        .iter()
+        .filter(|i| i.status == super::app::Status::Done)
+        .count();
+    workers.stop();
+    Ok(TuiFigures {
+        files,
+        real,
+        first_frame_ms: crate::bench::median(first),
+        all_listed_ms: crate::bench::median(all),
+        keys: scenarios,
+        scored_meanwhile: scored,
+    })
+}
