@@ -43,11 +43,17 @@ pub fn panes(area: Rect, grid: bool) -> Panes {
     }
 }
 
-fn grid_shape(list: Rect) -> (usize, usize) {
+/// Columns and rows of grid cells, and the cell size that shares the space out evenly.
+fn grid_shape(list: Rect) -> (usize, usize, u16, u16) {
     let inner = inner(list);
-    let cols = (inner.width / GRID_W).max(1) as usize;
-    let rows = (inner.height / GRID_H).max(1) as usize;
-    (cols, rows)
+    let cols = (inner.width / GRID_W).max(1);
+    let rows = (inner.height / GRID_H).max(1);
+    (
+        cols as usize,
+        rows as usize,
+        (inner.width / cols).max(1),
+        (inner.height / rows).max(1),
+    )
 }
 
 fn inner(r: Rect) -> Rect {
@@ -59,7 +65,7 @@ pub fn prepare(app: &mut App, area: Rect) -> Option<Command> {
     app.refresh_view();
     let p = panes(area, app.grid);
     let visible = if app.grid {
-        let (cols, rows) = grid_shape(p.list);
+        let (cols, rows, _, _) = grid_shape(p.list);
         app.grid_cells = cols * rows;
         let start = app.cursor / app.grid_cells * app.grid_cells;
         start..start + app.grid_cells
@@ -232,6 +238,14 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         return;
     }
     let label_w = app.labels.iter().map(|l| l.len()).max().unwrap_or(5).max(5) as u16;
+    // Narrow lists drop the status column: the label column shows the status until there is
+    // a label (the preview pane spells it out in full).
+    let status_w = if inner.width >= 64 { 12 } else { 0 };
+    let label_w = if status_w == 0 {
+        label_w.max(9)
+    } else {
+        label_w
+    };
     let has_folders = app.items.iter().any(|i| i.entry.folder_label.is_some());
     let folder_w = if has_folders && inner.width >= 90 {
         10
@@ -239,16 +253,17 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         0
     };
     let bar_w = if inner.width >= 60 { 8 } else { 0 };
-    let fixed = 2 + 12 + label_w + 5 + bar_w + folder_w + 6;
+    let columns = 4 + u16::from(status_w > 0) + u16::from(bar_w > 0) + u16::from(folder_w > 0);
+    let fixed = 1 + status_w + label_w + 4 + bar_w + folder_w + (columns - 1);
     let name_w = inner.width.saturating_sub(fixed).max(8);
-    let mut widths = vec![
-        Constraint::Length(1),
-        Constraint::Length(name_w),
-        Constraint::Length(12),
-        Constraint::Length(label_w),
-        Constraint::Length(4),
-    ];
-    let mut header = vec!["", "name", "status", "label", "P"];
+    let mut widths = vec![Constraint::Length(1), Constraint::Length(name_w)];
+    let mut header = vec!["", "name"];
+    if status_w > 0 {
+        widths.push(Constraint::Length(status_w));
+        header.push("status");
+    }
+    widths.extend([Constraint::Length(label_w), Constraint::Length(4)]);
+    header.extend(["label", "P"]);
     if bar_w > 0 {
         widths.push(Constraint::Length(bar_w));
         header.push("");
@@ -266,14 +281,16 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
             let probs = item.probs();
             let (label, p) = match item.predicted {
                 Some(l) => (app.labels[l].clone(), probs[l]),
+                None if status_w == 0 => (item.status.name().to_string(), f32::NAN),
                 None => (String::new(), f32::NAN),
             };
-            let disagree = matches!((&item.entry.folder_label, item.predicted),
-            (Some(f), Some(l)) if !f.eq_ignore_ascii_case(&app.labels[l]));
-            let mut label_style = Style::default();
-            if disagree {
-                label_style = theme.warn();
-            }
+            let label_style = if app.disagrees(item) {
+                theme.warn()
+            } else if item.predicted.is_none() {
+                theme.status(item.status)
+            } else {
+                Style::default()
+            };
             let flag = if app.is_flagged(item) {
                 "⚑"
             } else if item.marked {
@@ -284,14 +301,18 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
             let mut cells = vec![
                 Cell::from(flag).style(theme.warn()),
                 Cell::from(fit_left(&item.entry.rel.to_string_lossy(), name_w as usize)),
-                Cell::from(item.status.name()).style(theme.status(item.status)),
+            ];
+            if status_w > 0 {
+                cells.push(Cell::from(item.status.name()).style(theme.status(item.status)));
+            }
+            cells.extend([
                 Cell::from(label).style(label_style),
                 Cell::from(if p.is_nan() {
                     String::new()
                 } else {
                     format!("{p:.2}")
                 }),
-            ];
+            ]);
             if bar_w > 0 {
                 let b = if p.is_nan() {
                     String::new()
@@ -327,17 +348,17 @@ fn draw_grid(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: Col
         .title_bottom(Line::from(Span::styled(view_label(app), theme.dim())).right_aligned());
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let (cols, _) = grid_shape(area);
+    let (cols, _, cell_w, cell_h) = grid_shape(area);
     let cells = app.grid_cells.max(1);
     let start = app.cursor / cells * cells;
     for (k, &i) in app.view.iter().skip(start).take(cells).enumerate() {
-        let x = inner.x + (k % cols) as u16 * GRID_W;
-        let y = inner.y + (k / cols) as u16 * GRID_H;
+        let x = inner.x + (k % cols) as u16 * cell_w;
+        let y = inner.y + (k / cols) as u16 * cell_h;
         let cell = Rect::new(
             x,
             y,
-            GRID_W.min(inner.right() - x),
-            GRID_H.min(inner.bottom() - y),
+            cell_w.min(inner.right() - x),
+            cell_h.min(inner.bottom() - y),
         );
         let item = &app.items[i];
         let selected = start + k == app.cursor;
@@ -503,25 +524,26 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     frame.render_widget(Paragraph::new(info_lines), info);
 }
 
-fn draw_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
-    let [top, bottom] =
-        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+/// The counts line; `compact` for narrow terminals.
+fn summary_spans(app: &App, theme: Theme, compact: bool) -> Vec<Span<'static>> {
     let s = app.summary();
+    let sep = if compact { " " } else { " · " };
     let mut parts: Vec<Span> = Vec::new();
     for (l, n) in app.labels.iter().zip(&s.per_label) {
         parts.push(Span::raw(format!("{l} {n}")));
-        parts.push(Span::styled(" · ", theme.dim()));
+        parts.push(Span::styled(sep, theme.dim()));
     }
-    let op = app
-        .labels
-        .get(app.op_label)
-        .map(|l| format!(" ({l} ≥ {:.2})", app.threshold()))
-        .unwrap_or_default();
+    let op = match app.labels.get(app.op_label) {
+        Some(_) if compact => format!("≥{:.2}", app.threshold()),
+        Some(l) => format!(" ({l} ≥ {:.2})", app.threshold()),
+        None => String::new(),
+    };
+    let flagged = if compact { "⚑" } else { "flagged " };
     parts.push(Span::styled(
-        format!("flagged {}{op}", s.flagged),
+        format!("{flagged}{}{op}", s.flagged),
         theme.warn(),
     ));
-    parts.push(Span::styled(" · ", theme.dim()));
+    parts.push(Span::styled(sep, theme.dim()));
     parts.push(Span::styled(
         format!("errors {}", s.errors),
         if s.errors > 0 {
@@ -531,11 +553,24 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         },
     ));
     if s.out_of_scope > 0 {
-        parts.push(Span::styled(" · ", theme.dim()));
+        parts.push(Span::styled(sep, theme.dim()));
         parts.push(Span::raw(format!("out of scope {}", s.out_of_scope)));
     }
-    parts.push(Span::styled(" · ", theme.dim()));
+    parts.push(Span::styled(sep, theme.dim()));
     parts.push(Span::raw(format!("pending {}", s.pending)));
+    parts
+}
+
+fn draw_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
+    let parts = summary_spans(app, theme, false);
+    let width: usize = parts.iter().map(|p| p.content.chars().count()).sum();
+    let parts = if width > top.width as usize {
+        summary_spans(app, theme, true)
+    } else {
+        parts
+    };
     frame.render_widget(Paragraph::new(Line::from(parts)), top);
 
     let line = match (&app.mode, &app.progress) {
