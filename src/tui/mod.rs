@@ -521,6 +521,11 @@ impl Runtime {
                     self.workers.execute(c);
                 }
                 terminal.draw(|f| ui::draw(f, app, self.colors))?;
+                // Test hook (debug builds only): prove the panic hook restores the terminal.
+                #[cfg(debug_assertions)]
+                if !app.items.is_empty() && std::env::var_os("CXR_TRIAGE_TEST_PANIC").is_some() {
+                    panic!("test panic requested by CXR_TRIAGE_TEST_PANIC");
+                }
             }
             let timeout = if app.progress.is_some() { 250 } else { 1000 };
             let first = match rx.recv_timeout(Duration::from_millis(timeout)) {

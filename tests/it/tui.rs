@@ -831,3 +831,29 @@ fn end_to_end_samples_opens_the_shipped_images() {
     tmux.keys("q");
     assert!(tmux.wait_for("EXIT=", 10).contains("EXIT=0"));
 }
+
+#[test]
+fn end_to_end_a_panic_restores_the_terminal_before_the_message() {
+    // Debug builds panic on purpose after the first frame with items when this is set.
+    if !cfg!(debug_assertions) {
+        eprintln!("SKIPPED: the panic hook test needs a debug build of the binary");
+        return;
+    }
+    let dir = e2e_folder();
+    let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
+    let command = format!(
+        "CXR_TRIAGE_TEST_PANIC=1 {} {}; echo EXIT=$?; sleep 60",
+        shell_quote(&bin),
+        shell_quote(dir.path())
+    );
+    let Some(tmux) = Tmux::start(&command, 100, 30) else {
+        return;
+    };
+    let after = tmux.wait_for("EXIT=", 30);
+    assert!(after.contains("EXIT=101"), "{after}");
+    assert!(after.contains("test panic requested"), "{after}");
+    assert!(
+        !after.contains("pending"),
+        "the UI was left on screen:\n{after}"
+    );
+}
