@@ -559,3 +559,99 @@ fn sixteen_bit_rle_matches_uncompressed() {
     assert_eq!(plain, rle);
     assert_eq!(plain.bit_depth, 16);
 }
+
+/// The pixels of `tests/fixtures/ramp-12bit-*.j2k` (same formula as `make_j2k.py`).
+fn j2k_expected() -> Vec<u16> {
+    let (w, h) = (48u32, 40u32);
+    (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let mut v = (x * 4095) / (w - 1) / 2 + (y * 1000) / (h - 1);
+            if (12..24).contains(&x) && (10..20).contains(&y) {
+                v += 1500;
+            }
+            v.min(4095) as u16
+        })
+        .collect()
+}
+
+fn j2k_fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    bytes
+}
+
+fn j2k_spec() -> Spec {
+    Spec {
+        allocated: 16,
+        stored: 16,
+        ..Spec::eight_bit(40, 48)
+    }
+}
+
+#[test]
+fn jpeg_2000_lossless_decodes_exactly() {
+    let spec = j2k_spec();
+    let plain = decode_native(&spec, &j2k_expected());
+    let d = decode(&file(
+        dataset(&spec),
+        encapsulated(j2k_fixture("ramp-12bit-lossless.j2k")),
+        "1.2.840.10008.1.2.4.90",
+    ))
+    .unwrap();
+    assert_eq!((d.image.width, d.image.height), (48, 40));
+    assert_eq!(d.image.pixels, plain.image.pixels);
+    let ts = d.dicom.unwrap().transfer_syntax;
+    assert!(
+        ts.contains("1.2.840.10008.1.2.4.90") || ts.contains("2000"),
+        "{ts}"
+    );
+}
+
+#[test]
+fn jpeg_2000_lossy_decodes_within_35_db() {
+    let spec = j2k_spec();
+    let plain = decode_native(&spec, &j2k_expected());
+    let d = decode(&file(
+        dataset(&spec),
+        encapsulated(j2k_fixture("ramp-12bit-lossy.j2k")),
+        "1.2.840.10008.1.2.4.91",
+    ))
+    .unwrap();
+    let mse: f64 = d
+        .image
+        .pixels
+        .iter()
+        .zip(&plain.image.pixels)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum::<f64>()
+        / plain.image.pixels.len() as f64;
+    let psnr = 10.0 * (65535.0f64 * 65535.0 / mse.max(1e-9)).log10();
+    assert!(psnr > 35.0, "PSNR {psnr:.1} dB");
+    assert_ne!(
+        d.image.pixels, plain.image.pixels,
+        "the lossy file is lossy"
+    );
+}
+
+#[test]
+fn a_corrupt_jpeg_2000_stream_is_a_clear_error() {
+    let spec = j2k_spec();
+    let mut bytes = j2k_fixture("ramp-12bit-lossless.j2k");
+    bytes.truncate(bytes.len() / 3);
+    bytes.resize(bytes.len() + bytes.len() % 2, 0);
+    let err = decode(&file(
+        dataset(&spec),
+        encapsulated(bytes),
+        "1.2.840.10008.1.2.4.90",
+    ))
+    .map(|d| d.image.pixels.len())
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("JPEG 2000"), "{err}");
+}
