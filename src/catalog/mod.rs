@@ -41,10 +41,27 @@ pub struct WalkOptions {
 /// Is this a file we should try to decode? Known extensions are taken on their name; files
 /// without an extension (DICOM often has none) are taken when their first bytes say image.
 pub fn is_candidate(path: &Path) -> bool {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some(ext) => IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()),
+    match path.extension() {
+        Some(_) => has_image_extension(path),
         None => sniff_file(path).is_some(),
     }
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|ext| IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+#[cfg(unix)]
+fn is_special(t: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    t.is_fifo() || t.is_socket() || t.is_block_device() || t.is_char_device()
+}
+
+#[cfg(not(unix))]
+fn is_special(_: &std::fs::FileType) -> bool {
+    false
 }
 
 fn sniff_file(path: &Path) -> Option<Format> {
@@ -79,7 +96,13 @@ pub fn walk(root: &Path, options: &WalkOptions) -> impl Iterator<Item = Entry> {
         Ok(e) => {
             // With follow_links off, a link is listed as a link: take it when it points at a file.
             let is_file = e.file_type().is_file() || (e.path_is_symlink() && e.path().is_file());
-            (is_file && (e.depth() == 0 || is_candidate(e.path())))
+            if is_file {
+                return (e.depth() == 0 || is_candidate(e.path()))
+                    .then(|| make_entry(&root, e.path(), None));
+            }
+            // A FIFO, socket or device named like an image gets its row (an error when it is
+            // read); it is never opened here, where opening a FIFO would block the walk.
+            (is_special(&e.file_type()) && (e.depth() == 0 || has_image_extension(e.path())))
                 .then(|| make_entry(&root, e.path(), None))
         }
         Err(err) => {

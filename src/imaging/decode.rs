@@ -81,6 +81,9 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<Decoded, ImageError> {
     if meta.is_dir() {
         return Err(ImageError::IsDirectory);
     }
+    if !meta.is_file() {
+        return Err(ImageError::NotRegularFile);
+    }
     if meta.len() > limits.max_bytes {
         return Err(ImageError::FileTooLarge {
             size: meta.len(),
@@ -113,8 +116,8 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
         Format::Bmp => ImageFormat::Bmp,
         Format::Tiff => ImageFormat::Tiff,
         Format::Dicom => {
-            let decoded = std::panic::catch_unwind(|| super::dicom::decode(bytes, limits))
-                .unwrap_or_else(|_| Err(ImageError::decode(format, "decoder panicked")));
+            let decoded = super::guard::catch(|| super::dicom::decode(bytes, limits))
+                .unwrap_or_else(|m| Err(ImageError::decode(format, panicked(&m))));
             let (image, info) = decoded?;
             return Ok(Decoded {
                 image,
@@ -124,10 +127,10 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
         }
     };
     // Decoders are third-party code fed hostile bytes: a panic in one becomes this file's error.
-    let decoded = std::panic::catch_unwind(|| decode_raster(bytes, image_format, limits))
-        .unwrap_or(Err(RasterError::Panicked));
+    let decoded = super::guard::catch(|| decode_raster(bytes, image_format, limits))
+        .unwrap_or_else(|m| Err(RasterError::Panicked(m)));
     let dynamic = decoded.map_err(|e| match e {
-        RasterError::Panicked => ImageError::decode(format, "decoder panicked"),
+        RasterError::Panicked(m) => ImageError::decode(format, panicked(&m)),
         RasterError::Pixels { width, height } => ImageError::TooManyPixels {
             width,
             height,
@@ -143,7 +146,7 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
 }
 
 enum RasterError {
-    Panicked,
+    Panicked(String),
     Pixels { width: u32, height: u32 },
     Image(image::ImageError),
 }
@@ -153,6 +156,15 @@ fn decode_raster(
     format: ImageFormat,
     limits: &Limits,
 ) -> Result<DynamicImage, RasterError> {
+    // A PNG says its size in the first chunk: refuse a huge one before the decoder reads on
+    // (a header-only file would otherwise end as "unexpected end of file").
+    if format == ImageFormat::Png && bytes.len() >= 24 && &bytes[12..16] == b"IHDR" {
+        let width = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
+        let height = u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes"));
+        if width as u64 * height as u64 > limits.max_pixels {
+            return Err(RasterError::Pixels { width, height });
+        }
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = image::Limits::default();
     // RGBA16 is the widest buffer a decoder allocates: 8 bytes a pixel, plus slack.
@@ -194,4 +206,10 @@ fn hex_head(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The error text for a decoder panic: one line, the decoder's own words kept.
+fn panicked(message: &str) -> String {
+    let first = message.lines().next().unwrap_or("");
+    format!("decoder failed on this file ({first})")
 }

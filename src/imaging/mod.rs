@@ -7,6 +7,7 @@
 
 mod decode;
 mod dicom;
+pub mod guard;
 mod thumb;
 
 pub use dicom::{DicomInfo, DicomWrite, write_dicom};
@@ -102,6 +103,9 @@ pub enum ImageError {
     Io(#[from] std::io::Error),
     #[error("is a directory")]
     IsDirectory,
+    /// A FIFO, socket or device: reading it could block forever, so it is never opened.
+    #[error("not a regular file (a FIFO, socket or device)")]
+    NotRegularFile,
     #[error("empty file")]
     Empty,
     #[error("file is {size} bytes, over the {limit}-byte limit")]
@@ -118,10 +122,32 @@ pub enum ImageError {
 
 impl ImageError {
     /// A decoder's complaint about a file of a known format.
+    /// Decoders' messages can span lines or end in one: folded to a single line here, because
+    /// every error is one row of a table.
     pub(crate) fn decode(format: Format, message: impl Into<String>) -> Self {
+        let message: String = message.into();
         Self::Decode {
             format,
-            message: message.into(),
+            message: message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_messages_become_one_line() {
+        let e = ImageError::decode(Format::Jpeg, "not enough bytes\n\n  at offset 3\n");
+        assert_eq!(
+            e.to_string(),
+            "corrupt or unsupported JPEG: not enough bytes; at offset 3"
+        );
     }
 }

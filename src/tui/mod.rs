@@ -145,16 +145,14 @@ fn install_panic_hook() {
     let ui = thread::current().id();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if thread::current().id() == ui {
+        if imaging::guard::is_guarded() {
+            // A decoder panic that becomes a per-file error: not ours to report.
+            previous(info);
+        } else if thread::current().id() == ui {
             restore_terminal();
             previous(info);
         } else {
-            let msg = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
+            let msg = imaging::guard::panic_message(info.payload());
             let at = info
                 .location()
                 .map(|l| format!(" at {l}"))

@@ -3,6 +3,7 @@
 mod common;
 mod default_model;
 mod dicom;
+mod hostile;
 mod imaging;
 mod model;
 mod samples;

@@ -664,6 +664,37 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// After the program exited (the command ends with [`AFTER_EXIT`]): no UI left on the main
+    /// screen, alternate screen off, cursor shown, tty out of raw mode. Returns the screen.
+    fn assert_restored(&self) -> String {
+        let screen = self.wait_for("STTY:", 30);
+        assert!(
+            !screen.contains("pending"),
+            "the UI was left on screen:\n{screen}"
+        );
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "display-message", "-p", "-t", "t"])
+            .arg("#{alternate_on} #{cursor_flag}")
+            .output()
+            .unwrap();
+        let flags = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            flags.trim(),
+            "0 1",
+            "alternate screen on or cursor hidden:\n{screen}"
+        );
+        let stty = screen
+            .lines()
+            .find(|l| l.starts_with("STTY:"))
+            .unwrap()
+            .to_string();
+        assert!(
+            stty.contains(" icanon") && stty.contains(" echo") && !stty.contains("-icanon"),
+            "the terminal was left in raw mode: {stty:?}"
+        );
+        screen
+    }
+
     /// Wait until the screen contains `text`; panics with the screen after `secs`.
     fn wait_for(&self, text: &str, secs: u64) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);
@@ -696,6 +727,9 @@ fn rand_suffix() -> u64 {
     h.finish() % 1_000_000
 }
 
+/// What the tmux command runs after the program: its exit code and the tty's line discipline.
+const AFTER_EXIT: &str = "; echo EXIT=$?; echo STTY: $(stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo); sleep 60";
+
 /// A folder of four small PNGs and one broken file.
 fn e2e_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -713,10 +747,12 @@ fn shell_quote(p: &std::path::Path) -> String {
 #[test]
 fn end_to_end_run_everything_and_read_the_summary() {
     let dir = e2e_folder();
+    let before = crate::hostile::snapshot_tree(dir.path());
+    let work = tempfile::tempdir().unwrap();
     let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
     let command = format!(
-        "cd {} && {} {}; echo EXIT=$?; sleep 60",
-        shell_quote(&std::env::temp_dir()),
+        "cd {} && {} {}{AFTER_EXIT}",
+        shell_quote(work.path()),
         shell_quote(&bin),
         shell_quote(dir.path())
     );
@@ -746,16 +782,21 @@ fn end_to_end_run_everything_and_read_the_summary() {
         .map(|l| count(l))
         .sum();
     assert_eq!(per_label, 4, "{summary}");
-    // Quit: the program exits 0 and the shell's screen is back (no UI borders left).
+    // Export with the suggested name: it lands in the working folder, not the image folder.
+    tmux.keys("e");
+    tmux.wait_for("export to:", 10);
+    tmux.keys("Enter");
+    tmux.wait_for("rows written", 10);
+    let exported: Vec<_> = std::fs::read_dir(work.path()).unwrap().collect();
+    assert_eq!(exported.len(), 1);
+    let csv = std::fs::read_to_string(exported[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(csv.lines().count(), 6, "header + 5 rows:\n{csv}");
+    // Quit: exit 0, the screen and the tty are as they were.
     tmux.keys("q");
-    let after = tmux.wait_for("EXIT=", 10);
+    let after = tmux.assert_restored();
     assert!(after.contains("EXIT=0"), "{after}");
-    assert!(
-        !after.contains("pending"),
-        "the UI was left on screen:\n{after}"
-    );
-    // Nothing was written into the image folder.
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
+    // The image folder is exactly as it was: nothing created, changed or deleted.
+    assert_eq!(crate::hostile::snapshot_tree(dir.path()), before);
 }
 
 #[test]
@@ -765,7 +806,7 @@ fn end_to_end_sigterm_and_sighup_restore_the_terminal() {
         let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
         let pid_file = dir.path().with_extension("pid");
         let command = format!(
-            "sh -c 'echo $$ > {}; exec {} {}'; echo EXIT=$?; sleep 60",
+            "sh -c 'echo $$ > {}; exec {} {}'{AFTER_EXIT}",
             pid_file.display(),
             bin.display(),
             dir.path().display()
@@ -781,12 +822,8 @@ fn end_to_end_sigterm_and_sighup_restore_the_terminal() {
             .unwrap()
             .success();
         assert!(ok);
-        let after = tmux.wait_for("EXIT=", 10);
+        let after = tmux.assert_restored();
         assert!(after.contains("EXIT=0"), "SIG{signal}: {after}");
-        assert!(
-            !after.contains("pending"),
-            "SIG{signal}: the UI was left on screen:\n{after}"
-        );
         let _ = std::fs::remove_file(&pid_file);
     }
 }
@@ -822,14 +859,14 @@ fn a_missing_folder_is_a_usage_error_before_the_screen_changes() {
 #[test]
 fn end_to_end_samples_opens_the_shipped_images() {
     let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
-    let command = format!("{} samples; echo EXIT=$?; sleep 60", shell_quote(&bin));
+    let command = format!("{} samples{AFTER_EXIT}", shell_quote(&bin));
     let Some(tmux) = Tmux::start(&command, 100, 30) else {
         return;
     };
     let screen = tmux.wait_for("chest-pa.png", 30);
     assert!(screen.contains("samples"), "{screen}");
     tmux.keys("q");
-    assert!(tmux.wait_for("EXIT=", 10).contains("EXIT=0"));
+    assert!(tmux.assert_restored().contains("EXIT=0"));
 }
 
 #[test]
@@ -842,18 +879,14 @@ fn end_to_end_a_panic_restores_the_terminal_before_the_message() {
     let dir = e2e_folder();
     let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
     let command = format!(
-        "CXR_TRIAGE_TEST_PANIC=1 {} {}; echo EXIT=$?; sleep 60",
+        "CXR_TRIAGE_TEST_PANIC=1 {} {}{AFTER_EXIT}",
         shell_quote(&bin),
         shell_quote(dir.path())
     );
     let Some(tmux) = Tmux::start(&command, 100, 30) else {
         return;
     };
-    let after = tmux.wait_for("EXIT=", 30);
+    let after = tmux.assert_restored();
     assert!(after.contains("EXIT=101"), "{after}");
     assert!(after.contains("test panic requested"), "{after}");
-    assert!(
-        !after.contains("pending"),
-        "the UI was left on screen:\n{after}"
-    );
 }
