@@ -86,12 +86,19 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
             .from_reader(Cursor::new(&bytes[skip..]))
             .map_err(|e| fail(format!("cannot parse: {e}")))
     };
+    let checked = |skip: usize, bare: bool| {
+        super::dicom_check::check(&bytes[skip..], bare)
+            .map_err(|e| fail(format!("cannot parse: {e}")))
+    };
     if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        checked(128, false)?;
         return with_meta(128);
     }
     if bytes.starts_with(b"DICM") {
+        checked(0, false)?;
         return with_meta(0);
     }
+    checked(0, true)?;
     let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
     let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts).map_err(|e| {
         fail(format!(

@@ -7,6 +7,7 @@
 
 mod decode;
 mod dicom;
+mod dicom_check;
 pub mod guard;
 mod thumb;
 

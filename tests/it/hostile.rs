@@ -358,3 +358,33 @@ fn every_hostile_file_gets_one_row_and_nothing_breaks() {
         "the scan changed the image folder"
     );
 }
+
+/// Inputs the fuzzers found (`tests/fixtures/fuzz/`, see `fuzz/`): each is an error row, read
+/// in bounded memory and time.
+#[test]
+fn fuzzer_findings_stay_fixed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let count = std::fs::read_dir(&dir).unwrap().count();
+    assert!(count > 0);
+    let (code, stdout, stderr, rss_kib) = run_measured(
+        &[
+            "scan".as_ref(),
+            dir.as_os_str(),
+            "--format".as_ref(),
+            "jsonl".as_ref(),
+            "--quiet".as_ref(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), count);
+    assert!(rows.iter().all(|r| r["status"] == "error"), "{rows:#?}");
+    // The DICOM one made the parser allocate 3.4 GB before the length check existed.
+    assert!(rss_kib < 256 * 1024, "peak RSS {} MiB", rss_kib / 1024);
+}

@@ -1,0 +1,267 @@
+//! A structural pass over a DICOM file before dicom-rs parses it. The parser trusts each
+//! element's declared length and reserves that much memory; a 452-byte file that declares a
+//! 1.6 GB element made it allocate (and zero) gigabytes (found by `fuzz/`, decode target). Here
+//! every declared length must fit in the bytes that are left, and nesting is bounded, so the
+//! parser only ever sees lengths the file can back.
+
+const MAX_DEPTH: u32 = 32;
+
+#[derive(Clone, Copy)]
+struct Enc {
+    explicit: bool,
+    big: bool,
+}
+
+const EXPLICIT_LE: Enc = Enc {
+    explicit: true,
+    big: false,
+};
+
+struct Reader<'a> {
+    b: &'a [u8],
+    enc: Enc,
+}
+
+impl Reader<'_> {
+    fn u16(&self, at: usize) -> Result<u16, String> {
+        let s = self.b.get(at..at + 2).ok_or_else(truncated)?;
+        Ok(if self.enc.big {
+            u16::from_be_bytes([s[0], s[1]])
+        } else {
+            u16::from_le_bytes([s[0], s[1]])
+        })
+    }
+
+    fn u32(&self, at: usize) -> Result<u32, String> {
+        let s = self.b.get(at..at + 4).ok_or_else(truncated)?;
+        let a = [s[0], s[1], s[2], s[3]];
+        Ok(if self.enc.big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        })
+    }
+
+    /// Read one element header at `at`: (group, element, VR if explicit, length, header size).
+    fn header(&self, at: usize) -> Result<(u16, u16, Option<[u8; 2]>, u32, usize), String> {
+        let (group, element) = (self.u16(at)?, self.u16(at + 2)?);
+        if group == 0xFFFE || !self.enc.explicit {
+            return Ok((group, element, None, self.u32(at + 4)?, 8));
+        }
+        let vr = self.b.get(at + 4..at + 6).ok_or_else(truncated)?;
+        let vr = [vr[0], vr[1]];
+        if matches!(
+            &vr,
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
+        ) {
+            Ok((group, element, Some(vr), self.u32(at + 8)?, 12))
+        } else {
+            Ok((group, element, Some(vr), self.u16(at + 6)? as u32, 8))
+        }
+    }
+
+    /// Check the elements in `at..end`; with `until_item_end`, stop after an item delimiter.
+    /// Returns where the walk stopped.
+    fn elements(
+        &self,
+        mut at: usize,
+        end: usize,
+        depth: u32,
+        until_item_end: bool,
+    ) -> Result<usize, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
+        }
+        while at < end {
+            let (group, element, vr, len, size) = self.header(at)?;
+            at += size;
+            if group == 0xFFFE && element == 0xE00D {
+                if until_item_end {
+                    return Ok(at);
+                }
+                continue;
+            }
+            let name = format!("element ({group:04X},{element:04X})");
+            if len == u32::MAX {
+                at = self.sequence(at, end, depth + 1, &name)?;
+                continue;
+            }
+            let len = len as usize;
+            if len > end - at.min(end) {
+                return Err(format!(
+                    "{name} declares {len} bytes but only {} are left (truncated or corrupt)",
+                    end.saturating_sub(at)
+                ));
+            }
+            // Items inside a defined-length sequence (SQ, or in implicit VR anything that starts
+            // with an item tag) are checked too: their lengths are trusted the same way.
+            let looks_like_items = vr == Some(*b"SQ")
+                || (vr.is_none()
+                    && len >= 8
+                    && self.u16(at)? == 0xFFFE
+                    && self.u16(at + 2)? == 0xE000);
+            if looks_like_items {
+                self.sequence(at, at + len, depth + 1, &name)?;
+            }
+            at += len;
+        }
+        Ok(at)
+    }
+
+    /// Check the items of a sequence starting at `at` (undefined length: up to the sequence
+    /// delimiter; defined: up to `end`). Returns the position after it.
+    fn sequence(&self, mut at: usize, end: usize, depth: u32, name: &str) -> Result<usize, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
+        }
+        while at < end {
+            let (group, element, len) = (self.u16(at)?, self.u16(at + 2)?, self.u32(at + 4)?);
+            at += 8;
+            match (group, element) {
+                (0xFFFE, 0xE0DD) => return Ok(at),
+                (0xFFFE, 0xE000) if len == u32::MAX => {
+                    at = self.elements(at, end, depth + 1, true)?;
+                }
+                (0xFFFE, 0xE000) => {
+                    let len = len as usize;
+                    if len > end.saturating_sub(at) {
+                        return Err(format!(
+                            "an item of {name} declares {len} bytes but only {} are left \
+                             (truncated or corrupt)",
+                            end.saturating_sub(at)
+                        ));
+                    }
+                    // Encapsulated pixel data fragments are bytes, not elements.
+                    if !name.contains("(7FE0,0010)") {
+                        self.elements(at, at + len, depth + 1, false)?;
+                    }
+                    at += len;
+                }
+                _ => {
+                    return Err(format!(
+                        "{name}: expected an item, found ({group:04X},{element:04X})"
+                    ));
+                }
+            }
+        }
+        Ok(at)
+    }
+}
+
+fn truncated() -> String {
+    "the file ends inside an element header (truncated)".into()
+}
+
+/// Check a file whose `DICM` marker is at `bytes[0..4]` (meta group follows), or, with
+/// `bare`, a data set in implicit VR little endian from byte 0.
+pub fn check(bytes: &[u8], bare: bool) -> Result<(), String> {
+    if bare {
+        let r = Reader {
+            b: bytes,
+            enc: Enc {
+                explicit: false,
+                big: false,
+            },
+        };
+        return r.elements(0, bytes.len(), 0, false).map(drop);
+    }
+    // The meta group: explicit VR little endian, group 0002, and it names the transfer syntax.
+    let meta = Reader {
+        b: bytes,
+        enc: EXPLICIT_LE,
+    };
+    let mut at = 4;
+    let mut syntax = String::new();
+    while at + 4 <= bytes.len() && meta.u16(at)? == 0x0002 {
+        let (_, element, _, len, size) = meta.header(at)?;
+        let (start, len) = (at + size, len as usize);
+        if len > bytes.len().saturating_sub(start) {
+            return Err(format!(
+                "meta element (0002,{element:04X}) declares {len} bytes but only {} are left",
+                bytes.len().saturating_sub(start)
+            ));
+        }
+        if element == 0x0010 {
+            syntax = String::from_utf8_lossy(&bytes[start..start + len])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        at = start + len;
+    }
+    let enc = match syntax.as_str() {
+        "1.2.840.10008.1.2" => Enc {
+            explicit: false,
+            big: false,
+        },
+        "1.2.840.10008.1.2.2" => Enc {
+            explicit: true,
+            big: true,
+        },
+        // Deflated: the data set is compressed; the inflater bounds itself.
+        "1.2.840.10008.1.2.1.99" => return Ok(()),
+        _ => EXPLICIT_LE,
+    };
+    Reader { b: bytes, enc }
+        .elements(at, bytes.len(), 0, false)
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn implicit(group: u16, element: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = group.to_le_bytes().to_vec();
+        v.extend(element.to_le_bytes());
+        v.extend((value.len() as u32).to_le_bytes());
+        v.extend(value);
+        v
+    }
+
+    #[test]
+    fn lengths_that_fit_pass_and_lengths_that_do_not_are_named() {
+        let mut ok = implicit(0x0008, 0x0060, b"DX");
+        ok.extend(implicit(0x0028, 0x0010, &16u16.to_le_bytes()));
+        assert_eq!(check(&ok, true), Ok(()));
+        let mut bad = ok.clone();
+        bad.extend([0x28, 0x00, 0x02, 0x01]);
+        bad.extend(0x6365_7073u32.to_le_bytes());
+        bad.extend([0u8; 20]);
+        let err = check(&bad, true).unwrap_err();
+        assert!(
+            err.contains("(0028,0102) declares 1667592307 bytes but only 20"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn undefined_length_sequences_are_walked_and_depth_is_bounded() {
+        // (0008,1140) SQ, undefined length, one undefined-length item holding one element.
+        let mut seq = vec![0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF];
+        seq.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        seq.extend(implicit(0x0008, 0x1150, b"1.2"));
+        seq.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert_eq!(check(&seq, true), Ok(()));
+        // 40 nested undefined-length sequences.
+        let mut deep = Vec::new();
+        for _ in 0..40 {
+            deep.extend([0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF]);
+            deep.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        let err = check(&deep, true).unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
+    }
+}
