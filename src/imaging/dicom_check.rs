@@ -17,6 +17,15 @@ const EXPLICIT_LE: Enc = Enc {
     big: false,
 };
 
+/// One element header: tag, VR (explicit encodings), value length, header size in bytes.
+struct Header {
+    group: u16,
+    element: u16,
+    vr: Option<[u8; 2]>,
+    len: u32,
+    size: usize,
+}
+
 struct Reader<'a> {
     b: &'a [u8],
     enc: Enc,
@@ -42,11 +51,17 @@ impl Reader<'_> {
         })
     }
 
-    /// Read one element header at `at`: (group, element, VR if explicit, length, header size).
-    fn header(&self, at: usize) -> Result<(u16, u16, Option<[u8; 2]>, u32, usize), String> {
+    /// Read one element header at `at`.
+    fn header(&self, at: usize) -> Result<Header, String> {
         let (group, element) = (self.u16(at)?, self.u16(at + 2)?);
         if group == 0xFFFE || !self.enc.explicit {
-            return Ok((group, element, None, self.u32(at + 4)?, 8));
+            return Ok(Header {
+                group,
+                element,
+                vr: None,
+                len: self.u32(at + 4)?,
+                size: 8,
+            });
         }
         let vr = self.b.get(at + 4..at + 6).ok_or_else(truncated)?;
         let vr = [vr[0], vr[1]];
@@ -66,9 +81,21 @@ impl Reader<'_> {
                 | b"UT"
                 | b"UV"
         ) {
-            Ok((group, element, Some(vr), self.u32(at + 8)?, 12))
+            Ok(Header {
+                group,
+                element,
+                vr: Some(vr),
+                len: self.u32(at + 8)?,
+                size: 12,
+            })
         } else {
-            Ok((group, element, Some(vr), self.u16(at + 6)? as u32, 8))
+            Ok(Header {
+                group,
+                element,
+                vr: Some(vr),
+                len: self.u16(at + 6)? as u32,
+                size: 8,
+            })
         }
     }
 
@@ -85,7 +112,13 @@ impl Reader<'_> {
             return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
         }
         while at < end {
-            let (group, element, vr, len, size) = self.header(at)?;
+            let Header {
+                group,
+                element,
+                vr,
+                len,
+                size,
+            } = self.header(at)?;
             at += size;
             if group == 0xFFFE && element == 0xE00D {
                 if until_item_end {
@@ -185,7 +218,9 @@ pub fn check(bytes: &[u8], bare: bool) -> Result<(), String> {
     let mut at = 4;
     let mut syntax = String::new();
     while at + 4 <= bytes.len() && meta.u16(at)? == 0x0002 {
-        let (_, element, _, len, size) = meta.header(at)?;
+        let Header {
+            element, len, size, ..
+        } = meta.header(at)?;
         let (start, len) = (at + size, len as usize);
         if len > bytes.len().saturating_sub(start) {
             return Err(format!(
