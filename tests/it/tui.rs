@@ -890,3 +890,54 @@ fn end_to_end_a_panic_restores_the_terminal_before_the_message() {
     assert!(after.contains("EXIT=101"), "{after}");
     assert!(after.contains("test panic requested"), "{after}");
 }
+
+#[test]
+fn cancel_stops_a_running_job_and_keeps_what_finished() {
+    use cxr_triage::tui::Workers;
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("img-000.png");
+    crate::common::write_png8(&first, 512, 512);
+    let mut items = vec![(0, entry_at(&first))];
+    for i in 1..300 {
+        let p = dir.path().join(format!("img-{i:03}.png"));
+        std::fs::hard_link(&first, &p).unwrap();
+        items.push((i, entry_at(&p)));
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let model = cxr_triage::model::Model::embedded().unwrap();
+    let mut workers = Workers::start(model, false, tx);
+    workers.execute(Command::Score(items));
+    // Wait for the first result, then cancel.
+    let mut scored = 0;
+    while scored == 0 {
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Scored { .. } => scored += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    workers.execute(Command::Cancel);
+    let cancelled_at = std::time::Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            Event::Scored { .. } => scored += 1,
+            Event::JobEnded => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Generous bound: the job ends after the batch in flight, not after 300 images.
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    assert!(
+        scored < 300,
+        "all {scored} were scored: the cancel did nothing"
+    );
+    workers.stop();
+}
+
+fn entry_at(path: &std::path::Path) -> Entry {
+    Entry {
+        path: path.to_path_buf(),
+        rel: PathBuf::from(path.file_name().unwrap()),
+        folder_label: None,
+        walk_error: None,
+    }
+}
