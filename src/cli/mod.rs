@@ -64,18 +64,36 @@ pub struct BrowseArgs {
     pub folder: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+/// Which files are read and what is shown of them: shared by the UI and `scan`.
+#[derive(Debug, Args, Default)]
+pub struct InputArgs {
     /// Follow symbolic links (loops are detected and reported).
     #[arg(short = 'L', long)]
     pub follow_links: bool,
     /// Include hidden files and folders (names starting with a dot).
     #[arg(long)]
     pub hidden: bool,
-    /// Score images that are out of scope too (DICOM lateral views, other modalities).
+    /// Score images that are out of scope too (DICOM lateral views, modalities other than
+    /// CR/DX/DR); by default they get the status "out of scope" and no scores.
     #[arg(long)]
     pub force: bool,
-    /// Include the DICOM Patient ID in exports (protected health information: off by default).
+    /// Include the DICOM Patient ID in results and exports (protected health information: off
+    /// by default).
     #[arg(long)]
     pub show_phi: bool,
+}
+
+impl InputArgs {
+    pub fn walk_options(&self) -> crate::catalog::WalkOptions {
+        crate::catalog::WalkOptions {
+            follow_links: self.follow_links,
+            hidden: self.hidden,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,19 +252,8 @@ pub struct ScanArgs {
     /// Decoder threads (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: Option<u16>,
-    /// Follow symbolic links (loops are detected and reported).
-    #[arg(short = 'L', long)]
-    pub follow_links: bool,
-    /// Include hidden files and folders (names starting with a dot).
-    #[arg(long)]
-    pub hidden: bool,
-    /// Score images that are out of scope too (DICOM lateral views, modalities other than
-    /// CR/DX/DR); by default they get the status "out of scope" and no scores.
-    #[arg(long)]
-    pub force: bool,
-    /// Include the DICOM Patient ID in the output (protected health information: off by default).
-    #[arg(long)]
-    pub show_phi: bool,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// No progress bar or summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -300,12 +307,9 @@ fn browse(args: BrowseArgs) -> anyhow::Result<Exit> {
     crate::tui::run(crate::tui::TuiConfig {
         root,
         model: load_model(&args.model)?,
-        walk: crate::catalog::WalkOptions {
-            follow_links: args.follow_links,
-            hidden: args.hidden,
-        },
-        force: args.force,
-        show_phi: args.show_phi,
+        walk: args.input.walk_options(),
+        force: args.input.force,
+        show_phi: args.input.show_phi,
     })?;
     Ok(Exit::Ok)
 }
@@ -333,9 +337,6 @@ fn samples(args: SamplesArgs) -> anyhow::Result<Exit> {
     browse(BrowseArgs {
         folder: Some(dir),
         model: args.model,
-        follow_links: false,
-        hidden: false,
-        force: false,
-        show_phi: false,
+        input: InputArgs::default(),
     })
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Exit, ScanArgs, UsageError, load_model};
-use crate::catalog::{WalkOptions, walk};
+use crate::catalog::walk;
 use crate::results::{ExportFormat, Row, RowWriter, Status};
 use crate::worker::{PipelineOptions, score_all};
 
@@ -29,10 +29,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         ProgressDrawTarget::stderr()
     });
     progress.set_message(format!("finding images in {}", args.path.display()));
-    let walk_options = WalkOptions {
-        follow_links: args.follow_links,
-        hidden: args.hidden,
-    };
+    let walk_options = args.input.walk_options();
     let entries: Vec<_> = walk(&args.path, &walk_options)
         .inspect(|_| progress.tick())
         .collect();
@@ -67,14 +64,14 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         decoders: args
             .jobs
             .map_or(PipelineOptions::default().decoders, |j| j as usize),
-        force: args.force,
+        force: args.input.force,
     };
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut write_error = None;
     let cancel = AtomicBool::new(false);
     score_all(entries, &model, &options, &cancel, |scored| {
-        let row = Row::from_scored(&scored, &model.manifest, args.show_phi);
+        let row = Row::from_scored(&scored, &model.manifest, args.input.show_phi);
         summary.add(&row);
         if write_error.is_none()
             && let Err(e) = writer.write(&row)

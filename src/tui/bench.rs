@@ -99,6 +99,16 @@ pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()>
     Ok(())
 }
 
+/// What `tui::run` does before its first frame: model, state, workers, walk, terminal.
+fn start(dir: &Path) -> anyhow::Result<(App, Workers, Receiver<Event>, SinkTerminal)> {
+    let model = Model::embedded()?;
+    let (tx, rx) = unbounded();
+    let app = App::new(dir.to_path_buf(), &model.manifest);
+    let workers = Workers::start(model, false, tx.clone());
+    spawn_walk(dir.to_path_buf(), WalkOptions::default(), tx);
+    Ok((app, workers, rx, terminal()))
+}
+
 pub fn figures(
     dir: &Path,
     files: usize,
@@ -111,12 +121,7 @@ pub fn figures(
     let mut all = Vec::new();
     for run in 0..=runs {
         let started = Instant::now();
-        let model = Model::embedded()?;
-        let (tx, rx) = unbounded();
-        let mut app = App::new(dir.to_path_buf(), &model.manifest);
-        let mut workers = Workers::start(model, false, tx.clone());
-        spawn_walk(dir.to_path_buf(), WalkOptions::default(), tx);
-        let mut terminal = terminal();
+        let (mut app, mut workers, rx, mut terminal) = start(dir)?;
         let mut first_ms = None;
         while app.walking {
             let Ok(ev) = rx.recv() else { break };
@@ -139,12 +144,7 @@ pub fn figures(
     }
 
     // Keys while inference runs over the whole folder.
-    let model = Model::embedded()?;
-    let (tx, rx) = unbounded();
-    let mut app = App::new(dir.to_path_buf(), &model.manifest);
-    let mut workers = Workers::start(model, false, tx.clone());
-    spawn_walk(dir.to_path_buf(), WalkOptions::default(), tx);
-    let mut terminal = terminal();
+    let (mut app, mut workers, rx, mut terminal) = start(dir)?;
     while app.walking {
         let Ok(ev) = rx.recv() else { break };
         for c in app.update(ev) {

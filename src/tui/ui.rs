@@ -365,19 +365,7 @@ fn draw_grid(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: Col
         let [pic, badge] =
             Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(cell);
         let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
-        match app.previews.peek(i) {
-            Some(Preview::Ready { thumb, .. }) => frame.render_widget(
-                GrayPicture {
-                    thumb,
-                    mode: colors,
-                },
-                pic,
-            ),
-            Some(Preview::Failed(_)) => {
-                frame.render_widget(Paragraph::new("cannot read").style(theme.error()), pic)
-            }
-            None => frame.render_widget(Paragraph::new("…").style(theme.dim()), pic),
-        }
+        draw_picture(frame, app, i, pic, theme, colors, "");
         let text = match item.predicted {
             Some(l) => format!("{} {:.2}", app.labels[l], item.probs()[l]),
             None => item.status.name().to_string(),
@@ -395,6 +383,43 @@ fn draw_grid(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: Col
             .style(style),
             badge,
         );
+    }
+}
+
+/// An item's picture, or why there is none (`error_prefix` before a decode error).
+fn draw_picture(
+    frame: &mut Frame,
+    app: &App,
+    item: usize,
+    area: Rect,
+    theme: Theme,
+    colors: ColorMode,
+    error_prefix: &str,
+) {
+    match app.previews.peek(item) {
+        Some(Preview::Ready { thumb, .. }) => frame.render_widget(
+            GrayPicture {
+                thumb,
+                mode: colors,
+            },
+            area,
+        ),
+        Some(Preview::Failed(e)) => frame.render_widget(
+            Paragraph::new(format!("{error_prefix}{e}"))
+                .style(theme.error())
+                .wrap(Wrap { trim: true }),
+            area,
+        ),
+        None => frame.render_widget(
+            Paragraph::new(if app.preview_requested(item) {
+                "loading…"
+            } else {
+                ""
+            })
+            .style(theme.dim())
+            .alignment(Alignment::Center),
+            area,
+        ),
     }
 }
 
@@ -430,31 +455,15 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         Constraint::Length(2),
     ])
     .areas(inner);
-    match app.previews.peek(i) {
-        Some(Preview::Ready { thumb, .. }) => frame.render_widget(
-            GrayPicture {
-                thumb,
-                mode: colors,
-            },
-            pic,
-        ),
-        Some(Preview::Failed(e)) => frame.render_widget(
-            Paragraph::new(format!("cannot show this file:\n{e}"))
-                .style(theme.error())
-                .wrap(Wrap { trim: true }),
-            pic,
-        ),
-        None => frame.render_widget(
-            Paragraph::new(if app.preview_requested(i) {
-                "loading…"
-            } else {
-                ""
-            })
-            .style(theme.dim())
-            .alignment(Alignment::Center),
-            pic,
-        ),
-    }
+    draw_picture(
+        frame,
+        app,
+        i,
+        pic,
+        theme,
+        colors,
+        "cannot show this file:\n",
+    );
     // Per-label probabilities.
     let label_w = app.labels.iter().map(|l| l.len()).max().unwrap_or(0);
     let bar_w = (probs.width as usize).saturating_sub(label_w + 7);

@@ -276,6 +276,23 @@ fn run_measured(args: &[&std::ffi::OsStr], timeout: Duration) -> (i32, Vec<u8>, 
     )
 }
 
+/// `scan --format jsonl` over `dir`, which holds broken files: exit 1, no panic on stderr.
+/// Returns the rows and the peak RSS in KiB.
+fn scan_failing(dir: &Path, extra: &[&str], timeout: Duration) -> (Vec<serde_json::Value>, i64) {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["scan".as_ref(), dir.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    args.extend(["--format", "jsonl", "--quiet"].map(std::ffi::OsStr::new));
+    let (code, stdout, stderr, rss_kib) = run_measured(&args, timeout);
+    assert_eq!(code, 1, "exit code (some files fail): {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let rows = stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    (rows, rss_kib)
+}
+
 #[test]
 fn every_hostile_file_gets_one_row_and_nothing_breaks() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,24 +301,7 @@ fn every_hostile_file_gets_one_row_and_nothing_breaks() {
     assert!(expected >= 200, "only {expected} files");
     let before = snapshot_tree(&root);
 
-    let (code, stdout, stderr, rss_kib) = run_measured(
-        &[
-            "scan".as_ref(),
-            root.as_os_str(),
-            "-L".as_ref(),
-            "--format".as_ref(),
-            "jsonl".as_ref(),
-            "--quiet".as_ref(),
-        ],
-        Duration::from_secs(300),
-    );
-    assert_eq!(code, 1, "exit code (some files fail): {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let rows: Vec<serde_json::Value> = stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let (rows, rss_kib) = scan_failing(&root, &["-L"], Duration::from_secs(300));
     let mut paths: Vec<String> = rows
         .iter()
         .map(|r| r["path"].as_str().unwrap().to_string())
@@ -366,23 +366,7 @@ fn fuzzer_findings_stay_fixed() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
     let count = std::fs::read_dir(&dir).unwrap().count();
     assert!(count > 0);
-    let (code, stdout, stderr, rss_kib) = run_measured(
-        &[
-            "scan".as_ref(),
-            dir.as_os_str(),
-            "--format".as_ref(),
-            "jsonl".as_ref(),
-            "--quiet".as_ref(),
-        ],
-        Duration::from_secs(60),
-    );
-    assert_eq!(code, 1, "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let rows: Vec<serde_json::Value> = stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let (rows, rss_kib) = scan_failing(&dir, &[], Duration::from_secs(60));
     assert_eq!(rows.len(), count);
     assert!(rows.iter().all(|r| r["status"] == "error"), "{rows:#?}");
     // The DICOM one made the parser allocate 3.4 GB before the length check existed.
