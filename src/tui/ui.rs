@@ -212,13 +212,19 @@ pub fn bar(frac: f32, width: usize) -> String {
     s
 }
 
-fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+/// The list's (or grid's) border with the folder, counts and view; returns the inside.
+fn draw_list_frame(frame: &mut Frame, app: &App, area: Rect, theme: Theme) -> Rect {
     let block = Block::default()
         .borders(Borders::ALL)
         .title(Span::styled(list_title(app), theme.title()))
         .title_bottom(Line::from(Span::styled(view_label(app), theme.dim())).right_aligned());
     let inner = block.inner(area);
     frame.render_widget(block, area);
+    inner
+}
+
+fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let inner = draw_list_frame(frame, app, area, theme);
     if app.items.is_empty() {
         let msg = if app.walking {
             "looking for images…".to_string()
@@ -342,12 +348,7 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
 }
 
 fn draw_grid(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: ColorMode) {
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .title(Span::styled(list_title(app), theme.title()))
-        .title_bottom(Line::from(Span::styled(view_label(app), theme.dim())).right_aligned());
-    let inner = block.inner(area);
-    frame.render_widget(block, area);
+    let inner = draw_list_frame(frame, app, area, theme);
     let (cols, _, cell_w, cell_h) = grid_shape(area);
     let cells = app.grid_cells.max(1);
     let start = app.cursor / cells * cells;
