@@ -6,6 +6,13 @@
 
 const MAX_DEPTH: u32 = 32;
 
+/// The value representations of the standard (PS3.5 6.2).
+const KNOWN_VRS: [&[u8; 2]; 34] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+];
+
 #[derive(Clone, Copy)]
 struct Enc {
     explicit: bool,
@@ -65,6 +72,14 @@ impl Reader<'_> {
         }
         let vr = self.b.get(at + 4..at + 6).ok_or_else(truncated)?;
         let vr = [vr[0], vr[1]];
+        // An unknown VR is read by the parser as UN with a 4-byte length taken from what
+        // follows: a fuzzer-made "$S" turned the next tag into a 2 GB length.
+        if !KNOWN_VRS.contains(&&vr) {
+            return Err(format!(
+                "element ({group:04X},{element:04X}) has an unknown VR {:?}",
+                String::from_utf8_lossy(&vr)
+            ));
+        }
         if matches!(
             &vr,
             b"OB"
@@ -279,6 +294,18 @@ mod tests {
             err.contains("(0028,0102) declares 1667592307 bytes but only 20"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_unknown_vr_is_refused() {
+        // DICM, then (0002,0010) UI "1.2.840.10008.1.2.1", then (0028,0103) with VR "$S".
+        let mut b = b"DICM".to_vec();
+        b.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
+        b.extend(b"1.2.840.10008.1.2.1\0");
+        b.extend([0x28, 0x00, 0x03, 0x01, b'$', b'S', 2, 0, 0, 0]);
+        b.extend([0xE0, 0x7F, 0x10, 0x00]);
+        let err = check(&b, false).unwrap_err();
+        assert!(err.contains("(0028,0103) has an unknown VR"), "{err}");
     }
 
     #[test]
