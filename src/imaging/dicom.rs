@@ -117,6 +117,58 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
     .map_err(|e| fail(format!("cannot parse: {e}")))
 }
 
+/// The JPEG 2000 decoder sizes its buffers from the codestream's own SIZ marker, not from Rows
+/// and Columns: check that it agrees with them (and so with the pixel limit) and that its tile
+/// count is sane, before decoding.
+fn check_j2k_size(
+    obj: &DefaultDicomObject,
+    rows: i64,
+    cols: i64,
+    limits: &Limits,
+) -> Result<(), String> {
+    use dicom_core::value::Value;
+    let element = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| "no Pixel Data".to_string())?;
+    let Value::PixelSequence(seq) = element.value() else {
+        return Err("JPEG 2000 pixel data is not encapsulated".into());
+    };
+    let first = seq.fragments().first().ok_or("no JPEG 2000 fragment")?;
+    // A raw codestream starts with SOC + SIZ; a JP2 file carries one a little later.
+    let head = &first[..first.len().min(4096)];
+    let at = head
+        .windows(4)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])
+        .ok_or("no JPEG 2000 size header (SIZ) in the first fragment")?;
+    let siz = first
+        .get(at + 4..at + 4 + 38)
+        .ok_or("truncated JPEG 2000 size header")?;
+    let u32_at = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]) as u64;
+    let (x, y, xo, yo) = (u32_at(4), u32_at(8), u32_at(12), u32_at(16));
+    let (xt, yt, xto, yto) = (u32_at(20), u32_at(24), u32_at(28), u32_at(32));
+    let components = u16::from_be_bytes([siz[36], siz[37]]) as u64;
+    let (w, h) = (x.saturating_sub(xo), y.saturating_sub(yo));
+    if w * h > limits.max_pixels || w * h == 0 {
+        return Err(format!("JPEG 2000 stream declares {w}x{h} pixels"));
+    }
+    if (w, h) != (cols as u64, rows as u64) {
+        return Err(format!(
+            "JPEG 2000 stream is {w}x{h} but Rows/Columns say {cols}x{rows}"
+        ));
+    }
+    if components == 0 || components > 4 {
+        return Err(format!("JPEG 2000 stream has {components} components"));
+    }
+    if xt == 0 || yt == 0 || xto > xo || yto > yo {
+        return Err("JPEG 2000 stream has an invalid tile grid".into());
+    }
+    let tiles = (x - xto).div_ceil(xt) * (y - yto).div_ceil(yt);
+    if tiles > 65_535 {
+        return Err(format!("JPEG 2000 stream declares {tiles} tiles"));
+    }
+    Ok(())
+}
+
 /// Does this look like a bare implicit-VR data set (first tag in groups 0002-0010)?
 pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
     if head.len() < 8 {
@@ -188,8 +240,13 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         return Err(fail("no Pixel Data (7FE0,0010)"));
     }
 
+    if ts_uid.starts_with("1.2.840.10008.1.2.4.9") || ts_uid.starts_with("1.2.840.10008.1.2.4.20") {
+        check_j2k_size(&obj, rows, cols, limits).map_err(|e| fail(format!("{ts_name}: {e}")))?;
+    }
+    // Only the first frame: a multi-frame file of small compressed fragments would otherwise be
+    // decoded whole, frames x rows x columns, whatever the file's size.
     let pixels = obj
-        .decode_pixel_data()
+        .decode_pixel_data_frame(0)
         .map_err(|e| fail(format!("{ts_name}: {e}")))?;
     let options = ConvertOptions::new()
         .with_modality_lut(ModalityLutOption::Default)

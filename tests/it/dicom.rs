@@ -655,3 +655,26 @@ fn a_corrupt_jpeg_2000_stream_is_a_clear_error() {
     .to_string();
     assert!(err.contains("JPEG 2000"), "{err}");
 }
+
+#[test]
+fn a_jpeg_2000_stream_must_match_rows_and_columns() {
+    // The decoder sizes its buffers from the codestream: a stream that disagrees with the
+    // header (here 48x40 against 480x400) is refused before decoding.
+    let spec = Spec {
+        rows: 400,
+        cols: 480,
+        ..j2k_spec()
+    };
+    let err = decode(&file(
+        dataset(&spec),
+        encapsulated(j2k_fixture("ramp-12bit-lossless.j2k")),
+        "1.2.840.10008.1.2.4.90",
+    ))
+    .map(|d| d.image.width)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("stream is 48x40 but Rows/Columns say 480x400"),
+        "{err}"
+    );
+}
