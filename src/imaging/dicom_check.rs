@@ -153,6 +153,12 @@ impl Reader<'_> {
                     end.saturating_sub(at)
                 ));
             }
+            // PS3.5 7.1.1: value lengths are even. An odd one shifts every later element, and
+            // the parser and this check would no longer agree on where elements start (a
+            // fuzzer-made 3-byte group length hid a 4 GB length from this check).
+            if len % 2 == 1 {
+                return Err(format!("{name} has an odd length ({len})"));
+            }
             // Items inside a defined-length sequence (SQ, or in implicit VR anything that starts
             // with an item tag) are checked too: their lengths are trusted the same way.
             let looks_like_items = vr == Some(*b"SQ")
@@ -297,6 +303,15 @@ mod tests {
     }
 
     #[test]
+    fn odd_lengths_are_refused() {
+        let mut b = implicit(0x0008, 0x0060, b"DX");
+        b.extend(implicit(0x0000, 0x0000, b"abc"));
+        b.extend([0u8; 16]);
+        let err = check(&b, true).unwrap_err();
+        assert!(err.contains("(0000,0000) has an odd length (3)"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_vr_is_refused() {
         // DICM, then (0002,0010) UI "1.2.840.10008.1.2.1", then (0028,0103) with VR "$S".
         let mut b = b"DICM".to_vec();
@@ -313,7 +328,7 @@ mod tests {
         // (0008,1140) SQ, undefined length, one undefined-length item holding one element.
         let mut seq = vec![0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF];
         seq.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
-        seq.extend(implicit(0x0008, 0x1150, b"1.2"));
+        seq.extend(implicit(0x0008, 0x1150, b"1.2\0"));
         seq.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
         seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         assert_eq!(check(&seq, true), Ok(()));
