@@ -7,7 +7,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
-use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status};
+use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status, Summary};
 use super::image::{ColorMode, GrayPicture};
 
 /// The screen's regions for a terminal of a given size.
@@ -133,22 +133,23 @@ pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
     };
     let area = frame.area();
     let p = panes(area, app.grid);
+    // Counted once a frame: the title and the footer both show them.
+    let summary = app.summary();
     if app.grid {
-        draw_grid(frame, app, p.list, theme, colors);
+        draw_grid(frame, app, &summary, p.list, theme, colors);
     } else {
-        draw_list(frame, app, p.list, theme);
+        draw_list(frame, app, &summary, p.list, theme);
     }
     if let Some(preview) = p.preview {
         draw_preview(frame, app, preview, theme, colors);
     }
-    draw_footer(frame, app, p.footer, theme);
+    draw_footer(frame, app, &summary, p.footer, theme);
     if app.mode == Mode::Help {
         draw_help(frame, area, theme);
     }
 }
 
-fn list_title(app: &App) -> String {
-    let s = app.summary();
+fn list_title(app: &App, s: &Summary) -> String {
     let mut t = format!(" {}  {} images", app.root.display(), app.items.len());
     if s.errors > 0 {
         let plural = if s.errors == 1 { "" } else { "s" };
@@ -213,18 +214,24 @@ pub fn bar(frac: f32, width: usize) -> String {
 }
 
 /// The list's (or grid's) border with the folder, counts and view; returns the inside.
-fn draw_list_frame(frame: &mut Frame, app: &App, area: Rect, theme: Theme) -> Rect {
+fn draw_list_frame(
+    frame: &mut Frame,
+    app: &App,
+    summary: &Summary,
+    area: Rect,
+    theme: Theme,
+) -> Rect {
     let block = Block::default()
         .borders(Borders::ALL)
-        .title(Span::styled(list_title(app), theme.title()))
+        .title(Span::styled(list_title(app, summary), theme.title()))
         .title_bottom(Line::from(Span::styled(view_label(app), theme.dim())).right_aligned());
     let inner = block.inner(area);
     frame.render_widget(block, area);
     inner
 }
 
-fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
-    let inner = draw_list_frame(frame, app, area, theme);
+fn draw_list(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme: Theme) {
+    let inner = draw_list_frame(frame, app, summary, area, theme);
     if app.items.is_empty() {
         let msg = if app.walking {
             "looking for images…".to_string()
@@ -347,8 +354,15 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     frame.render_widget(table, inner);
 }
 
-fn draw_grid(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: ColorMode) {
-    let inner = draw_list_frame(frame, app, area, theme);
+fn draw_grid(
+    frame: &mut Frame,
+    app: &App,
+    summary: &Summary,
+    area: Rect,
+    theme: Theme,
+    colors: ColorMode,
+) {
+    let inner = draw_list_frame(frame, app, summary, area, theme);
     let (cols, _, cell_w, cell_h) = grid_shape(area);
     let cells = app.grid_cells.max(1);
     let start = app.cursor / cells * cells;
@@ -535,8 +549,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
 }
 
 /// The counts line; `compact` for narrow terminals.
-fn summary_spans(app: &App, theme: Theme, compact: bool) -> Vec<Span<'static>> {
-    let s = app.summary();
+fn summary_spans(app: &App, s: &Summary, theme: Theme, compact: bool) -> Vec<Span<'static>> {
     let sep = if compact { " " } else { " · " };
     let mut parts: Vec<Span> = Vec::new();
     for (l, n) in app.labels.iter().zip(&s.per_label) {
@@ -571,13 +584,13 @@ fn summary_spans(app: &App, theme: Theme, compact: bool) -> Vec<Span<'static>> {
     parts
 }
 
-fn draw_footer(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+fn draw_footer(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme: Theme) {
     let [top, bottom] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
-    let parts = summary_spans(app, theme, false);
+    let parts = summary_spans(app, summary, theme, false);
     let width: usize = parts.iter().map(|p| p.content.chars().count()).sum();
     let parts = if width > top.width as usize {
-        summary_spans(app, theme, true)
+        summary_spans(app, summary, theme, true)
     } else {
         parts
     };
