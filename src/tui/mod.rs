@@ -111,6 +111,7 @@ impl TerminalGuard {
             terminal::EnterAlternateScreen,
             cursor::Hide
         )?;
+        silence_stderr();
         Ok(guard)
     }
 }
@@ -121,9 +122,43 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Leave raw mode and the alternate screen; safe to call more than once and when the terminal
-/// is gone (errors are ignored: there is nobody to tell).
+/// The real stderr while the UI runs (-1 when not redirected). Libraries write to stderr on
+/// their own (tiff 0.11 has a `dbg!` on a limits error): on the UI's screen that would be
+/// garbage over the frame, so stderr goes to /dev/null while the UI owns the terminal.
+static SAVED_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn silence_stderr() {
+    // SAFETY: plain fd calls on the process's own descriptors; failures leave stderr as it was.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        let saved = libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, 3);
+        if saved >= 0 && libc::dup2(null, libc::STDERR_FILENO) >= 0 {
+            SAVED_STDERR.store(saved, Ordering::SeqCst);
+        } else if saved >= 0 {
+            libc::close(saved);
+        }
+        libc::close(null);
+    }
+}
+
+fn restore_stderr() {
+    let saved = SAVED_STDERR.swap(-1, Ordering::SeqCst);
+    if saved >= 0 {
+        // SAFETY: `saved` is the descriptor `silence_stderr` duplicated.
+        unsafe {
+            libc::dup2(saved, libc::STDERR_FILENO);
+            libc::close(saved);
+        }
+    }
+}
+
+/// Leave raw mode and the alternate screen, and give stderr back; safe to call more than once
+/// and when the terminal is gone (errors are ignored: there is nobody to tell).
 pub fn restore_terminal() {
+    restore_stderr();
     let _ = terminal::disable_raw_mode();
     let _ = execute!(
         std::io::stdout(),

@@ -941,3 +941,30 @@ fn entry_at(path: &std::path::Path) -> Entry {
         walk_error: None,
     }
 }
+
+#[test]
+fn end_to_end_library_output_on_stderr_never_reaches_the_screen() {
+    // tiff 0.11 prints a `dbg!` line to stderr for this fuzzer-made file; the UI sends stderr to
+    // /dev/null while it owns the terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz/tiff-prints-to-stderr.tif");
+    std::fs::copy(&fixture, dir.path().join("a.tif")).unwrap();
+    crate::common::write_png8(&dir.path().join("b.png"), 96, 80);
+    let bin = assert_cmd::cargo::cargo_bin("cxr-triage");
+    let command = format!(
+        "{} {}{AFTER_EXIT}",
+        shell_quote(&bin),
+        shell_quote(dir.path())
+    );
+    let Some(tmux) = Tmux::start(&command, 100, 30) else {
+        return;
+    };
+    tmux.wait_for("2 images", 30);
+    tmux.keys("R");
+    let screen = tmux.wait_for("scored 2 of 2", 60);
+    assert!(!screen.contains("LimitsExceeded"), "{screen}");
+    assert!(!screen.contains("ifd.rs"), "{screen}");
+    tmux.keys("q");
+    assert!(tmux.assert_restored().contains("EXIT=0"));
+}
