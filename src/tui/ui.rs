@@ -252,10 +252,10 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme:
     }
     let label_w = app.labels.iter().map(|l| l.len()).max().unwrap_or(5).max(5) as u16;
     // Narrow lists drop the status column: the label column shows the status until there is
-    // a label (the preview pane spells it out in full).
+    // a label, and is wide enough for the longest status.
     let status_w = if inner.width >= 64 { 12 } else { 0 };
     let label_w = if status_w == 0 {
-        label_w.max(9)
+        label_w.max(Status::OutOfScope.name().len() as u16)
     } else {
         label_w
     };
