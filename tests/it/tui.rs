@@ -643,9 +643,12 @@ impl Tmux {
             .args(["-x", &w.to_string(), "-y", &h.to_string(), command])
             .env("TERM", "xterm-256color")
             .status()
-            .unwrap()
-            .success();
-        assert!(ok, "tmux new-session failed");
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // tmux is installed but cannot start a session here (no pseudo-terminals, say).
+            eprintln!("SKIPPED: tmux could not start a session; the end-to-end UI test needs one");
+            return None;
+        }
         Some(Self { socket })
     }
 
