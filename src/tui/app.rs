@@ -246,10 +246,9 @@ pub struct App {
     pub mode: Mode,
     pub grid: bool,
     pub walking: bool,
-    /// Label whose operating point `+`/`-` moves, and the thresholds (per label, `None` where the
-    /// model has none).
+    /// Label whose operating point `+`/`-` moves (in `manifest.operating_points`, which holds
+    /// the thresholds the UI flags with).
     pub op_label: usize,
-    pub thresholds: Vec<Option<f32>>,
     pub progress: Option<Progress>,
     /// Last job's summary, e.g. `scored 312 images in 8.1 s`.
     pub last_run: Option<String>,
@@ -273,18 +272,20 @@ pub struct App {
 impl App {
     pub fn new(root: PathBuf, manifest: &Manifest) -> Self {
         let labels = manifest.labels.clone();
-        let mut thresholds: Vec<Option<f32>> = labels
-            .iter()
-            .map(|l| manifest.operating_points.get(l).copied())
-            .collect();
-        let op_label = thresholds.iter().position(Option::is_some).unwrap_or(0);
-        if thresholds.iter().all(Option::is_none) && !thresholds.is_empty() {
-            thresholds[0] = Some(0.5);
+        let mut manifest = manifest.clone();
+        if manifest.operating_points.is_empty()
+            && let Some(first) = labels.first()
+        {
+            manifest.operating_points.insert(first.clone(), 0.5);
         }
+        let op_label = labels
+            .iter()
+            .position(|l| manifest.operating_points.contains_key(l))
+            .unwrap_or(0);
         Self {
             root,
             labels,
-            manifest: manifest.clone(),
+            manifest,
             items: Vec::new(),
             view: Vec::new(),
             view_dirty: false,
@@ -297,7 +298,6 @@ impl App {
             grid: false,
             walking: true,
             op_label,
-            thresholds,
             progress: None,
             last_run: None,
             message: None,
@@ -318,12 +318,7 @@ impl App {
     }
 
     pub fn is_flagged(&self, item: &Item) -> bool {
-        item.status == Status::Done
-            && item
-                .probs()
-                .iter()
-                .zip(&self.thresholds)
-                .any(|(p, t)| t.is_some_and(|t| *p >= t))
+        item.status == Status::Done && crate::model::is_flagged(&self.manifest, item.probs())
     }
 
     /// Does the predicted label differ from the folder label? Only folders named after one of
@@ -338,12 +333,15 @@ impl App {
         }
     }
 
+    /// The operating point of label `l`, if it has one.
+    pub fn threshold_of(&self, l: usize) -> Option<f32> {
+        let label = self.labels.get(l)?;
+        self.manifest.operating_points.get(label).copied()
+    }
+
+    /// The operating point `+`/`-` moves.
     pub fn threshold(&self) -> f32 {
-        self.thresholds
-            .get(self.op_label)
-            .copied()
-            .flatten()
-            .unwrap_or(0.5)
+        self.threshold_of(self.op_label).unwrap_or(0.5)
     }
 
     /// Handle one event; returns what the runtime should do.
@@ -403,8 +401,8 @@ impl App {
         if index >= self.items.len() {
             return;
         }
-        // `flagged` in the row follows the manifest; it is recomputed against the current
-        // operating point wherever it is shown or exported.
+        // `flagged` in the row is at the operating point of scoring time; it is recomputed
+        // against the current one wherever it is shown or exported.
         let row = Row::from_scored(scored, &self.manifest, self.show_phi);
         let item = &mut self.items[index];
         item.status = match row.status {
@@ -589,9 +587,11 @@ impl App {
     }
 
     fn nudge_threshold(&mut self, delta: f32) {
-        if let Some(t) = self.thresholds.get_mut(self.op_label) {
-            let v = (t.unwrap_or(0.5) + delta).clamp(0.0, 1.0);
-            *t = Some((v * 100.0).round() / 100.0);
+        if let Some(label) = self.labels.get(self.op_label).cloned() {
+            let v = (self.threshold() + delta).clamp(0.0, 1.0);
+            self.manifest
+                .operating_points
+                .insert(label, (v * 100.0).round() / 100.0);
             if self.filter == Filter::Flagged {
                 self.view_dirty = true;
             }

@@ -488,7 +488,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         .enumerate()
         .map(|(l, name)| {
             let p = item.probs().get(l).copied();
-            let op = app.thresholds[l].filter(|_| l == app.op_label);
+            let op = app.threshold_of(l).filter(|_| l == app.op_label);
             let mut style = Style::default();
             if item.predicted == Some(l) {
                 style = style.add_modifier(Modifier::BOLD);
@@ -497,7 +497,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
             match p {
                 Some(p) => {
                     spans.push(Span::styled(format!("{p:.2} "), style));
-                    let over = app.thresholds[l].is_some_and(|t| p >= t);
+                    let over = app.threshold_of(l).is_some_and(|t| p >= t);
                     spans.push(Span::styled(
                         bar(p, bar_w),
                         if over {
