@@ -40,7 +40,8 @@ pub struct OperatingPointReport {
 pub struct EvalReport {
     pub model: String,
     pub data: String,
-    pub split: Split,
+    /// The split evaluated (`None`: a whole folder, as `scan` reviews it).
+    pub split: Option<Split>,
     pub n: usize,
     /// Files that could not be scored (excluded from every figure).
     pub failed: Vec<String>,
@@ -125,7 +126,29 @@ pub fn evaluate(
     if probs.is_empty() {
         return Err(EvalError::NothingScored(failed.len()));
     }
+    Ok(report(
+        &model.manifest,
+        &data.root.display().to_string(),
+        Some(split),
+        &probs,
+        &truth,
+        failed,
+        resamples,
+    ))
+}
 
+/// The report for scored images with known labels (indices into the manifest's labels): the
+/// figures `eval` prints, also used by `scan` and the UI when a folder has labels.
+pub fn report(
+    manifest: &crate::model::Manifest,
+    data: &str,
+    split: Option<Split>,
+    probs: &[Vec<f32>],
+    truth: &[usize],
+    failed: Vec<String>,
+    resamples: usize,
+) -> EvalReport {
+    let labels = manifest.labels.clone();
     let n = probs.len();
     let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
         (
@@ -134,14 +157,14 @@ pub fn evaluate(
         )
     };
     let estimate = |stat: &Statistic| -> Estimate {
-        let value = stat(&probs, &truth);
+        let value = stat(probs, truth);
         let (lo, hi) = bootstrap_ci(n, resamples, 0, |idx| {
             let (p, t) = pick(idx);
             stat(&p, &t)
         });
         Estimate { value, lo, hi }
     };
-    let m = Metrics::compute(&probs, &truth, &labels);
+    let m = Metrics::compute(probs, truth, &labels);
     let lbl = &labels;
     let accuracy = estimate(&|p, t| Metrics::compute(p, t, lbl).accuracy);
     let macro_auc = m
@@ -162,15 +185,14 @@ pub fn evaluate(
     let covid = labels.iter().position(|l| l == "covid");
     let normal = labels.iter().position(|l| l == "normal");
     let covid_vs_normal_accuracy = match (covid, normal) {
-        (Some(a), Some(b)) if pairwise_accuracy(&probs, &truth, a, b).is_some() => {
+        (Some(a), Some(b)) if pairwise_accuracy(probs, truth, a, b).is_some() => {
             Some(estimate(&|p, t| {
                 pairwise_accuracy(p, t, a, b).unwrap_or(f64::NAN)
             }))
         }
         _ => None,
     };
-    let operating_points = model
-        .manifest
+    let operating_points = manifest
         .operating_points
         .iter()
         .filter_map(|(label, &threshold)| {
@@ -183,9 +205,9 @@ pub fn evaluate(
             })
         })
         .collect();
-    Ok(EvalReport {
-        model: model.manifest.name.clone(),
-        data: data.root.display().to_string(),
+    EvalReport {
+        model: manifest.name.clone(),
+        data: data.to_string(),
         split,
         n,
         failed,
@@ -197,7 +219,7 @@ pub fn evaluate(
         covid_vs_normal_accuracy,
         operating_points,
         bootstrap_resamples: resamples,
-    })
+    }
 }
 
 impl EvalReport {
@@ -214,12 +236,15 @@ impl EvalReport {
         };
         let num = |e: &Estimate| format!("{:.4}  [{:.4}, {:.4}]", e.value, e.lo, e.hi);
         let mut s = String::new();
+        let split = self
+            .split
+            .map(|sp| format!(" ({sp:?} split)"))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "model {} on {} ({:?} split): {} images scored, {} failed",
+            "model {} on {}{split}: {} images scored, {} failed",
             self.model,
             self.data,
-            self.split,
             self.n,
             self.failed.len()
         );

@@ -15,11 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::catalog::Entry;
-use crate::imaging::{self, Decoded, DicomInfo, Format};
+use crate::imaging::dhash::{DHash, dhash};
+use crate::imaging::{self, Decoded, DicomInfo, Format, Limits};
 use crate::model::{InputSpec, Model, preprocess};
+use crate::results::store::{FileKey, Store, content_hash};
 
 /// Facts about a decoded image, kept with its result.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageInfo {
     pub format: Format,
     pub width: u32,
@@ -64,6 +66,26 @@ pub struct Scored {
     pub index: usize,
     pub entry: Entry,
     pub outcome: Outcome,
+    /// xxh3-128 of the file's bytes (absent when the file could not be read).
+    pub hash: Option<u128>,
+    /// Difference hash of the decoded image, for near-duplicates.
+    pub dhash: Option<DHash>,
+    /// Came from the results store rather than from this run.
+    pub cached: bool,
+}
+
+impl Scored {
+    /// A result with nothing but its outcome (no hashes, not from the store).
+    pub fn new(index: usize, entry: Entry, outcome: Outcome) -> Self {
+        Self {
+            index,
+            entry,
+            outcome,
+            hash: None,
+            dhash: None,
+            cached: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -87,13 +109,20 @@ impl Default for PipelineOptions {
     }
 }
 
+/// A decoded image waiting for the model.
+struct Plane {
+    index: usize,
+    entry: Entry,
+    info: ImageInfo,
+    plane: Vec<f32>,
+    hash: u128,
+    dhash: DHash,
+    /// Where to store the outcome (with a store only).
+    key: Option<FileKey>,
+}
+
 enum Ready {
-    Plane {
-        index: usize,
-        entry: Entry,
-        info: ImageInfo,
-        plane: Vec<f32>,
-    },
+    Plane(Plane),
     Done(Scored),
 }
 
@@ -103,6 +132,23 @@ pub fn score_all<I, F>(
     entries: I,
     model: &Model,
     options: &PipelineOptions,
+    cancel: &AtomicBool,
+    sink: F,
+) where
+    I: IntoIterator<Item = Entry> + Send,
+    I::IntoIter: Send,
+    F: FnMut(Scored),
+{
+    score_all_stored(entries, model, options, None, cancel, sink)
+}
+
+/// [`score_all`] with a results store: outcomes found there are delivered without decoding
+/// (marked `cached`), new ones are stored.
+pub fn score_all_stored<I, F>(
+    entries: I,
+    model: &Model,
+    options: &PipelineOptions,
+    store: Option<&Store>,
     cancel: &AtomicBool,
     mut sink: F,
 ) where
@@ -126,23 +172,18 @@ pub fn score_all<I, F>(
         for _ in 0..options.decoders.max(1) {
             let (jobs, ready) = (job_rx.clone(), ready_tx.clone());
             let force = options.force;
-            scope.spawn(move || decode_loop(jobs, ready, spec, force, cancel));
+            scope.spawn(move || decode_loop(jobs, ready, spec, force, store, cancel));
         }
         drop((job_rx, ready_tx));
 
         let mut reorder = Reorder::default();
-        let mut pending: Vec<(usize, Entry, ImageInfo, Vec<f32>)> = Vec::with_capacity(batch);
+        let mut pending: Vec<Plane> = Vec::with_capacity(batch);
         while let Ok(first) = ready_rx.recv() {
             let mut next = Some(first);
             while let Some(item) = next.take() {
                 match item {
                     Ready::Done(s) => reorder.push(s),
-                    Ready::Plane {
-                        index,
-                        entry,
-                        info,
-                        plane,
-                    } => pending.push((index, entry, info, plane)),
+                    Ready::Plane(p) => pending.push(p),
                 }
                 if pending.len() < batch {
                     next = ready_rx.try_recv().ok();
@@ -151,7 +192,7 @@ pub fn score_all<I, F>(
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            for s in score_batch(model, std::mem::take(&mut pending)) {
+            for s in score_batch(model, std::mem::take(&mut pending), store) {
                 reorder.push(s);
             }
             reorder.drain(&mut sink);
@@ -160,6 +201,9 @@ pub fn score_all<I, F>(
         drop(ready_rx);
         reorder.drain(&mut sink);
     });
+    if let Some(store) = store {
+        store.flush();
+    }
 }
 
 fn decode_loop(
@@ -167,82 +211,171 @@ fn decode_loop(
     ready: Sender<Ready>,
     spec: &InputSpec,
     force: bool,
+    store: Option<&Store>,
     cancel: &AtomicBool,
 ) {
     for (index, entry) in jobs {
         if cancel.load(Ordering::Relaxed) {
             break;
         }
-        let item = match decode_one(&entry, spec, force) {
-            Ok((info, plane)) => Ready::Plane {
-                index,
-                entry,
-                info,
-                plane,
-            },
-            Err(outcome) => Ready::Done(Scored {
-                index,
-                entry,
-                outcome: *outcome,
-            }),
-        };
+        let item = prepare(index, entry, spec, force, store);
         if ready.send(item).is_err() {
             break;
         }
     }
 }
 
-/// Load and preprocess one entry; anything but a plane to score is its final outcome
-/// (boxed: it is the rare, large path).
-fn decode_one(
-    entry: &Entry,
-    spec: &InputSpec,
-    force: bool,
-) -> Result<(ImageInfo, Vec<f32>), Box<Outcome>> {
-    let failed = |info, error| Box::new(Outcome::Failed { info, error });
-    if let Some(e) = &entry.walk_error {
-        return Err(failed(None, e.clone()));
+/// A stored outcome as this run would have it: a stored score of an out-of-scope image is
+/// not shown without `force`, and a stored "out of scope" is not enough with it.
+fn usable(outcome: Outcome, force: bool) -> Option<Outcome> {
+    match outcome {
+        Outcome::OutOfScope { .. } if force => None,
+        Outcome::Scored { info, probs } if !force => {
+            match info.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
+                Some(reason) => Some(Outcome::OutOfScope { info, reason }),
+                None => Some(Outcome::Scored { info, probs }),
+            }
+        }
+        other => Some(other),
     }
-    let decoded = imaging::load(&entry.path).map_err(|e| failed(None, e.to_string()))?;
-    let info = ImageInfo::from(&decoded);
-    if !force && let Some(reason) = decoded.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
-        return Err(Box::new(Outcome::OutOfScope { info, reason }));
-    }
-    let plane =
-        preprocess(&decoded.image, spec).map_err(|e| failed(Some(info.clone()), e.to_string()))?;
-    Ok((info, plane))
 }
 
-fn score_batch(model: &Model, batch: Vec<(usize, Entry, ImageInfo, Vec<f32>)>) -> Vec<Scored> {
+/// Everything before the model for one entry: the store, reading, hashing, decoding and
+/// preprocessing. Anything but a plane to score is the entry's final outcome.
+fn prepare(
+    index: usize,
+    entry: Entry,
+    spec: &InputSpec,
+    force: bool,
+    store: Option<&Store>,
+) -> Ready {
+    let done = |entry, outcome, hash, dhash, cached| {
+        Ready::Done(Scored {
+            index,
+            entry,
+            outcome,
+            hash,
+            dhash,
+            cached,
+        })
+    };
+    let failed = |info, error| Outcome::Failed { info, error };
+    if let Some(e) = &entry.walk_error {
+        let outcome = failed(None, e.clone());
+        return done(entry, outcome, None, None, false);
+    }
+    if let Some(store) = store
+        && let Some(hit) = restore(&entry, store, force)
+    {
+        return Ready::Done(Scored { index, ..hit });
+    }
+    let limits = Limits::default();
+    let (bytes, meta) = match imaging::read_file(&entry.path, &limits) {
+        Ok(read) => read,
+        Err(e) => return done(entry, failed(None, e.to_string()), None, None, false),
+    };
+    let key = store.map(|_| FileKey::new(&entry.path, &meta));
+    let hash = content_hash(&bytes);
+    if let (Some(store), Some(key)) = (store, &key)
+        && let Some(hit) = store.by_hash(hash)
+        && let Some(outcome) = usable(hit.outcome, force)
+    {
+        store.record_file(key.clone(), hash);
+        return done(entry, outcome, Some(hash), hit.dhash, true);
+    }
+    let stored = |entry, outcome: Outcome, dhash| {
+        if let (Some(store), Some(key)) = (store, key.clone()) {
+            store.put(key, hash, &outcome, dhash);
+        }
+        done(entry, outcome, Some(hash), dhash, false)
+    };
+    let decoded = match imaging::decode_bytes(&bytes, &limits) {
+        Ok(d) => d,
+        Err(e) => return stored(entry, failed(None, e.to_string()), None),
+    };
+    drop(bytes);
+    let info = ImageInfo::from(&decoded);
+    let dh = dhash(&decoded.image);
+    if !force && let Some(reason) = decoded.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
+        return stored(entry, Outcome::OutOfScope { info, reason }, Some(dh));
+    }
+    match preprocess(&decoded.image, spec) {
+        Ok(plane) => Ready::Plane(Plane {
+            index,
+            entry,
+            info,
+            plane,
+            hash,
+            dhash: dh,
+            key,
+        }),
+        Err(e) => stored(entry, failed(Some(info), e.to_string()), Some(dh)),
+    }
+}
+
+/// Look up one file by path, size and mtime only (no read): what reopening a folder shows
+/// at once. `None` when the store has nothing for it (or it changed).
+pub fn restore(entry: &Entry, store: &Store, force: bool) -> Option<Scored> {
+    if entry.walk_error.is_some() {
+        return None;
+    }
+    let key = FileKey::stat(&entry.path).ok()?;
+    let hit = store.by_file(&key)?;
+    let outcome = usable(hit.outcome, force)?;
+    Some(Scored {
+        index: 0,
+        entry: entry.clone(),
+        outcome,
+        hash: Some(hit.hash),
+        dhash: hit.dhash,
+        cached: true,
+    })
+}
+
+fn score_batch(model: &Model, mut batch: Vec<Plane>, store: Option<&Store>) -> Vec<Scored> {
     if batch.is_empty() {
         return Vec::new();
     }
-    let (meta, planes): (Vec<_>, Vec<_>) = batch
+    let planes: Vec<Vec<f32>> = batch
+        .iter_mut()
+        .map(|p| std::mem::take(&mut p.plane))
+        .collect();
+    let result = model.predict(&planes);
+    let failed = result.as_ref().err().map(|e| e.to_string());
+    let mut rows = result.ok().map(|r| r.into_iter());
+    batch
         .into_iter()
-        .map(|(index, entry, info, plane)| ((index, entry, info), plane))
-        .unzip();
-    match model.predict(&planes) {
-        Ok(rows) => meta
-            .into_iter()
-            .zip(rows)
-            .map(|((index, entry, info), probs)| Scored {
-                index,
-                entry,
-                outcome: Outcome::Scored { info, probs },
-            })
-            .collect(),
-        Err(e) => meta
-            .into_iter()
-            .map(|(index, entry, info)| Scored {
-                index,
-                entry,
-                outcome: Outcome::Failed {
-                    info: Some(info),
-                    error: e.to_string(),
+        .map(|p| {
+            let outcome = match (&mut rows, &failed) {
+                (Some(rows), _) => match rows.next() {
+                    Some(probs) => Outcome::Scored {
+                        info: p.info,
+                        probs,
+                    },
+                    None => Outcome::Failed {
+                        info: Some(p.info),
+                        error: "the model returned fewer rows than images".into(),
+                    },
                 },
-            })
-            .collect(),
-    }
+                (None, error) => Outcome::Failed {
+                    info: Some(p.info),
+                    error: error.clone().unwrap_or_default(),
+                },
+            };
+            // A model failure is not the file's fault: not stored, so the next run tries again.
+            if let (Some(store), Some(key), Outcome::Scored { .. }) = (store, p.key, &outcome) {
+                store.put(key, p.hash, &outcome, Some(p.dhash));
+            }
+            Scored {
+                index: p.index,
+                entry: p.entry,
+                outcome,
+                hash: Some(p.hash),
+                dhash: Some(p.dhash),
+                cached: false,
+            }
+        })
+        .collect()
 }
 
 /// Holds results that arrive early until everything before them has arrived.

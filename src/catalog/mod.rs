@@ -146,3 +146,37 @@ fn make_entry(root: &Path, path: &Path, walk_error: Option<String>) -> Entry {
         walk_error,
     }
 }
+
+/// Is `path` (which may not exist yet) inside `root`?
+pub fn is_inside(path: &Path, root: &Path) -> bool {
+    let Ok(root) = root.canonicalize() else {
+        return false;
+    };
+    let root = if root.is_file() {
+        root.parent().map(Path::to_path_buf).unwrap_or(root)
+    } else {
+        root
+    };
+    // Resolve the longest existing ancestor, then add the rest back.
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let Ok(mut resolved) = existing.canonicalize() else {
+        return false;
+    };
+    resolved.extend(rest.iter().rev());
+    resolved.starts_with(&root)
+}

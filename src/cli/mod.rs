@@ -9,6 +9,7 @@ mod train;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::results::ExportFormat;
@@ -66,6 +67,43 @@ pub struct BrowseArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Where results are kept between runs: shared by the UI, `samples`, `scan` and `cache`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct CacheArgs {
+    /// Results store (SQLite). Default: $XDG_CACHE_HOME/cxr-triage/results.sqlite3
+    /// (~/.cache/... without XDG_CACHE_HOME). Never inside the image folder.
+    #[arg(long, value_name = "FILE")]
+    pub cache: Option<PathBuf>,
+    /// Neither read nor write the results store: score everything afresh.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The store for a run over `root`, or `None` with `--no-cache`. A store that cannot be
+    /// used (unreadable, from a newer version, inside the image folder) is not fatal: the
+    /// reason comes back and the run goes on without it.
+    pub fn open(
+        &self,
+        root: &std::path::Path,
+        manifest: &crate::model::Manifest,
+    ) -> (Option<crate::results::store::Store>, Option<String>) {
+        use crate::results::store::{Store, model_id};
+        if self.no_cache {
+            return (None, None);
+        }
+        match Store::open_for(root, self.cache.as_deref(), &model_id(manifest)) {
+            Ok(store) => (Some(store), None),
+            Err(e) => (
+                None,
+                Some(format!("{e}; running without the results store")),
+            ),
+        }
+    }
 }
 
 /// Which files are read and what is shown of them: shared by the UI and `scan`.
@@ -109,12 +147,44 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure decode, thumbnail, inference, scan and UI speed on images the benchmark makes.
     Bench(BenchArgs),
+    /// Show or clear the results store (stored outcomes of earlier runs).
+    Cache(CacheCommandArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The store keeps every outcome by file content hash and model, so reopening a \
+folder or scanning it again only scores what is new or changed. It lives in \
+$XDG_CACHE_HOME/cxr-triage/ (or ~/.cache/cxr-triage/) unless --cache says otherwise.\n\n\
+Examples:\n  cxr-triage cache info\n  cxr-triage cache clear\n  cxr-triage scan /data/xrays --no-cache"
+)]
+pub struct CacheCommandArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Where the store is, its size, and how many results it holds per model.
+    Info(StorePath),
+    /// Delete the store (every model's results).
+    Clear(StorePath),
+}
+
+#[derive(Debug, Args)]
+pub struct StorePath {
+    /// The store file. Default: $XDG_CACHE_HOME/cxr-triage/results.sqlite3 (~/.cache/...
+    /// without XDG_CACHE_HOME).
+    #[arg(long, value_name = "FILE")]
+    pub cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct SamplesArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +324,8 @@ pub struct ScanArgs {
     pub jobs: Option<u16>,
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// No progress bar or summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -269,6 +341,7 @@ pub fn main() -> ExitCode {
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Cache(args)) => cache(args),
     };
     match result {
         Ok(exit) => exit.into(),
@@ -304,12 +377,16 @@ fn browse(args: BrowseArgs) -> anyhow::Result<Exit> {
     if !root.exists() {
         return Err(UsageError(format!("{}: no such file or folder", root.display())).into());
     }
+    let model = load_model(&args.model)?;
+    let (store, store_problem) = args.cache.open(&root, &model.manifest);
     crate::tui::run(crate::tui::TuiConfig {
         root,
-        model: load_model(&args.model)?,
+        model,
         walk: args.input.walk_options(),
         force: args.input.force,
         show_phi: args.input.show_phi,
+        store,
+        store_problem,
     })?;
     Ok(Exit::Ok)
 }
@@ -338,5 +415,41 @@ fn samples(args: SamplesArgs) -> anyhow::Result<Exit> {
         folder: Some(dir),
         model: args.model,
         input: InputArgs::default(),
+        cache: args.cache,
     })
+}
+
+fn cache(args: CacheCommandArgs) -> anyhow::Result<Exit> {
+    use crate::results::store;
+    let (CacheAction::Info(p) | CacheAction::Clear(p)) = &args.action;
+    let Some(path) = p.cache.clone().or_else(store::default_path) else {
+        return Err(UsageError("no store path: set --cache, XDG_CACHE_HOME or HOME".into()).into());
+    };
+    match args.action {
+        CacheAction::Info(_) => {
+            if !path.exists() {
+                println!("{}: no results stored yet", path.display());
+                return Ok(Exit::Ok);
+            }
+            let stats = store::stats(&path)?;
+            println!(
+                "{}: {} results for {} files, {:.1} MiB",
+                path.display(),
+                stats.results,
+                stats.files,
+                stats.bytes as f64 / (1 << 20) as f64
+            );
+            for (model, n) in stats.models {
+                println!("  {model}: {n} results");
+            }
+        }
+        CacheAction::Clear(_) => {
+            if store::clear(&path).with_context(|| format!("cannot delete {}", path.display()))? {
+                println!("cleared {}", path.display());
+            } else {
+                println!("{}: nothing to clear", path.display());
+            }
+        }
+    }
+    Ok(Exit::Ok)
 }

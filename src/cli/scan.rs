@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{Exit, ScanArgs, UsageError, load_model};
 use crate::catalog::walk;
 use crate::results::{ExportFormat, Row, RowWriter, Status};
-use crate::worker::{PipelineOptions, score_all};
+use crate::worker::{PipelineOptions, score_all_stored};
 
 pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     if !args.path.exists() {
@@ -17,6 +17,10 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     }
     let model = load_model(&args.model)?;
     let labels = model.labels().to_vec();
+    let (store, store_problem) = args.cache.open(&args.path, &model.manifest);
+    if let Some(problem) = &store_problem {
+        eprintln!("warning: {problem}");
+    }
 
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -70,18 +74,39 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     let mut summary = Summary::default();
     let mut write_error = None;
     let cancel = AtomicBool::new(false);
-    score_all(entries, &model, &options, &cancel, |scored| {
-        let row = Row::from_scored(&scored, &model.manifest, args.input.show_phi);
-        summary.add(&row);
-        if write_error.is_none()
-            && let Err(e) = writer.write(&row)
-        {
-            write_error = Some(e);
-            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        progress.inc(1);
-    });
+    // Test hook (debug builds only): slow each result down so a test can kill a scan midway.
+    #[cfg(debug_assertions)]
+    let slow = std::env::var("CXR_TRIAGE_TEST_SLOW_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis);
+    score_all_stored(
+        entries,
+        &model,
+        &options,
+        store.as_ref(),
+        &cancel,
+        |scored| {
+            let row = Row::from_scored(&scored, &model.manifest, args.input.show_phi);
+            summary.add(&row);
+            summary.stored += usize::from(scored.cached);
+            #[cfg(debug_assertions)]
+            if let Some(pause) = slow {
+                std::thread::sleep(pause);
+            }
+            if write_error.is_none()
+                && let Err(e) = writer.write(&row)
+            {
+                write_error = Some(e);
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            progress.inc(1);
+        },
+    );
     progress.finish_and_clear();
+    if let Some(problem) = store.as_ref().and_then(|s| s.problem()) {
+        eprintln!("warning: {problem}");
+    }
     if let Some(e) = write_error {
         return Err(e).context("cannot write results");
     }
@@ -105,6 +130,8 @@ struct Summary {
     errors: usize,
     out_of_scope: usize,
     flagged: usize,
+    /// Outcomes taken from the results store.
+    stored: usize,
     per_label: BTreeMap<String, usize>,
 }
 
@@ -128,8 +155,13 @@ impl Summary {
             .iter()
             .map(|l| format!("{l} {}", self.per_label.get(l).copied().unwrap_or(0)))
             .collect();
+        let stored = if self.stored > 0 {
+            format!(" · {} from the results store", self.stored)
+        } else {
+            String::new()
+        };
         format!(
-            "{} images in {:.1} s ({:.1}/s): {} · flagged {} · out of scope {} · errors {}",
+            "{} images in {:.1} s ({:.1}/s): {} · flagged {} · out of scope {} · errors {}{stored}",
             self.total,
             secs,
             self.total as f64 / secs.max(1e-9),

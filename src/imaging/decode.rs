@@ -7,7 +7,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use super::{Decoded, GrayImage, ImageError};
 
 /// Container formats recognised from their first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Png,
@@ -77,6 +77,13 @@ pub fn load(path: &Path) -> Result<Decoded, ImageError> {
 
 /// Read and decode one file.
 pub fn load_with(path: &Path, limits: &Limits) -> Result<Decoded, ImageError> {
+    let (bytes, _) = read_file(path, limits)?;
+    decode_bytes(&bytes, limits)
+}
+
+/// Read one file's bytes (bounded by `limits.max_bytes`), with the metadata taken before the
+/// read. Directories, FIFOs, sockets and devices are refused without being opened.
+pub fn read_file(path: &Path, limits: &Limits) -> Result<(Vec<u8>, std::fs::Metadata), ImageError> {
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
         return Err(ImageError::IsDirectory);
@@ -101,7 +108,7 @@ pub fn load_with(path: &Path, limits: &Limits) -> Result<Decoded, ImageError> {
             limit: limits.max_bytes,
         });
     }
-    decode_bytes(&bytes, limits)
+    Ok((bytes, meta))
 }
 
 /// Decode an in-memory file. The format comes from the bytes, never from a name.

@@ -19,7 +19,7 @@ use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 use super::{Format, GrayImage, ImageError, Limits};
 
 /// What the user sees about a DICOM file (and what decides whether it is in scope).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DicomInfo {
     pub modality: Option<String>,
     pub view_position: Option<String>,

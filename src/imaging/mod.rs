@@ -6,6 +6,7 @@
 //! an error rather than an out-of-memory kill.
 
 mod decode;
+pub mod dhash;
 mod dicom;
 mod dicom_check;
 pub mod guard;
@@ -13,7 +14,7 @@ mod thumb;
 
 pub use dicom::{DicomInfo, DicomWrite, write_dicom};
 
-pub use decode::{Format, Limits, decode_bytes, load, load_with, sniff};
+pub use decode::{Format, Limits, decode_bytes, load, load_with, read_file, sniff};
 pub use thumb::{Crop, Thumbnail, resize_gray, thumbnail};
 
 use thiserror::Error;

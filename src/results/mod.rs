@@ -1,4 +1,7 @@
-//! The one results type ([`Row`]) and its exports (CSV, JSON, JSON Lines).
+//! The one results type ([`Row`]), its exports (CSV, JSON, JSON Lines) and the store that
+//! keeps outcomes between runs ([`store`]).
+
+pub mod store;
 
 use std::io::Write;
 use std::path::Path;

@@ -141,6 +141,8 @@ pub enum Event {
         item: usize,
         scored: Box<Scored>,
     },
+    /// Results of earlier runs from the store, by item index (shown without scoring).
+    Restored(Vec<(usize, Scored)>),
     /// An inference job ended (finished or cancelled).
     JobEnded,
     Preview {
@@ -267,6 +269,8 @@ pub struct App {
     pub show_phi: bool,
     /// The path the export prompt starts with (set by the runtime: it knows the disk).
     pub export_default: String,
+    /// Items whose result came from the results store.
+    pub restored: usize,
 }
 
 impl App {
@@ -309,6 +313,7 @@ impl App {
             now: Instant::now(),
             show_phi: false,
             export_default: "cxr-triage-results.csv".into(),
+            restored: 0,
         }
     }
 
@@ -362,6 +367,19 @@ impl App {
             }
             Event::WalkDone => self.walking = false,
             Event::Scored { item, scored } => self.scored(item, &scored),
+            Event::Restored(found) => {
+                for (item, scored) in &found {
+                    // A result that arrived from a run in the meantime wins.
+                    if self
+                        .items
+                        .get(*item)
+                        .is_some_and(|i| i.status == Status::Pending)
+                    {
+                        self.scored(*item, scored);
+                        self.restored += 1;
+                    }
+                }
+            }
             Event::JobEnded => {
                 if let Some(p) = &mut self.progress {
                     p.jobs = p.jobs.saturating_sub(1);

@@ -104,8 +104,8 @@ fn start(dir: &Path) -> anyhow::Result<(App, Workers, Receiver<Event>, SinkTermi
     let model = Model::embedded()?;
     let (tx, rx) = unbounded();
     let app = App::new(dir.to_path_buf(), &model.manifest);
-    let workers = Workers::start(model, false, tx.clone());
-    spawn_walk(dir.to_path_buf(), WalkOptions::default(), tx);
+    let workers = Workers::start(model, false, None, tx.clone());
+    spawn_walk(dir.to_path_buf(), WalkOptions::default(), None, tx);
     Ok((app, workers, rx, terminal()))
 }
 

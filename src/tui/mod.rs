@@ -30,11 +30,12 @@ use ratatui::backend::{Backend, CrosstermBackend};
 use ratatui::crossterm::{cursor, event, execute, terminal};
 use ratatui::layout::Rect;
 
-use crate::catalog::{Entry, WalkOptions, walk};
+use crate::catalog::{Entry, WalkOptions, is_inside, walk};
 use crate::imaging::{self, Thumbnail, thumbnail};
 use crate::model::Model;
 use crate::results::RowWriter;
-use crate::worker::{PipelineOptions, score_all};
+use crate::results::store::Store;
+use crate::worker::{PipelineOptions, Scored, restore, score_all_stored};
 use app::{App, Command, Event, Preview};
 use image::ColorMode;
 
@@ -49,6 +50,10 @@ pub struct TuiConfig {
     pub walk: WalkOptions,
     pub force: bool,
     pub show_phi: bool,
+    /// Results of earlier runs (shown at once) and where new ones go.
+    pub store: Option<Store>,
+    /// Why there is no store, when one was wanted.
+    pub store_problem: Option<String>,
 }
 
 /// Run the UI until the user quits.
@@ -66,13 +71,17 @@ pub fn run(config: TuiConfig) -> anyhow::Result<()> {
         walk,
         force,
         show_phi,
+        store,
+        store_problem,
     } = config;
     let (tx, rx) = unbounded::<Event>();
     let mut app = App::new(root.clone(), &model.manifest);
     app.show_phi = show_phi;
     app.export_default = default_export_path(&root);
-    let workers = Workers::start(model, force, tx.clone());
-    spawn_walk(root.clone(), walk, tx.clone());
+    app.message = store_problem;
+    let store = store.map(Arc::new);
+    let workers = Workers::start(model, force, store.clone(), tx.clone());
+    spawn_walk(root.clone(), walk, store.map(|s| (s, force)), tx.clone());
     spawn_signals(tx.clone());
     let paused = Arc::new(Pause::default());
     spawn_input(tx.clone(), paused.clone());
@@ -209,7 +218,7 @@ pub fn default_export_path(root: &Path) -> String {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "results".into());
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let dir = if inside(&cwd, root) {
+    let dir = if is_inside(&cwd, root) {
         std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir)
@@ -235,40 +244,6 @@ pub fn default_export_path(root: &Path) -> String {
     }
 }
 
-/// Is `path` (which may not exist yet) inside `root`?
-fn inside(path: &Path, root: &Path) -> bool {
-    let Ok(root) = root.canonicalize() else {
-        return false;
-    };
-    let root = if root.is_file() {
-        root.parent().map(Path::to_path_buf).unwrap_or(root)
-    } else {
-        root
-    };
-    // Resolve the longest existing ancestor, then add the rest back.
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    };
-    let mut existing = abs.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let Ok(mut resolved) = existing.canonicalize() else {
-        return false;
-    };
-    resolved.extend(rest.iter().rev());
-    resolved.starts_with(&root)
-}
-
 /// Write rows to a new file (never over an existing one, never inside the image folder).
 pub fn export_rows(
     path: &Path,
@@ -277,7 +252,7 @@ pub fn export_rows(
     labels: &[String],
     rows: &[crate::results::Row],
 ) -> Result<String, String> {
-    if inside(path, root) {
+    if is_inside(path, root) {
         return Err(format!(
             "{}: inside the image folder, which cxr-triage never writes to; choose another place",
             path.display()
@@ -358,15 +333,36 @@ fn spawn_signals(tx: Sender<Event>) {
 }
 
 /// Stream the walk in growing batches: the first rows arrive at once, later ones in bulk.
-pub fn spawn_walk(root: PathBuf, options: WalkOptions, tx: Sender<Event>) {
+/// With a store (and the `--force` setting), a second thread looks each batch up there and
+/// sends what earlier runs found, without reading the files.
+pub fn spawn_walk(
+    root: PathBuf,
+    options: WalkOptions,
+    store: Option<(Arc<Store>, bool)>,
+    tx: Sender<Event>,
+) {
+    let restore_tx = store.map(|(store, force)| {
+        let (batches, rx) = unbounded::<(usize, Vec<Entry>)>();
+        let tx = tx.clone();
+        thread::spawn(move || restore_loop(&store, force, &rx, &tx));
+        batches
+    });
     thread::spawn(move || {
         let mut batch = Vec::with_capacity(64);
         let mut size = 64;
+        let mut sent = 0;
         let mut last = Instant::now();
+        let send = |batch: Vec<Entry>, sent: &mut usize| -> bool {
+            if let Some(r) = &restore_tx {
+                let _ = r.send((*sent, batch.clone()));
+            }
+            *sent += batch.len();
+            tx.send(Event::Found(batch)).is_ok()
+        };
         for entry in walk(&root, &options) {
             batch.push(entry);
             if batch.len() >= size || last.elapsed() > Duration::from_millis(50) {
-                if tx.send(Event::Found(std::mem::take(&mut batch))).is_err() {
+                if !send(std::mem::take(&mut batch), &mut sent) {
                     return;
                 }
                 size = (size * 2).min(4096);
@@ -374,10 +370,31 @@ pub fn spawn_walk(root: PathBuf, options: WalkOptions, tx: Sender<Event>) {
             }
         }
         if !batch.is_empty() {
-            let _ = tx.send(Event::Found(batch));
+            send(batch, &mut sent);
         }
         let _ = tx.send(Event::WalkDone);
     });
+}
+
+fn restore_loop(
+    store: &Store,
+    force: bool,
+    batches: &Receiver<(usize, Vec<Entry>)>,
+    tx: &Sender<Event>,
+) {
+    for (first, entries) in batches {
+        let found: Vec<(usize, Scored)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| restore(e, store, force).map(|s| (first + i, s)))
+            .collect();
+        if !found.is_empty() && tx.send(Event::Restored(found)).is_err() {
+            return;
+        }
+    }
+    if let Some(problem) = store.problem() {
+        let _ = tx.send(Event::Problem(problem));
+    }
 }
 
 #[derive(Default)]
@@ -400,7 +417,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(model: Model, force: bool, tx: Sender<Event>) -> Self {
+    pub fn start(model: Model, force: bool, store: Option<Arc<Store>>, tx: Sender<Event>) -> Self {
         let previews = Arc::new((Mutex::new(PreviewQueue::default()), Condvar::new()));
         for _ in 0..PREVIEW_THREADS {
             let (queue, tx) = (previews.clone(), tx.clone());
@@ -411,7 +428,7 @@ impl Workers {
             force,
             ..PipelineOptions::default()
         };
-        thread::spawn(move || inference_loop(&model, &options, &job_rx, &tx));
+        thread::spawn(move || inference_loop(&model, &options, store.as_deref(), &job_rx, &tx));
         Self {
             previews,
             jobs: Some(job_tx),
@@ -492,6 +509,7 @@ fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), tx: &Sender<Event>) {
 fn inference_loop(
     model: &Model,
     options: &PipelineOptions,
+    store: Option<&Store>,
     jobs: &Receiver<Job>,
     tx: &Sender<Event>,
 ) {
@@ -500,7 +518,7 @@ fn inference_loop(
             let map: Vec<usize> = job.items.iter().map(|(i, _)| *i).collect();
             let entries: Vec<Entry> = job.items.into_iter().map(|(_, e)| e).collect();
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                score_all(entries, model, options, &job.cancel, |s| {
+                score_all_stored(entries, model, options, store, &job.cancel, |s| {
                     let _ = tx.send(Event::Scored {
                         item: map[s.index],
                         scored: Box::new(s),

@@ -643,6 +643,11 @@ fn draw_footer(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, them
                 let mut spans = Vec::new();
                 if let Some(l) = last {
                     spans.push(Span::raw(format!("{l} · ")));
+                } else if app.restored > 0 {
+                    spans.push(Span::raw(format!(
+                        "{} from the results store · ",
+                        app.restored
+                    )));
                 }
                 spans.push(Span::styled(
                     "? help · R run all · r run selection · / search · s sort · f filter · g grid · z zoom · e export · q quit",

@@ -1,6 +1,7 @@
 //! Helpers: images made in the test, a tiny random-weight model (plumbing only, no accuracy).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
@@ -81,4 +82,29 @@ pub fn shared_data() -> Option<PathBuf> {
         eprintln!("skipping: ../shared/data/cxr3 is absent");
         None
     }
+}
+
+/// A new, empty folder to use as `XDG_CACHE_HOME` for one run of the binary: runs never share
+/// stored results unless a test says so, and never touch the user's own cache.
+pub fn fresh_cache_home() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "cache-home-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// The binary, with its own fresh cache folder.
+pub fn cxr() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("cxr-triage").unwrap();
+    cmd.env("XDG_CACHE_HOME", fresh_cache_home());
+    cmd
+}
+
+/// The binary as a plain `std::process::Command`, with its own fresh cache folder.
+pub fn cxr_std() -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cxr-triage"));
+    cmd.env("XDG_CACHE_HOME", fresh_cache_home());
+    cmd
 }

@@ -1,4 +1,3 @@
-use assert_cmd::Command;
 use cxr_triage::model::{DEFAULT_MANIFEST, DEFAULT_WEIGHTS, Manifest, Model, sha256_hex};
 
 use crate::common::shared_data;
@@ -22,8 +21,7 @@ fn eval_reproduces_the_recorded_test_accuracy() {
         .as_f64()
         .expect("manifest records eval's accuracy");
     assert_eq!(manifest.metrics["split"], "test");
-    let out = Command::cargo_bin("cxr-triage")
-        .unwrap()
+    let out = crate::common::cxr()
         .args([
             "eval",
             "--data",

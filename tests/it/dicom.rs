@@ -436,7 +436,7 @@ fn scan_marks_laterals_out_of_scope_and_hides_patient_ids() {
     .unwrap();
     std::fs::write(data.path().join("empty.dcm"), b"").unwrap();
     let scan = |extra: &[&str]| {
-        let mut cmd = assert_cmd::Command::cargo_bin("cxr-triage").unwrap();
+        let mut cmd = crate::common::cxr();
         cmd.args([
             "scan",
             data.path().to_str().unwrap(),

@@ -233,7 +233,7 @@ pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, String> {
 /// Run the binary and return (exit code, stdout, stderr, peak RSS in KiB) via wait4.
 fn run_measured(args: &[&std::ffi::OsStr], timeout: Duration) -> (i32, Vec<u8>, String, i64) {
     use std::io::Read;
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cxr-triage"))
+    let mut child = crate::common::cxr_std()
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

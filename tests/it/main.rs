@@ -8,6 +8,7 @@ mod imaging;
 mod model;
 mod samples;
 mod scan;
+mod store;
 mod train;
 mod tui;
 mod walk;

@@ -1,12 +1,9 @@
 //! The shipped samples: what a newcomer's first `scan samples` must show.
 
-use assert_cmd::Command;
-
 #[test]
 fn scan_of_shipped_samples_reads_every_format_and_reports_the_broken_ones() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
-    let out = Command::cargo_bin("cxr-triage")
-        .unwrap()
+    let out = crate::common::cxr()
         .args(["scan", root.to_str().unwrap(), "--format", "jsonl", "-q"])
         .assert()
         .code(1)

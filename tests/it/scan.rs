@@ -1,15 +1,9 @@
 use std::path::Path;
 
-use assert_cmd::Command;
-
 use crate::common::{pattern8, png_bytes, tiny_model, unreadable_possible, write_png8};
 
 fn scan(args: &[&str]) -> assert_cmd::assert::Assert {
-    Command::cargo_bin("cxr-triage")
-        .unwrap()
-        .arg("scan")
-        .args(args)
-        .assert()
+    crate::common::cxr().arg("scan").args(args).assert()
 }
 
 fn csv_rows(text: &str) -> Vec<csv::StringRecord> {

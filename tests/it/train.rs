@@ -1,4 +1,3 @@
-use assert_cmd::Command;
 use cxr_triage::model::Model;
 
 use crate::common::write_png8;
@@ -21,7 +20,7 @@ fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
     let out = tempfile::tempdir().unwrap();
     let prefix = out.path().join("smoke");
     let train = |epochs: &str, resume: bool| {
-        let mut cmd = Command::cargo_bin("cxr-triage").unwrap();
+        let mut cmd = crate::common::cxr();
         cmd.args([
             "train",
             "--data",
@@ -63,8 +62,7 @@ fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
 #[test]
 fn missing_data_folder_is_a_usage_error() {
     let out = tempfile::tempdir().unwrap();
-    let assert = Command::cargo_bin("cxr-triage")
-        .unwrap()
+    let assert = crate::common::cxr()
         .args([
             "train",
             "--data",

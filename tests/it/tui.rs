@@ -56,28 +56,28 @@ fn info() -> ImageInfo {
 fn scored(app: &App, item: usize, probs: [f32; 3]) -> Event {
     Event::Scored {
         item,
-        scored: Box::new(Scored {
-            index: 0,
-            entry: app.items[item].entry.clone(),
-            outcome: Outcome::Scored {
+        scored: Box::new(Scored::new(
+            0,
+            app.items[item].entry.clone(),
+            Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
             },
-        }),
+        )),
     }
 }
 
 fn failed(app: &App, item: usize, error: &str) -> Event {
     Event::Scored {
         item,
-        scored: Box::new(Scored {
-            index: 0,
-            entry: app.items[item].entry.clone(),
-            outcome: Outcome::Failed {
+        scored: Box::new(Scored::new(
+            0,
+            app.items[item].entry.clone(),
+            Outcome::Failed {
                 info: None,
                 error: error.into(),
             },
-        }),
+        )),
     }
 }
 
@@ -642,6 +642,7 @@ impl Tmux {
             ])
             .args(["-x", &w.to_string(), "-y", &h.to_string(), command])
             .env("TERM", "xterm-256color")
+            .env("XDG_CACHE_HOME", crate::common::fresh_cache_home())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
@@ -834,15 +835,13 @@ fn end_to_end_sigterm_and_sighup_restore_the_terminal() {
 #[test]
 fn without_a_terminal_the_browser_says_so_and_exits_2() {
     let dir = e2e_folder();
-    assert_cmd::Command::cargo_bin("cxr-triage")
-        .unwrap()
+    crate::common::cxr()
         .arg(dir.path())
         .assert()
         .code(2)
         .stderr(predicates::str::contains("needs a terminal"))
         .stderr(predicates::str::contains("cxr-triage scan"));
-    assert_cmd::Command::cargo_bin("cxr-triage")
-        .unwrap()
+    crate::common::cxr()
         .arg("samples")
         .assert()
         .code(2)
@@ -851,8 +850,7 @@ fn without_a_terminal_the_browser_says_so_and_exits_2() {
 
 #[test]
 fn a_missing_folder_is_a_usage_error_before_the_screen_changes() {
-    assert_cmd::Command::cargo_bin("cxr-triage")
-        .unwrap()
+    crate::common::cxr()
         .arg("/no/such/folder")
         .assert()
         .code(2)
@@ -908,7 +906,7 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let model = cxr_triage::model::Model::embedded().unwrap();
-    let mut workers = Workers::start(model, false, tx);
+    let mut workers = Workers::start(model, false, None, tx);
     workers.execute(Command::Score(items));
     // Wait for the first result, then cancel.
     let mut scored = 0;

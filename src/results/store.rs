@@ -1,0 +1,590 @@
+//! The results store: every outcome, kept in SQLite so that nothing is computed twice.
+//!
+//! Two tables. `files` maps a file (absolute path, size, modification time) to the hash of its
+//! bytes (xxh3-128); `results` maps (model id, content hash) to the outcome. Reopening a folder
+//! looks each file up by path, size and mtime without reading it; a file that moved or was
+//! copied is read and hashed once and then found by its content. A different model (other
+//! name, weights, labels, preprocessing or temperature) has another model id and never sees
+//! these results.
+//!
+//! Decode errors are kept too (a broken file stays broken) but only reused by the same
+//! cxr-triage version, since a newer one may read what an older one could not. Files that
+//! could not be read at all (permission denied, walk errors) are not stored.
+//!
+//! Durability: WAL journal, writes batched in transactions of at most [`BATCH`] outcomes or
+//! [`FLUSH_EVERY`]; a crash (even `kill -9`) loses at most the batch in flight and never
+//! corrupts the file. Several processes may share one store (WAL readers do not block, writers
+//! wait up to 5 s for each other). Any store failure is reported once and the run goes on
+//! without the store: the cache must never stop a scan.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::imaging::dhash::DHash;
+use crate::model::Manifest;
+use crate::worker::{ImageInfo, Outcome};
+
+/// Schema version, in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Largest number of outcomes written in one transaction.
+pub const BATCH: usize = 64;
+/// Longest time an outcome waits in memory before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// File name inside the cache folder.
+pub const FILE_NAME: &str = "results.sqlite3";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("results store {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("results store {}: cannot create its folder: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "results store {} was written by a newer cxr-triage (schema {found}, this one reads {SCHEMA_VERSION})",
+        path.display()
+    )]
+    Newer { path: PathBuf, found: i64 },
+    #[error("results store {}: inside the image folder, which cxr-triage never writes to", .0.display())]
+    InsideImages(PathBuf),
+}
+
+/// Where a file was seen: absolute path, size and modification time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileKey {
+    pub path: Vec<u8>,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileKey {
+    /// The key for `path` from its metadata (the path is made absolute, not canonical).
+    pub fn new(path: &Path, meta: &std::fs::Metadata) -> Self {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
+        Self {
+            path: abs.as_os_str().as_encoded_bytes().to_vec(),
+            size: meta.len(),
+            mtime_ns,
+        }
+    }
+
+    /// The key for `path` from a fresh `stat`.
+    pub fn stat(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::new(path, &std::fs::metadata(path)?))
+    }
+}
+
+/// An outcome found in the store.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub hash: u128,
+    pub outcome: Outcome,
+    pub dhash: Option<DHash>,
+}
+
+struct Pending {
+    key: FileKey,
+    hash: u128,
+    /// `None`: only the file's path -> hash row (the outcome is already stored).
+    outcome: Option<(Outcome, Option<DHash>)>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Pending>,
+    last_flush: Option<Instant>,
+}
+
+/// An open store, for one model. Shared between threads (`&Store` is enough for everything).
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    model: String,
+    queue: Mutex<Queue>,
+    /// Set after the first failure: the store is then left alone for the rest of the run.
+    broken: AtomicBool,
+    problem: Mutex<Option<String>>,
+}
+
+/// The store's default place: `$XDG_CACHE_HOME/cxr-triage/results.sqlite3`, else
+/// `~/.cache/cxr-triage/results.sqlite3`.
+pub fn default_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("cxr-triage").join(FILE_NAME))
+}
+
+/// What a model's results are filed under: its name and a digest of everything that changes
+/// its outputs (weights hash, labels, output kind, input spec, temperature).
+pub fn model_id(manifest: &Manifest) -> String {
+    let identity = serde_json::json!({
+        "sha256": manifest.sha256.to_ascii_lowercase(),
+        "labels": manifest.labels,
+        "output": manifest.output,
+        "input": manifest.input,
+        "temperature": manifest.temperature,
+        "architecture": manifest.architecture,
+        "cxrnet": manifest.cxrnet,
+    });
+    let digest = crate::model::sha256_hex(identity.to_string().as_bytes());
+    format!("{}:{}", manifest.name, &digest[..16])
+}
+
+/// xxh3-128 of a file's bytes.
+pub fn content_hash(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// A content hash as 32 hex digits.
+pub fn hash_hex(hash: u128) -> String {
+    format!("{hash:032x}")
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Newer {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    // WAL survives a killed process without corruption; NORMAL sync is safe with WAL (a power
+    // cut may lose the last transactions, never the file).
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sql)?;
+    if found < SCHEMA_VERSION {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS files (
+                 path BLOB PRIMARY KEY,
+                 size INTEGER NOT NULL,
+                 mtime_ns INTEGER NOT NULL,
+                 hash BLOB NOT NULL,
+                 seen INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS results (
+                 model TEXT NOT NULL,
+                 hash BLOB NOT NULL,
+                 status TEXT NOT NULL,
+                 error TEXT,
+                 info TEXT,
+                 probs BLOB,
+                 dhash BLOB,
+                 version TEXT NOT NULL,
+                 created INTEGER NOT NULL,
+                 PRIMARY KEY (model, hash)
+             );
+             PRAGMA user_version = 1;
+             COMMIT;",
+        )
+        .map_err(sql)?;
+    }
+    Ok(conn)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn f32s_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+fn blob_to_f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn dhash_to_blob(h: &DHash) -> Vec<u8> {
+    h.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn blob_to_dhash(b: &[u8]) -> Option<DHash> {
+    (b.len() == 32).then(|| {
+        let mut h = [0u64; 4];
+        for (w, c) in h.iter_mut().zip(b.chunks_exact(8)) {
+            *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        h
+    })
+}
+
+type RawRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    String,
+);
+
+/// Rebuild an outcome from its columns; `None` when the row is not usable (another version's
+/// error, a row this version cannot read).
+fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
+    let (status, error, info, probs, dhash, version) = raw;
+    let info: Option<ImageInfo> = match info {
+        Some(text) => Some(serde_json::from_str(&text).ok()?),
+        None => None,
+    };
+    let dhash = dhash.as_deref().and_then(blob_to_dhash);
+    let outcome = match status.as_str() {
+        "done" => Outcome::Scored {
+            info: info?,
+            probs: blob_to_f32s(&probs?),
+        },
+        "out of scope" => Outcome::OutOfScope {
+            info: info?,
+            reason: error?,
+        },
+        "error" if version == env!("CARGO_PKG_VERSION") => Outcome::Failed {
+            info,
+            error: error?,
+        },
+        _ => return None,
+    };
+    Some((outcome, dhash))
+}
+
+fn status_of(
+    outcome: &Outcome,
+) -> (
+    &'static str,
+    Option<&str>,
+    Option<&ImageInfo>,
+    Option<&[f32]>,
+) {
+    match outcome {
+        Outcome::Scored { info, probs } => ("done", None, Some(info), Some(probs)),
+        Outcome::OutOfScope { info, reason } => ("out of scope", Some(reason), Some(info), None),
+        Outcome::Failed { info, error } => ("error", Some(error), info.as_ref(), None),
+    }
+}
+
+impl Store {
+    /// Open (creating when needed) the store at `path` for `model_id`'s results.
+    pub fn open(path: &Path, model_id: &str) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = open_connection(path)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            model: model_id.to_string(),
+            queue: Mutex::new(Queue::default()),
+            broken: AtomicBool::new(false),
+            problem: Mutex::new(None),
+        })
+    }
+
+    /// Open the store for a run over `root`: the default place unless `path` is given; refused
+    /// when it would sit inside the image folder.
+    pub fn open_for(root: &Path, path: Option<&Path>, model_id: &str) -> Result<Self, StoreError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => default_path().ok_or_else(|| StoreError::Folder {
+                path: PathBuf::from("$XDG_CACHE_HOME/cxr-triage"),
+                source: std::io::Error::other("neither XDG_CACHE_HOME nor HOME is set"),
+            })?,
+        };
+        if crate::catalog::is_inside(&path, root) {
+            return Err(StoreError::InsideImages(path));
+        }
+        Self::open(&path, model_id)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The first failure of this run, if any (the store was left alone after it).
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, e: rusqlite::Error) {
+        if !self.broken.swap(true, Ordering::SeqCst) {
+            *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                "results store {}: {e}; going on without it",
+                self.path.display()
+            ));
+        }
+    }
+
+    fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<T> {
+        if self.broken.load(Ordering::Relaxed) {
+            return None;
+        }
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        match f(&conn) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                drop(conn);
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    /// This model's outcome for the file at `key`, if the file is unchanged since it was stored.
+    pub fn by_file(&self, key: &FileKey) -> Option<Hit> {
+        let found = self.with_conn(|c| {
+            c.prepare_cached(
+                "SELECT f.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version
+                 FROM files f JOIN results r ON r.hash = f.hash AND r.model = ?1
+                 WHERE f.path = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
+            )?
+            .query_row(
+                params![self.model, key.path, key.size as i64, key.mtime_ns],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        (
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ),
+                    ))
+                },
+            )
+            .optional()
+        })??;
+        let hash = u128::from_le_bytes(found.0.as_slice().try_into().ok()?);
+        let (outcome, dhash) = outcome_from(found.1)?;
+        Some(Hit {
+            hash,
+            outcome,
+            dhash,
+        })
+    }
+
+    /// This model's outcome for a file with these bytes, wherever it was seen.
+    pub fn by_hash(&self, hash: u128) -> Option<Hit> {
+        let raw = self.with_conn(|c| {
+            c.prepare_cached(
+                "SELECT status, error, info, probs, dhash, version FROM results
+                 WHERE model = ?1 AND hash = ?2",
+            )?
+            .query_row(params![self.model, hash.to_le_bytes().to_vec()], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .optional()
+        })??;
+        let (outcome, dhash) = outcome_from(raw)?;
+        Some(Hit {
+            hash,
+            outcome,
+            dhash,
+        })
+    }
+
+    /// Remember that the file at `key` has content `hash` (its outcome is stored already).
+    pub fn record_file(&self, key: FileKey, hash: u128) {
+        self.enqueue(Pending {
+            key,
+            hash,
+            outcome: None,
+        });
+    }
+
+    /// Store an outcome (written with the next batch).
+    pub fn put(&self, key: FileKey, hash: u128, outcome: &Outcome, dhash: Option<DHash>) {
+        self.enqueue(Pending {
+            key,
+            hash,
+            outcome: Some((outcome.clone(), dhash)),
+        });
+    }
+
+    fn enqueue(&self, p: Pending) {
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let due = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.items.push(p);
+            let last = *q.last_flush.get_or_insert_with(Instant::now);
+            q.items.len() >= BATCH || last.elapsed() >= FLUSH_EVERY
+        };
+        if due {
+            self.flush();
+        }
+    }
+
+    /// Write what is queued, in one transaction.
+    pub fn flush(&self) {
+        let items = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.last_flush = Some(Instant::now());
+            std::mem::take(&mut q.items)
+        };
+        if items.is_empty() {
+            return;
+        }
+        let created = now_secs();
+        self.with_conn(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut file = tx.prepare_cached(
+                    "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (path) DO UPDATE SET size = ?2, mtime_ns = ?3, hash = ?4, seen = ?5",
+                )?;
+                let mut result = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO results
+                     (model, hash, status, error, info, probs, dhash, version, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for p in &items {
+                    let hash = p.hash.to_le_bytes().to_vec();
+                    file.execute(params![
+                        p.key.path,
+                        p.key.size as i64,
+                        p.key.mtime_ns,
+                        hash,
+                        created
+                    ])?;
+                    if let Some((outcome, dhash)) = &p.outcome {
+                        let (status, error, info, probs) = status_of(outcome);
+                        result.execute(params![
+                            self.model,
+                            hash,
+                            status,
+                            error,
+                            info.map(|i| serde_json::to_string(i).expect("info serialises")),
+                            probs.map(f32s_to_blob),
+                            dhash.as_ref().map(dhash_to_blob),
+                            env!("CARGO_PKG_VERSION"),
+                            created
+                        ])?;
+                    }
+                }
+            }
+            tx.commit()
+        });
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// What `cache info` prints.
+#[derive(Debug)]
+pub struct StoreStats {
+    pub files: i64,
+    pub results: i64,
+    pub models: Vec<(String, i64)>,
+    pub bytes: u64,
+}
+
+/// Counts of what the store at `path` holds.
+pub fn stats(path: &Path) -> Result<StoreStats, StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = open_connection(path)?;
+    let count = |q: &str| conn.query_row(q, [], |r| r.get::<_, i64>(0)).map_err(sql);
+    let files = count("SELECT count(*) FROM files")?;
+    let results = count("SELECT count(*) FROM results")?;
+    let mut stmt = conn
+        .prepare("SELECT model, count(*) FROM results GROUP BY model ORDER BY model")
+        .map_err(sql)?;
+    let models = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql)?;
+    let bytes = ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|s| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(s);
+            std::fs::metadata(PathBuf::from(p)).ok()
+        })
+        .map(|m| m.len())
+        .sum();
+    Ok(StoreStats {
+        files,
+        results,
+        models,
+        bytes,
+    })
+}
+
+/// Delete the store at `path` (and its WAL files); returns whether there was one.
+pub fn clear(path: &Path) -> std::io::Result<bool> {
+    let mut any = false;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(PathBuf::from(p)) {
+            Ok(()) => any = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(any)
+}

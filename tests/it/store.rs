@@ -1,0 +1,329 @@
+//! The results store: reuse, invalidation, model separation, crash safety, sharing, bad stores.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cxr_triage::results::store::{FileKey, Store, content_hash};
+use cxr_triage::worker::{ImageInfo, Outcome};
+
+use crate::common::{cxr, cxr_std, tiny_model, write_png8};
+
+struct Setup {
+    _dirs: Vec<tempfile::TempDir>,
+    data: PathBuf,
+    model: PathBuf,
+    cache: PathBuf,
+}
+
+fn setup(images: usize) -> Setup {
+    let (models, data, cache) = (tempdir(), tempdir(), tempdir());
+    let model = tiny_model(models.path());
+    std::fs::create_dir_all(data.path().join("normal")).unwrap();
+    for i in 0..images {
+        write_png8(
+            &data.path().join(format!("normal/{i:03}.png")),
+            40 + i as u32,
+            48,
+        );
+    }
+    Setup {
+        data: data.path().to_path_buf(),
+        model,
+        cache: cache.path().join("store.sqlite3"),
+        _dirs: vec![models, data, cache],
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// `scan` with the setup's model and store; returns (stdout, stderr).
+fn scan(s: &Setup, extra: &[&str]) -> (String, String) {
+    let out = cxr()
+        .args(["scan", s.data.to_str().unwrap(), "--model"])
+        .arg(&s.model)
+        .arg("--cache")
+        .arg(&s.cache)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some_and(|c| c <= 1), "{out:?}");
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn stored_count(stderr: &str) -> usize {
+    stderr
+        .split(" from the results store")
+        .next()
+        .filter(|_| stderr.contains(" from the results store"))
+        .and_then(|head| head.rsplit(' ').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn integrity(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn results_in(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM results", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_second_scan_takes_every_result_from_the_store_and_prints_the_same_rows() {
+    let s = setup(5);
+    let (first, err1) = scan(&s, &[]);
+    assert_eq!(stored_count(&err1), 0, "{err1}");
+    let (second, err2) = scan(&s, &[]);
+    assert_eq!(stored_count(&err2), 5, "{err2}");
+    assert_eq!(first, second);
+    // --no-cache scores afresh and says nothing about the store.
+    let (third, err3) = scan(&s, &["--no-cache"]);
+    assert_eq!(stored_count(&err3), 0, "{err3}");
+    assert_eq!(first, third);
+}
+
+#[test]
+fn a_changed_file_is_scored_again_and_a_moved_one_is_found_by_its_content() {
+    let s = setup(4);
+    scan(&s, &[]);
+    // Changed content (and size): scored again.
+    write_png8(&s.data.join("normal/000.png"), 90, 90);
+    // Moved: same bytes under a new name, found by hash.
+    std::fs::rename(
+        s.data.join("normal/001.png"),
+        s.data.join("normal/moved.png"),
+    )
+    .unwrap();
+    let (_, err) = scan(&s, &[]);
+    assert_eq!(stored_count(&err), 3, "{err}");
+    let (_, err) = scan(&s, &[]);
+    assert_eq!(stored_count(&err), 4, "{err}");
+}
+
+#[test]
+fn another_model_does_not_see_the_first_models_results() {
+    let s = setup(3);
+    scan(&s, &[]);
+    let other_dir = tempdir();
+    let other = tiny_model(other_dir.path());
+    let out = cxr()
+        .args(["scan", s.data.to_str().unwrap(), "--model"])
+        .arg(&other)
+        .arg("--cache")
+        .arg(&s.cache)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stored_count(&err), 0, "{err}");
+    assert_eq!(results_in(&s.cache), 6);
+}
+
+#[test]
+fn the_store_never_goes_inside_the_image_folder() {
+    let s = setup(2);
+    let inside = s.data.join("store.sqlite3");
+    let out = cxr()
+        .args(["scan", s.data.to_str().unwrap(), "--model"])
+        .arg(&s.model)
+        .arg("--cache")
+        .arg(&inside)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("inside the image folder"), "{err}");
+    assert!(!inside.exists());
+}
+
+#[test]
+fn a_damaged_or_newer_store_is_reported_and_the_scan_still_runs() {
+    let s = setup(2);
+    std::fs::write(
+        &s.cache,
+        b"this is not a database, just some text ".repeat(200),
+    )
+    .unwrap();
+    let (rows, err) = scan(&s, &[]);
+    assert!(err.contains("running without the results store"), "{err}");
+    assert_eq!(rows.lines().count(), 3, "header + 2 rows");
+
+    std::fs::remove_file(&s.cache).unwrap();
+    let conn = rusqlite::Connection::open(&s.cache).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let (rows, err) = scan(&s, &[]);
+    assert!(err.contains("newer cxr-triage (schema 99"), "{err}");
+    assert_eq!(rows.lines().count(), 3);
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_scan_keeps_the_store_whole_and_the_finished_rows() {
+    let s = setup(60);
+    // CXR_TRIAGE_TEST_SLOW_MS (debug builds only) slows each result down so that the kill
+    // lands in the middle of the scan, after some batches were written.
+    let mut child = cxr_std()
+        .args(["scan", s.data.to_str().unwrap(), "--model"])
+        .arg(&s.model)
+        .arg("--cache")
+        .arg(&s.cache)
+        .args(["--quiet", "--jobs", "1", "--batch", "1"])
+        .env("CXR_TRIAGE_TEST_SLOW_MS", "40")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+        if s.cache.exists() {
+            // Reading while the writer runs is what WAL allows; a locked moment just retries.
+            seen = rusqlite::Connection::open(&s.cache)
+                .and_then(|c| c.query_row("SELECT count(*) FROM results", [], |r| r.get(0)))
+                .unwrap_or(0);
+            if seen >= 1 {
+                break;
+            }
+        }
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the scan finished before the kill: make it slower"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(seen >= 1);
+    assert_eq!(integrity(&s.cache), "ok");
+    let kept = results_in(&s.cache);
+    assert!(kept >= seen && kept < 60, "kept {kept} of 60 (seen {seen})");
+    // The next scan takes what was kept and scores the rest.
+    let (rows, err) = scan(&s, &[]);
+    assert_eq!(stored_count(&err) as i64, kept, "{err}");
+    assert_eq!(rows.lines().count(), 61);
+    assert_eq!(results_in(&s.cache), 60);
+    assert_eq!(integrity(&s.cache), "ok");
+}
+
+#[test]
+fn two_processes_can_fill_one_store_at_the_same_time() {
+    let s = setup(30);
+    let spawn = || {
+        cxr_std()
+            .args(["scan", s.data.to_str().unwrap(), "--model"])
+            .arg(&s.model)
+            .arg("--cache")
+            .arg(&s.cache)
+            .args(["--quiet", "--batch", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for out in [&a, &b] {
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(integrity(&s.cache), "ok");
+    assert_eq!(results_in(&s.cache), 30);
+}
+
+#[test]
+fn cache_info_and_clear() {
+    let s = setup(2);
+    scan(&s, &[]);
+    let info = cxr()
+        .args(["cache", "info", "--cache"])
+        .arg(&s.cache)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(info.stdout).unwrap();
+    assert!(text.contains("2 results for 2 files"), "{text}");
+    assert!(text.contains("tiny:"), "{text}");
+    let clear = cxr()
+        .args(["cache", "clear", "--cache"])
+        .arg(&s.cache)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(clear.stdout)
+            .unwrap()
+            .starts_with("cleared")
+    );
+    assert!(!s.cache.exists());
+    let (_, err) = scan(&s, &[]);
+    assert_eq!(stored_count(&err), 0);
+}
+
+#[test]
+fn a_decode_error_is_kept_for_this_version_only() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let file = dir.path().join("broken.png");
+    std::fs::write(&file, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    let key = FileKey::stat(&file).unwrap();
+    let hash = content_hash(&std::fs::read(&file).unwrap());
+    let store = Store::open(&path, "m:1").unwrap();
+    let failed = Outcome::Failed {
+        info: None,
+        error: "corrupt".into(),
+    };
+    store.put(key.clone(), hash, &failed, None);
+    store.flush();
+    assert!(matches!(
+        store.by_file(&key).map(|h| h.outcome),
+        Some(Outcome::Failed { .. })
+    ));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE results SET version = '0.0.1'", [])
+        .unwrap();
+    drop(conn);
+    let store = Store::open(&path, "m:1").unwrap();
+    assert!(
+        store.by_file(&key).is_none(),
+        "another version's error is not reused"
+    );
+    assert!(store.by_hash(hash).is_none());
+}
+
+#[test]
+fn a_stored_score_comes_back_exactly() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let file = dir.path().join("a.png");
+    write_png8(&file, 30, 30);
+    let key = FileKey::stat(&file).unwrap();
+    let scored = Outcome::Scored {
+        info: ImageInfo {
+            format: cxr_triage::imaging::Format::Png,
+            width: 30,
+            height: 30,
+            bit_depth: 8,
+            dicom: None,
+        },
+        probs: vec![0.1, 0.2000001, 0.6999999],
+    };
+    let store = Store::open(&path, "m:1").unwrap();
+    store.put(key.clone(), 7, &scored, Some([1, 2, 3, u64::MAX]));
+    store.flush();
+    let hit = store.by_file(&key).unwrap();
+    assert_eq!(hit.outcome, scored);
+    assert_eq!(hit.hash, 7);
+    assert_eq!(hit.dhash, Some([1, 2, 3, u64::MAX]));
+    assert!(Store::open(&path, "m:2").unwrap().by_file(&key).is_none());
+}
