@@ -69,6 +69,8 @@ pub struct BrowseArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub review: ReviewArgs,
 }
 
 /// Where results are kept between runs: shared by the UI, `samples`, `scan` and `cache`.
@@ -103,6 +105,31 @@ impl CacheArgs {
                 Some(format!("{e}; running without the results store")),
             ),
         }
+    }
+}
+
+/// Data set review: where true labels come from (shared by the UI and `scan`).
+#[derive(Debug, Args, Default, Clone)]
+pub struct ReviewArgs {
+    /// True labels from a CSV with `path` and `label` columns (paths relative to the folder;
+    /// a `split` column is used for leak checks). Default: class folder names (`covid/`,
+    /// `COVID-19/`, `normal/`, `No Finding/`, ... matched to the model's labels).
+    #[arg(long, value_name = "FILE.csv")]
+    pub labels: Option<PathBuf>,
+}
+
+impl ReviewArgs {
+    /// The true labels of `root` for a model with `labels`.
+    pub fn truth(
+        &self,
+        root: &std::path::Path,
+        labels: &[String],
+    ) -> anyhow::Result<crate::review::Truth> {
+        use crate::review::{LabelFile, Truth};
+        Ok(match &self.labels {
+            Some(file) => Truth::from_file(labels, LabelFile::read(file, root)?),
+            None => Truth::from_folders(labels, root),
+        })
     }
 }
 
@@ -300,10 +327,16 @@ pub struct ModelArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Output columns: path, status (done/error), error, folder_label, format, width, \
-height, bit_depth, p_<label> for each model label, predicted, flagged (yes/no against the \
-manifest's operating points).\n\nExit status: 0 every file was read, 1 some files failed (all rows \
-are still written), 2 usage error."
+    after_help = "Output columns: path, status (done/error/out of scope), error, folder_label, \
+label (the true label, when the folder or --labels gives one), format, width, height, bit_depth, \
+DICOM fields, p_<label> for each model label, predicted, flagged (yes/no against the manifest's \
+operating points).\n\nWhen images have labels, accuracy, per-class sensitivity, specificity, PPV, \
+ROC AUC and the confusion matrix are printed on stderr (the same figures as `eval`).\n\n\
+Results are kept in the results store: a second scan of the same files takes them from there \
+(see `cxr-triage cache --help`).\n\nExit status: 0 every file was read, 1 some files failed (all \
+rows are still written), 2 usage error.\n\nExamples:\n  cxr-triage scan /data/xrays --out results.csv\n  \
+cxr-triage scan /data/set --disagreements --out check.csv\n  \
+cxr-triage scan /data/set --duplicates\n  cxr-triage scan /data/set --by-folder"
 )]
 pub struct ScanArgs {
     /// Folder to scan recursively (or a single image file).
@@ -326,6 +359,25 @@ pub struct ScanArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub review: ReviewArgs,
+    /// Write only the images whose label (folder or --labels) differs from the prediction,
+    /// most confident first.
+    #[arg(long, conflicts_with_all = ["duplicates", "by_folder"])]
+    pub disagreements: bool,
+    /// Write only images with an exact or near duplicate, by group, with columns `group`,
+    /// `match` (exact/near) and `leak` (the group spans labels or splits).
+    #[arg(long, conflicts_with = "by_folder")]
+    pub duplicates: bool,
+    /// Largest difference-hash distance (of 256 bits) for near duplicates.
+    #[arg(long, default_value_t = crate::review::duplicates::DEFAULT_THRESHOLD, value_name = "BITS")]
+    pub dup_threshold: u32,
+    /// Write one row per folder instead of per image: counts, flagged, and mean score per label.
+    #[arg(long)]
+    pub by_folder: bool,
+    /// Bootstrap resamples for the 95 % intervals of the label metrics.
+    #[arg(long, default_value_t = 200)]
+    pub resamples: usize,
     /// No progress bar or summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -378,8 +430,13 @@ fn browse(args: BrowseArgs) -> anyhow::Result<Exit> {
         return Err(UsageError(format!("{}: no such file or folder", root.display())).into());
     }
     let model = load_model(&args.model)?;
+    let truth = args
+        .review
+        .truth(&root, model.labels())
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let (store, store_problem) = args.cache.open(&root, &model.manifest);
     crate::tui::run(crate::tui::TuiConfig {
+        truth,
         root,
         model,
         walk: args.input.walk_options(),
@@ -416,6 +473,7 @@ fn samples(args: SamplesArgs) -> anyhow::Result<Exit> {
         model: args.model,
         input: InputArgs::default(),
         cache: args.cache,
+        review: ReviewArgs::default(),
     })
 }
 

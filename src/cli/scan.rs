@@ -8,8 +8,116 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Exit, ScanArgs, UsageError, load_model};
 use crate::catalog::walk;
+use crate::dataset::Split;
+use crate::imaging::dhash::DHash;
 use crate::results::{ExportFormat, Row, RowWriter, Status};
-use crate::worker::{PipelineOptions, score_all_stored};
+use crate::review::{Candidate, by_folder, folders::write_folders, groups};
+use crate::worker::{Outcome, PipelineOptions, score_all_stored};
+
+/// A row kept for a review output, with what the review needs.
+struct Kept {
+    row: Row,
+    hash: Option<u128>,
+    dhash: Option<DHash>,
+    split: Option<Split>,
+}
+
+/// Write the review output `args` asks for (disagreements, duplicates or the per-folder
+/// table); returns a summary for stderr.
+fn write_review(
+    args: &ScanArgs,
+    labels: &[String],
+    mut kept: Vec<Kept>,
+    out: impl Write,
+    format: ExportFormat,
+) -> std::io::Result<String> {
+    if args.by_folder {
+        let stats = by_folder(kept.iter().map(|k| &k.row), labels, |r| {
+            r.flagged == Some(true)
+        });
+        let n = stats.len();
+        write_folders(out, format, labels, &stats)?;
+        return Ok(format!("{n} folders"));
+    }
+    if args.disagreements {
+        kept.retain(|k| {
+            k.row.label.is_some() && k.row.predicted.is_some() && k.row.label != k.row.predicted
+        });
+        let confidence = |r: &Row| r.probabilities.iter().copied().fold(0.0f32, f32::max);
+        kept.sort_by(|a, b| confidence(&b.row).total_cmp(&confidence(&a.row)));
+        let mut w = RowWriter::new(out, format, labels)?;
+        for k in &kept {
+            w.write(&k.row)?;
+        }
+        w.finish()?;
+        return Ok(format!(
+            "{} images where the label and the prediction differ",
+            kept.len()
+        ));
+    }
+    // Duplicates.
+    let candidates: Vec<Candidate> = kept
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            k.hash.map(|hash| Candidate {
+                index: i,
+                hash,
+                dhash: k.dhash,
+            })
+        })
+        .collect();
+    let found = groups(&candidates, args.dup_threshold);
+    let mut w = RowWriter::with_extra(out, format, labels, &["group", "match", "leak"])?;
+    let (mut images, mut exact, mut leaks) = (0, 0, 0);
+    for (g, group) in found.iter().enumerate() {
+        let leak = leak_of(group.members.iter().map(|&i| &kept[i]));
+        images += group.members.len();
+        exact += usize::from(group.exact);
+        leaks += usize::from(!leak.is_empty());
+        let kind = if group.exact { "exact" } else { "near" };
+        for &i in &group.members {
+            w.write_extra(
+                &kept[i].row,
+                &[(g + 1).to_string(), kind.to_string(), leak.clone()],
+            )?;
+        }
+    }
+    w.finish()?;
+    Ok(format!(
+        "{} duplicate groups ({images} images): {exact} exact, {} near; {leaks} span labels or splits (a leak)",
+        found.len(),
+        found.len() - exact
+    ))
+}
+
+/// Why a duplicate group is a leak: it spans labels (class folders) or splits; empty if not.
+fn leak_of<'a>(members: impl Iterator<Item = &'a Kept>) -> String {
+    let mut labels = std::collections::BTreeSet::new();
+    let mut splits = std::collections::BTreeSet::new();
+    for k in members {
+        if let Some(l) = k.row.label.as_ref().or(k.row.folder_label.as_ref()) {
+            labels.insert(l.clone());
+        }
+        if let Some(s) = k.split {
+            splits.insert(format!("{s:?}").to_lowercase());
+        }
+    }
+    let mut parts = Vec::new();
+    if labels.len() > 1 {
+        parts.push(format!(
+            "labels {}",
+            labels.into_iter().collect::<Vec<_>>().join("/")
+        ));
+    }
+    if splits.len() > 1 {
+        parts.push(format!(
+            "splits {}",
+            splits.into_iter().collect::<Vec<_>>().join("/")
+        ));
+    }
+    parts.join("; ")
+}
 
 pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     if !args.path.exists() {
@@ -17,6 +125,10 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     }
     let model = load_model(&args.model)?;
     let labels = model.labels().to_vec();
+    let truth = args
+        .review
+        .truth(&args.path, &labels)
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let (store, store_problem) = args.cache.open(&args.path, &model.manifest);
     if let Some(problem) = &store_problem {
         eprintln!("warning: {problem}");
@@ -61,7 +173,18 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         ),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut writer = RowWriter::new(BufWriter::new(out), format, &labels)?;
+    let out = BufWriter::new(out);
+    // Review outputs need every row before the first is written; plain scans stream.
+    let collect = args.disagreements || args.duplicates || args.by_folder;
+    let (mut writer, mut out) = if collect {
+        (None, Some(out))
+    } else {
+        (Some(RowWriter::new(out, format, &labels)?), None)
+    };
+    let mut kept: Vec<Kept> = Vec::new();
+    let mut scored_probs: Vec<Vec<f32>> = Vec::new();
+    let mut scored_truth: Vec<usize> = Vec::new();
+    let mut labelled_entries: Vec<crate::catalog::Entry> = Vec::new();
 
     let options = PipelineOptions {
         batch: args.batch as usize,
@@ -87,18 +210,37 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         store.as_ref(),
         &cancel,
         |scored| {
-            let row = Row::from_scored(&scored, &model.manifest, args.input.show_phi);
+            let mut row = Row::from_scored(&scored, &model.manifest, args.input.show_phi);
+            let truth_index = truth.of(&scored.entry);
+            row.label = truth_index.map(|i| labels[i].clone());
+            if truth.name_of(&scored.entry).is_some() {
+                labelled_entries.push(scored.entry.clone());
+            }
+            if let (Some(t), Outcome::Scored { probs, .. }) = (truth_index, &scored.outcome) {
+                scored_probs.push(probs.clone());
+                scored_truth.push(t);
+            }
             summary.add(&row);
             summary.stored += usize::from(scored.cached);
             #[cfg(debug_assertions)]
             if let Some(pause) = slow {
                 std::thread::sleep(pause);
             }
-            if write_error.is_none()
-                && let Err(e) = writer.write(&row)
-            {
-                write_error = Some(e);
-                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            match &mut writer {
+                Some(w) => {
+                    if write_error.is_none()
+                        && let Err(e) = w.write(&row)
+                    {
+                        write_error = Some(e);
+                        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                None => kept.push(Kept {
+                    split: truth.split_of(&scored.entry),
+                    row,
+                    hash: scored.hash,
+                    dhash: scored.dhash,
+                }),
             }
             progress.inc(1);
         },
@@ -110,9 +252,43 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     if let Some(e) = write_error {
         return Err(e).context("cannot write results");
     }
-    writer.finish().context("cannot write results")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(w) = writer {
+        w.finish().context("cannot write results")?;
+    }
+    if let Some(out) = out.take() {
+        let review =
+            write_review(&args, &labels, kept, out, format).context("cannot write results")?;
+        if !args.quiet && !review.is_empty() {
+            eprintln!("{review}");
+        }
+    }
     if !args.quiet {
-        eprintln!("{}", summary.line(&labels, started.elapsed().as_secs_f64()));
+        let unmatched = truth.unmatched(&labelled_entries);
+        if !unmatched.is_empty() {
+            let list: Vec<String> = unmatched
+                .iter()
+                .map(|(name, n)| format!("{name} ({n})"))
+                .collect();
+            eprintln!(
+                "labels not matched to the model's labels ({}), so not counted: {}",
+                labels.join(", "),
+                list.join(", ")
+            );
+        }
+        if !scored_probs.is_empty() {
+            let report = crate::eval::report(
+                &model.manifest,
+                &args.path.display().to_string(),
+                None,
+                &scored_probs,
+                &scored_truth,
+                Vec::new(),
+                args.resamples,
+            );
+            eprintln!("{}", report.render());
+        }
+        eprintln!("{}", summary.line(&labels, elapsed));
         if let Some(path) = &args.out {
             eprintln!("results written to {}", path.display());
         }

@@ -28,6 +28,8 @@ pub struct Row {
     pub status: Status,
     pub error: Option<String>,
     pub folder_label: Option<String>,
+    /// The image's true label (class folder or `--labels` file) as one of the model's labels.
+    pub label: Option<String>,
     pub format: Option<String>,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -70,6 +72,7 @@ impl Row {
             path: s.entry.rel.to_string_lossy().into_owned(),
             status,
             folder_label: s.entry.folder_label.clone(),
+            label: None,
             format: info.map(|i| i.format.to_string()),
             width: info.map(|i| i.width),
             height: info.map(|i| i.height),
@@ -121,14 +124,17 @@ pub struct RowWriter<W: Write> {
     out: W,
     format: ExportFormat,
     labels: Vec<String>,
+    /// Names of extra columns after the fixed ones (see [`RowWriter::write_extra`]).
+    extra: Vec<String>,
     rows: usize,
 }
 
-const FIXED_COLUMNS: [&str; 14] = [
+const FIXED_COLUMNS: [&str; 15] = [
     "path",
     "status",
     "error",
     "folder_label",
+    "label",
     "format",
     "width",
     "height",
@@ -142,12 +148,23 @@ const FIXED_COLUMNS: [&str; 14] = [
 ];
 
 impl<W: Write> RowWriter<W> {
-    pub fn new(mut out: W, format: ExportFormat, labels: &[String]) -> std::io::Result<Self> {
+    pub fn new(out: W, format: ExportFormat, labels: &[String]) -> std::io::Result<Self> {
+        Self::with_extra(out, format, labels, &[])
+    }
+
+    /// A writer with `extra` columns after the usual ones.
+    pub fn with_extra(
+        mut out: W,
+        format: ExportFormat,
+        labels: &[String],
+        extra: &[&str],
+    ) -> std::io::Result<Self> {
         match format {
             ExportFormat::Csv => {
                 let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
                 header.extend(labels.iter().map(|l| format!("p_{l}")));
                 header.extend(["predicted".into(), "flagged".into()]);
+                header.extend(extra.iter().map(|s| s.to_string()));
                 write_csv_record(&mut out, &header)?;
             }
             ExportFormat::Json => out.write_all(b"[\n")?,
@@ -157,11 +174,18 @@ impl<W: Write> RowWriter<W> {
             out,
             format,
             labels: labels.to_vec(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             rows: 0,
         })
     }
 
     pub fn write(&mut self, row: &Row) -> std::io::Result<()> {
+        self.write_extra(row, &[])
+    }
+
+    /// Write a row with values for the extra columns (missing ones are empty).
+    pub fn write_extra(&mut self, row: &Row, values: &[String]) -> std::io::Result<()> {
+        let extra = |i: usize| values.get(i).cloned().unwrap_or_default();
         match self.format {
             ExportFormat::Csv => {
                 let opt = |v: Option<String>| v.unwrap_or_default();
@@ -170,6 +194,7 @@ impl<W: Write> RowWriter<W> {
                     serde_plain(&row.status),
                     opt(row.error.clone()),
                     opt(row.folder_label.clone()),
+                    opt(row.label.clone()),
                     opt(row.format.clone()),
                     opt(row.width.map(|v| v.to_string())),
                     opt(row.height.map(|v| v.to_string())),
@@ -191,13 +216,17 @@ impl<W: Write> RowWriter<W> {
                 record.push(opt(row
                     .flagged
                     .map(|f| if f { "yes" } else { "no" }.to_string())));
+                record.extend((0..self.extra.len()).map(extra));
                 write_csv_record(&mut self.out, &record)?;
             }
             ExportFormat::Json | ExportFormat::Jsonl => {
                 if self.format == ExportFormat::Json && self.rows > 0 {
                     self.out.write_all(b",\n")?;
                 }
-                let value = self.json_value(row);
+                let mut value = self.json_value(row);
+                for (i, name) in self.extra.iter().enumerate() {
+                    value[name] = serde_json::Value::String(extra(i));
+                }
                 serde_json::to_writer(&mut self.out, &value)?;
                 if self.format == ExportFormat::Jsonl {
                     self.out.write_all(b"\n")?;

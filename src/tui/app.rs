@@ -48,6 +48,11 @@ pub struct Item {
     /// Index of the predicted label.
     pub predicted: Option<usize>,
     pub marked: bool,
+    /// The true label (class folder or `--labels`), as an index into the model's labels.
+    pub truth: Option<usize>,
+    /// Content hash and difference hash, once the file was read (for duplicates).
+    pub hash: Option<u128>,
+    pub dhash: Option<crate::imaging::dhash::DHash>,
 }
 
 impl Item {
@@ -83,8 +88,11 @@ pub enum Filter {
     Label(usize),
     Flagged,
     Errors,
-    /// Predicted label differs from the folder label.
+    /// Predicted label differs from the true label (folder or `--labels`), most confident
+    /// first.
     Disagree,
+    /// Images with an exact or near duplicate, by group.
+    Duplicates,
 }
 
 /// Which rows an export writes.
@@ -98,6 +106,8 @@ pub enum ExportScope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     Normal,
+    /// The data set review overlay: label metrics and the per-folder breakdown.
+    Review,
     /// Typing a `/` search.
     Search,
     Help,
@@ -119,6 +129,11 @@ pub enum Command {
     Previews(Vec<(usize, PathBuf)>),
     /// Show this file full-screen.
     Zoom(PathBuf),
+    /// Group these items into duplicates (answered by [`Event::Duplicates`]).
+    FindDuplicates {
+        candidates: Vec<crate::review::Candidate>,
+        threshold: u32,
+    },
     /// Write these rows.
     Export {
         path: PathBuf,
@@ -145,6 +160,8 @@ pub enum Event {
     Restored(Vec<(usize, Scored)>),
     /// An inference job ended (finished or cancelled).
     JobEnded,
+    /// Duplicate groups (item indices), for the items of the last `FindDuplicates`.
+    Duplicates(Vec<crate::review::Group>),
     Preview {
         item: usize,
         preview: Preview,
@@ -271,11 +288,22 @@ pub struct App {
     pub export_default: String,
     /// Items whose result came from the results store.
     pub restored: usize,
+    /// Where true labels come from.
+    pub truth: crate::review::Truth,
+    /// Duplicate groups of the items that were read when they were last asked for.
+    pub duplicates: Vec<crate::review::Group>,
+    /// Items read since the groups were made (they are out of date).
+    dups_stale: bool,
+    /// A `FindDuplicates` is on its way.
+    pub dups_pending: bool,
+    /// Largest difference-hash distance for near duplicates.
+    pub dup_threshold: u32,
 }
 
 impl App {
     pub fn new(root: PathBuf, manifest: &Manifest) -> Self {
         let labels = manifest.labels.clone();
+        let truth = crate::review::Truth::folders_only(&labels);
         let mut manifest = manifest.clone();
         if manifest.operating_points.is_empty()
             && let Some(first) = labels.first()
@@ -314,6 +342,11 @@ impl App {
             show_phi: false,
             export_default: "cxr-triage-results.csv".into(),
             restored: 0,
+            truth,
+            duplicates: Vec::new(),
+            dups_stale: true,
+            dups_pending: false,
+            dup_threshold: crate::review::duplicates::DEFAULT_THRESHOLD,
         }
     }
 
@@ -326,16 +359,35 @@ impl App {
         item.status == Status::Done && crate::model::is_flagged(&self.manifest, item.probs())
     }
 
-    /// Does the predicted label differ from the folder label? Only folders named after one of
-    /// the model's labels count (`covid/`, `Normal/`); `dicom/` or `2024-03/` say nothing.
+    /// Does the prediction differ from the true label? Only labels that match one of the
+    /// model's labels count (`covid/`, `COVID-19/`, `No Finding/`); `dicom/` says nothing.
     pub fn disagrees(&self, item: &Item) -> bool {
-        match (&item.entry.folder_label, item.predicted) {
-            (Some(folder), Some(p)) => {
-                self.labels.iter().any(|l| l.eq_ignore_ascii_case(folder))
-                    && !folder.eq_ignore_ascii_case(&self.labels[p])
-            }
-            _ => false,
+        matches!((item.truth, item.predicted), (Some(t), Some(p)) if t != p)
+    }
+
+    /// Ask for duplicate groups when they are out of date and none are being made.
+    fn ask_duplicates(&mut self, out: &mut Vec<Command>) {
+        if self.filter != Filter::Duplicates || self.dups_pending || !self.dups_stale {
+            return;
         }
+        let candidates: Vec<crate::review::Candidate> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| {
+                item.hash.map(|hash| crate::review::Candidate {
+                    index,
+                    hash,
+                    dhash: item.dhash,
+                })
+            })
+            .collect();
+        self.dups_stale = false;
+        self.dups_pending = true;
+        out.push(Command::FindDuplicates {
+            candidates,
+            threshold: self.dup_threshold,
+        });
     }
 
     /// The operating point of label `l`, if it has one.
@@ -356,14 +408,27 @@ impl App {
             Event::Key(key) if key.kind != KeyEventKind::Release => self.key(key, &mut out),
             Event::Key(_) | Event::Resize | Event::Tick => {}
             Event::Found(entries) => {
+                let truth = &self.truth;
                 self.items.extend(entries.into_iter().map(|entry| Item {
+                    truth: truth.of(&entry),
                     entry,
                     status: Status::Pending,
                     row: None,
                     predicted: None,
                     marked: false,
+                    hash: None,
+                    dhash: None,
                 }));
                 self.view_dirty = true;
+            }
+            Event::Duplicates(groups) => {
+                self.duplicates = groups;
+                self.dups_pending = false;
+                if self.filter == Filter::Duplicates {
+                    self.view_dirty = true;
+                }
+                // Results that came in meanwhile ask again.
+                self.ask_duplicates(&mut out);
             }
             Event::WalkDone => self.walking = false,
             Event::Scored { item, scored } => self.scored(item, &scored),
@@ -421,8 +486,14 @@ impl App {
         }
         // `flagged` in the row is at the operating point of scoring time; it is recomputed
         // against the current one wherever it is shown or exported.
-        let row = Row::from_scored(scored, &self.manifest, self.show_phi);
+        let mut row = Row::from_scored(scored, &self.manifest, self.show_phi);
         let item = &mut self.items[index];
+        row.label = item.truth.map(|t| self.labels[t].clone());
+        item.hash = scored.hash;
+        item.dhash = scored.dhash;
+        if scored.hash.is_some() {
+            self.dups_stale = true;
+        }
         item.status = match row.status {
             RowStatus::Done => Status::Done,
             RowStatus::Error => Status::Error,
@@ -453,7 +524,7 @@ impl App {
             return;
         }
         match self.mode.clone() {
-            Mode::Help => self.mode = Mode::Normal,
+            Mode::Help | Mode::Review => self.mode = Mode::Normal,
             Mode::Search => match key.code {
                 KeyCode::Esc => {
                     self.search.clear();
@@ -576,10 +647,13 @@ impl App {
                     Filter::All | Filter::Label(_) => Filter::Flagged,
                     Filter::Flagged => Filter::Errors,
                     Filter::Errors => Filter::Disagree,
-                    Filter::Disagree => Filter::All,
+                    Filter::Disagree => Filter::Duplicates,
+                    Filter::Duplicates => Filter::All,
                 };
                 self.view_dirty = true;
+                self.ask_duplicates(out);
             }
+            KeyCode::Char('m') => self.mode = Mode::Review,
             KeyCode::Char('F') => {
                 self.filter = Filter::All;
                 self.view_dirty = true;
@@ -703,6 +777,15 @@ impl App {
         self.view_dirty = false;
         let current = self.current();
         let needle = self.search.to_lowercase();
+        let in_group: HashMap<usize, usize> = if self.filter == Filter::Duplicates {
+            self.duplicates
+                .iter()
+                .enumerate()
+                .flat_map(|(g, group)| group.members.iter().map(move |&i| (i, g)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let keep = |i: usize| -> bool {
             let item = &self.items[i];
             let shown = match self.filter {
@@ -711,6 +794,7 @@ impl App {
                 Filter::Flagged => self.is_flagged(item),
                 Filter::Errors => item.status == Status::Error,
                 Filter::Disagree => self.disagrees(item),
+                Filter::Duplicates => in_group.contains_key(&i),
             };
             shown
                 && (needle.is_empty()
@@ -726,7 +810,20 @@ impl App {
         } else {
             (0..self.items.len()).filter(|&i| keep(i)).collect()
         };
+        let confidence = |i: usize| {
+            self.items[i]
+                .probs()
+                .iter()
+                .copied()
+                .fold(-1.0f32, f32::max)
+        };
         match self.sort {
+            SortKey::Name if self.filter == Filter::Disagree => {
+                view.sort_by(|&a, &b| confidence(b).total_cmp(&confidence(a)).then(a.cmp(&b)))
+            }
+            SortKey::Name if self.filter == Filter::Duplicates => {
+                view.sort_by_key(|i| (in_group.get(i).copied(), *i))
+            }
             SortKey::Name => {}
             SortKey::Label(l) => view.sort_by(|&a, &b| {
                 let p = |i: usize| self.items[i].probs().get(l).copied().unwrap_or(-1.0);
@@ -806,6 +903,35 @@ impl App {
         s
     }
 
+    /// Label metrics and the per-folder breakdown of what is scored so far.
+    pub fn review(&self) -> Review {
+        let mut probs = Vec::new();
+        let mut truth = Vec::new();
+        for item in &self.items {
+            if let (Some(t), Status::Done) = (item.truth, item.status) {
+                probs.push(item.probs().to_vec());
+                truth.push(t);
+            }
+        }
+        let rows: Vec<Row> = self
+            .items
+            .iter()
+            .filter_map(|i| {
+                i.row.clone().map(|mut r| {
+                    r.flagged = Some(self.is_flagged(i));
+                    r
+                })
+            })
+            .collect();
+        Review {
+            labelled: self.items.iter().filter(|i| i.truth.is_some()).count(),
+            unmatched: self.truth.unmatched(self.items.iter().map(|i| &i.entry)),
+            metrics: (!probs.is_empty())
+                .then(|| crate::metrics::Metrics::compute(&probs, &truth, &self.labels)),
+            folders: crate::review::by_folder(&rows, &self.labels, |r| r.flagged == Some(true)),
+        }
+    }
+
     /// Images per second and time left of the running jobs.
     pub fn rate_and_eta(&self) -> Option<(f64, Duration)> {
         let p = self.progress.as_ref()?;
@@ -817,6 +943,18 @@ impl App {
         let left = (p.total - p.done.min(p.total)) as f64 / rate;
         Some((rate, Duration::from_secs_f64(left)))
     }
+}
+
+/// What the review overlay (`m`) shows.
+#[derive(Clone, Debug)]
+pub struct Review {
+    /// Items with a label that matches one of the model's labels.
+    pub labelled: usize,
+    /// Label names that match none of the model's labels, with their counts.
+    pub unmatched: Vec<(String, usize)>,
+    /// Label metrics over the scored, labelled items (`eval`'s point estimates).
+    pub metrics: Option<crate::metrics::Metrics>,
+    pub folders: Vec<crate::review::FolderStats>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

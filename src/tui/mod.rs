@@ -54,6 +54,8 @@ pub struct TuiConfig {
     pub store: Option<Store>,
     /// Why there is no store, when one was wanted.
     pub store_problem: Option<String>,
+    /// Where true labels come from (class folders or `--labels`).
+    pub truth: crate::review::Truth,
 }
 
 /// Run the UI until the user quits.
@@ -73,12 +75,14 @@ pub fn run(config: TuiConfig) -> anyhow::Result<()> {
         show_phi,
         store,
         store_problem,
+        truth,
     } = config;
     let (tx, rx) = unbounded::<Event>();
     let mut app = App::new(root.clone(), &model.manifest);
     app.show_phi = show_phi;
     app.export_default = default_export_path(&root);
     app.message = store_problem;
+    app.truth = truth;
     let store = store.map(Arc::new);
     let workers = Workers::start(model, force, store.clone(), tx.clone());
     spawn_walk(root.clone(), walk, store.map(|s| (s, force)), tx.clone());
@@ -460,7 +464,10 @@ impl Workers {
                     .collect();
                 cv.notify_all();
             }
-            Command::Zoom(_) | Command::Export { .. } | Command::Quit => {}
+            Command::Zoom(_)
+            | Command::Export { .. }
+            | Command::FindDuplicates { .. }
+            | Command::Quit => {}
         }
     }
 
@@ -654,6 +661,16 @@ impl Runtime {
                             });
                             app.export_default = default_export_path(&self.root);
                             app.message = Some("writing…".into());
+                        }
+                        Command::FindDuplicates {
+                            candidates,
+                            threshold,
+                        } => {
+                            let tx = self.tx.clone();
+                            thread::spawn(move || {
+                                let groups = crate::review::groups(&candidates, threshold);
+                                let _ = tx.send(Event::Duplicates(groups));
+                            });
                         }
                         other => self.workers.execute(other),
                     }

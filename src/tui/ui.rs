@@ -147,6 +147,133 @@ pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
     if app.mode == Mode::Help {
         draw_help(frame, area, theme);
     }
+    if app.mode == Mode::Review {
+        draw_review(frame, app, area, theme);
+    }
+}
+
+/// The review overlay: label metrics (as `eval` computes them) and the per-folder table.
+fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let r = app.review();
+    let pct = |v: f64| {
+        if v.is_nan() {
+            "   -  ".to_string()
+        } else {
+            format!("{:5.1}%", v * 100.0)
+        }
+    };
+    let mut lines: Vec<Line> = Vec::new();
+    let head = |t: &str| Line::from(Span::styled(t.to_string(), theme.title()));
+    match &r.metrics {
+        Some(m) => {
+            let auc = m.macro_auc.map_or("-".into(), |a| format!("{a:.3}"));
+            lines.push(head(&format!(
+                "labels vs predictions: {} scored of {} labelled · accuracy {} · macro AUC {auc}",
+                m.n,
+                r.labelled,
+                pct(m.accuracy).trim()
+            )));
+            lines.push(Line::from(Span::styled(
+                format!(
+                    "{:<14} {:>6} {:>7} {:>7} {:>7} {:>6}",
+                    "label", "n", "sens", "spec", "PPV", "AUC"
+                ),
+                theme.dim(),
+            )));
+            for c in &m.per_class {
+                lines.push(Line::raw(format!(
+                    "{:<14} {:>6} {:>7} {:>7} {:>7} {:>6}",
+                    c.label,
+                    c.support,
+                    pct(c.sensitivity),
+                    pct(c.specificity),
+                    pct(c.ppv),
+                    c.auc.map_or("-".into(), |a| format!("{a:.3}"))
+                )));
+            }
+            lines.push(Line::from(Span::styled(
+                "confusion: rows label, columns predicted",
+                theme.dim(),
+            )));
+            let mut header = format!("{:<14}", "");
+            for l in &app.labels {
+                header.push_str(&format!(" {:>10}", fit_left(l, 10)));
+            }
+            lines.push(Line::from(Span::styled(header, theme.dim())));
+            for (l, row) in app.labels.iter().zip(&m.confusion) {
+                let mut line = format!("{:<14}", fit_left(l, 14));
+                for v in row {
+                    line.push_str(&format!(" {v:>10}"));
+                }
+                lines.push(Line::raw(line));
+            }
+        }
+        None if r.labelled > 0 => lines.push(head(&format!(
+            "{} images have labels; run the model (R) for the label metrics",
+            r.labelled
+        ))),
+        None => lines.push(head(
+            "no labels: put images in class folders (covid/, normal/, ...) or use --labels FILE.csv",
+        )),
+    }
+    if !r.unmatched.is_empty() {
+        let list: Vec<String> = r
+            .unmatched
+            .iter()
+            .map(|(n, c)| format!("{n} ({c})"))
+            .collect();
+        lines.push(Line::from(Span::styled(
+            format!("not matched to a model label: {}", list.join(", ")),
+            theme.warn(),
+        )));
+    }
+    lines.push(Line::raw(""));
+    lines.push(head(
+        "by folder (mean probability per label over the scored images)",
+    ));
+    let mut header = format!(
+        "{:<24} {:>6} {:>6} {:>6}",
+        "folder", "images", "errors", "flag"
+    );
+    for l in &app.labels {
+        header.push_str(&format!(" {:>10}", fit_left(l, 10)));
+    }
+    lines.push(Line::from(Span::styled(header, theme.dim())));
+    for f in &r.folders {
+        let mut line = format!(
+            "{:<24} {:>6} {:>6} {:>6}",
+            fit_left(&f.folder, 24),
+            f.images,
+            f.errors,
+            f.flagged
+        );
+        for m in &f.mean {
+            if f.scored > 0 {
+                line.push_str(&format!(" {m:>10.3}"));
+            } else {
+                line.push_str(&format!(" {:>10}", "-"));
+            }
+        }
+        lines.push(Line::raw(line));
+    }
+    let w = area.width.min(100);
+    let h = (lines.len() as u16 + 2).min(area.height);
+    let popup = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Span::styled(" review ", theme.title()))
+                .title_bottom(Line::from(" any key closes ").right_aligned()),
+        ),
+        popup,
+    );
 }
 
 fn list_title(app: &App, s: &Summary) -> String {
@@ -176,7 +303,9 @@ fn view_label(app: &App) -> String {
         Filter::Label(l) => Some(format!("predicted {}", app.labels[l])),
         Filter::Flagged => Some("flagged".into()),
         Filter::Errors => Some("errors".into()),
-        Filter::Disagree => Some("disagrees with folder".into()),
+        Filter::Disagree => Some("disagrees with label".into()),
+        Filter::Duplicates if app.dups_pending => Some("duplicates (grouping…)".into()),
+        Filter::Duplicates => Some(format!("duplicates: {} groups", app.duplicates.len())),
     };
     let mut s = format!(" sort: {sort}");
     if let Some(f) = filter {
@@ -678,7 +807,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s", "sort: name → P(each label) → status"),
     (
         "f F",
-        "filter: label → flagged → errors → disagrees with folder / off",
+        "filter: label → flagged → errors → disagrees → duplicates / off",
+    ),
+    (
+        "m",
+        "review: label metrics, confusion matrix, figures per folder",
     ),
     (
         "/",

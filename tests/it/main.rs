@@ -6,6 +6,7 @@ mod dicom;
 mod hostile;
 mod imaging;
 mod model;
+mod review;
 mod samples;
 mod scan;
 mod store;

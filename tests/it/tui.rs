@@ -545,6 +545,13 @@ fn snapshot_help_overlay() {
 }
 
 #[test]
+fn snapshot_review_overlay() {
+    let mut app = scored_app();
+    app.update(key('m'));
+    insta::assert_snapshot!(screen(&mut app, 100, 24, ColorMode::TrueColor));
+}
+
+#[test]
 fn snapshot_80x24_without_colour() {
     let mut app = scored_app();
     app.update(Event::Preview {
@@ -968,4 +975,134 @@ fn end_to_end_library_output_on_stderr_never_reaches_the_screen() {
     assert!(!screen.contains("ifd.rs"), "{screen}");
     tmux.keys("q");
     assert!(tmux.assert_restored().contains("EXIT=0"));
+}
+
+// ---------------------------------------------------------------- store and review
+
+fn scored_with_hashes(
+    app: &App,
+    item: usize,
+    probs: [f32; 3],
+    hash: u128,
+    dhash: [u64; 4],
+) -> Scored {
+    Scored {
+        hash: Some(hash),
+        dhash: Some(dhash),
+        cached: true,
+        ..Scored::new(
+            0,
+            app.items[item].entry.clone(),
+            Outcome::Scored {
+                info: info(),
+                probs: probs.to_vec(),
+            },
+        )
+    }
+}
+
+#[test]
+fn restored_results_show_at_once_and_r_runs_only_the_rest() {
+    let mut app = app_with(&["covid/a.png", "covid/b.png", "normal/c.png"]);
+    let found = vec![
+        (0, scored_with_hashes(&app, 0, [0.9, 0.05, 0.05], 1, [0; 4])),
+        (
+            2,
+            scored_with_hashes(&app, 2, [0.1, 0.8, 0.1], 2, [u64::MAX; 4]),
+        ),
+    ];
+    app.update(Event::Restored(found));
+    assert_eq!(app.restored, 2);
+    assert_eq!(app.items[0].status, Status::Done);
+    assert_eq!(app.items[1].status, Status::Pending);
+    match &app.update(key('R'))[..] {
+        [Command::Score(jobs)] => assert_eq!(jobs.iter().map(|j| j.0).collect::<Vec<_>>(), [1]),
+        other => panic!("{other:?}"),
+    }
+    // A restore that arrives after a run started does not overwrite it.
+    let late = vec![(1, scored_with_hashes(&app, 1, [0.2, 0.2, 0.6], 3, [0; 4]))];
+    app.update(Event::Restored(late));
+    assert_eq!(app.items[1].status, Status::Running);
+    assert_eq!(app.restored, 2);
+}
+
+#[test]
+fn aliased_folders_count_as_labels_and_disagreements_come_most_confident_first() {
+    let mut app = app_with(&[
+        "COVID-19/a.png",
+        "No Finding/b.png",
+        "No Finding/c.png",
+        "misc/d.png",
+    ]);
+    app.update(key('R'));
+    for (i, probs) in [
+        [0.2, 0.7, 0.1],    // covid called normal: disagrees, 0.7
+        [0.05, 0.9, 0.05],  // agrees
+        [0.95, 0.03, 0.02], // normal called covid: disagrees, 0.95
+        [0.9, 0.05, 0.05],  // no label: never disagrees
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ev = scored(&app, i, probs);
+        app.update(ev);
+    }
+    assert_eq!(app.items[0].truth, Some(0));
+    assert_eq!(app.items[1].truth, Some(1));
+    assert_eq!(app.items[3].truth, None);
+    while app.filter != Filter::Disagree {
+        app.update(key('f'));
+    }
+    app.refresh_view();
+    assert_eq!(shown(&app), ["No Finding/c.png", "COVID-19/a.png"]);
+    // The review overlay: eval's metrics over the 3 labelled, scored images.
+    let review = app.review();
+    assert_eq!(review.labelled, 3);
+    let m = review.metrics.unwrap();
+    assert_eq!(m.n, 3);
+    assert!((m.accuracy - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(m.confusion[0], [0, 1, 0]);
+    assert_eq!(review.unmatched, [("misc".to_string(), 1)]);
+    let folders: Vec<&str> = review.folders.iter().map(|f| f.folder.as_str()).collect();
+    assert_eq!(folders, ["COVID-19", "misc", "No Finding"]);
+    app.update(key('m'));
+    assert_eq!(app.mode, Mode::Review);
+    app.update(key('x'));
+    assert_eq!(app.mode, Mode::Normal);
+}
+
+#[test]
+fn the_duplicates_filter_asks_for_groups_and_shows_them_in_order() {
+    let mut app = app_with(&["a.png", "b.png", "c.png", "d.png"]);
+    let found = (0..4)
+        .map(|i| {
+            let hash = [7, 8, 7, 9][i];
+            let m = u64::MAX;
+            let dhash = [[0; 4], [m; 4], [0; 4], [m - 1, m, m, m]][i];
+            (i, scored_with_hashes(&app, i, [0.3, 0.3, 0.4], hash, dhash))
+        })
+        .collect();
+    app.update(Event::Restored(found));
+    let mut asked = None;
+    while app.filter != Filter::Duplicates {
+        for c in app.update(key('f')) {
+            if let Command::FindDuplicates {
+                candidates,
+                threshold,
+            } = c
+            {
+                asked = Some((candidates, threshold));
+            }
+        }
+    }
+    let (candidates, threshold) = asked.expect("entering the filter asks for groups");
+    assert_eq!(candidates.len(), 4);
+    assert!(app.dups_pending);
+    let groups = cxr_triage::review::groups(&candidates, threshold);
+    // Exact copies (a, c); b and d are one bit apart; the two groups are 255 bits apart.
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    app.update(Event::Duplicates(groups));
+    app.refresh_view();
+    assert_eq!(shown(&app), ["a.png", "c.png", "b.png", "d.png"]);
+    assert!(!app.dups_pending);
 }
