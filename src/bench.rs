@@ -202,3 +202,91 @@ pub fn fixed_input_probabilities(model: &Model) -> Vec<f32> {
     let plane: Vec<f32> = (0..n).map(|i| i as f32 / (n - 1) as f32).collect();
     model.predict(&[plane]).expect("inference").remove(0)
 }
+
+/// Scan throughput without the store, with an empty one (every result written) and with a
+/// full one (every result read back), in images/s: medians of `runs`, the three kinds of run
+/// taking turns so that they see the same machine.
+pub struct StoreScanFigures {
+    pub images: usize,
+    pub off: f64,
+    pub cold: f64,
+    pub warm: f64,
+    /// xxh3-128 of one file's bytes, ms (median).
+    pub hash_ms: f64,
+    /// Difference hash of one decoded 1024x1024 image, ms (median).
+    pub dhash_ms: f64,
+    /// Decoding one of the files, ms (median), for scale.
+    pub decode_ms: f64,
+}
+
+pub fn store_scan_figures(
+    model: &Model,
+    dir: &Path,
+    store_dir: &Path,
+    images: usize,
+    runs: usize,
+    options: &PipelineOptions,
+) -> anyhow::Result<StoreScanFigures> {
+    use crate::results::store::{Store, content_hash, model_id};
+    std::fs::create_dir_all(dir)?;
+    for i in 0..images {
+        let path = dir.join(format!("img{i:04}.png"));
+        if !path.exists() {
+            let img = DynamicImage::ImageLuma16(synthetic_xray(1024, i as u32)).to_luma8();
+            img.save(&path)?;
+        }
+    }
+    let entries: Vec<_> = walk(dir, &WalkOptions::default()).take(images).collect();
+    let id = model_id(&model.manifest);
+    std::fs::create_dir_all(store_dir)?;
+    let run = |store: Option<&Store>| -> f64 {
+        let t = Instant::now();
+        let mut done = 0;
+        crate::worker::score_all_stored(
+            entries.clone(),
+            model,
+            options,
+            store,
+            &AtomicBool::new(false),
+            |_| done += 1,
+        );
+        done as f64 / t.elapsed().as_secs_f64()
+    };
+    let warm_path = store_dir.join("warm.sqlite3");
+    {
+        let warm = Store::open(&warm_path, &id)?;
+        run(Some(&warm));
+    }
+    let (mut off, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    run(None); // warm-up: file-system cache, threads
+    for r in 0..runs {
+        off.push(run(None));
+        let cold_path = store_dir.join(format!("cold-{r}.sqlite3"));
+        let store = Store::open(&cold_path, &id)?;
+        cold.push(run(Some(&store)));
+        drop(store);
+        crate::results::store::clear(&cold_path)?;
+        let store = Store::open(&warm_path, &id)?;
+        warm.push(run(Some(&store)));
+    }
+    let first = std::fs::read(&entries[0].path)?;
+    let decoded = imaging::decode_bytes(&first, &Limits::default())?;
+    let hash_ms = time_ms(runs.max(5), || {
+        std::hint::black_box(content_hash(&first));
+    });
+    let dhash_ms = time_ms(runs.max(5), || {
+        std::hint::black_box(imaging::dhash::dhash(&decoded.image));
+    });
+    let decode_ms = time_ms(runs.max(5), || {
+        std::hint::black_box(imaging::decode_bytes(&first, &Limits::default()).ok());
+    });
+    Ok(StoreScanFigures {
+        images,
+        off: median(off),
+        cold: median(cold),
+        warm: median(warm),
+        hash_ms,
+        dhash_ms,
+        decode_ms,
+    })
+}

@@ -1,5 +1,7 @@
 use super::{BenchArgs, BenchPart, Exit, load_model};
-use crate::bench::{decode_figures, fixed_input_probabilities, inference_figure, scan_figures};
+use crate::bench::{
+    decode_figures, fixed_input_probabilities, inference_figure, scan_figures, store_scan_figures,
+};
 use crate::worker::PipelineOptions;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
@@ -23,7 +25,67 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     if part(BenchPart::Tui) {
         tui(&args)?;
     }
+    if part(BenchPart::Store) {
+        store(&args, &model)?;
+    }
     Ok(Exit::Ok)
+}
+
+fn store(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {
+    let base = std::env::temp_dir().join(format!("cxr-triage-bench-store-{}", std::process::id()));
+    let reopen = crate::tui::bench::reopen_figures(
+        &base.join("folder"),
+        &base.join("reopen.sqlite3"),
+        args.tui_files,
+        args.runs,
+    );
+    let options = PipelineOptions::default();
+    let scan = store_scan_figures(
+        model,
+        &base.join("images"),
+        &base.join("stores"),
+        args.images,
+        args.runs.min(5),
+        &options,
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    let (reopen, scan) = (reopen?, scan?);
+    println!(
+        "
+results store: reopening a folder of {} files whose results are all stored",
+        reopen.files
+    );
+    println!(
+        "  launch to first full frame  {:>8.1} ms  (median of {} runs; model load included)",
+        reopen.first_frame_ms, args.runs
+    );
+    println!(
+        "  launch to all {} shown  {:>8.1} ms",
+        reopen.files, reopen.all_shown_ms
+    );
+    println!("  (filling the store once took {:.0} ms)", reopen.fill_ms);
+    println!(
+        "
+scan of {} generated 1024x1024 PNGs with the results store (median of {} runs each, taking turns)",
+        scan.images,
+        args.runs.min(5)
+    );
+    println!("  store off                  {:>8.1} images/s", scan.off);
+    println!(
+        "  empty store (all written)  {:>8.1} images/s  ({:+.1} % vs off)",
+        scan.cold,
+        (scan.cold / scan.off - 1.0) * 100.0
+    );
+    println!(
+        "  full store (all read)      {:>8.1} images/s  ({:.0}x off)",
+        scan.warm,
+        scan.warm / scan.off
+    );
+    println!(
+        "  per image: content hash {:.3} ms, difference hash {:.3} ms, decode {:.2} ms",
+        scan.hash_ms, scan.dhash_ms, scan.decode_ms
+    );
+    Ok(())
 }
 
 fn decode(args: &BenchArgs) {

@@ -252,6 +252,9 @@ pub enum BenchPart {
     Scan,
     /// The terminal UI: first frame on a big folder, key latency while inference runs.
     Tui,
+    /// The results store: reopening a folder of --tui-files stored results, and scan
+    /// throughput with the store off, empty and full.
+    Store,
 }
 
 #[derive(Debug, Args)]

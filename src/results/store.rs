@@ -258,6 +258,18 @@ type RawRow = (
     String,
 );
 
+/// The six result columns (status, error, info, probs, dhash, version) from `first` on.
+fn raw_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(first)?,
+        r.get(first + 1)?,
+        r.get(first + 2)?,
+        r.get(first + 3)?,
+        r.get(first + 4)?,
+        r.get(first + 5)?,
+    ))
+}
+
 /// Rebuild an outcome from its columns; `None` when the row is not usable (another version's
 /// error, a row this version cannot read).
 fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
@@ -386,19 +398,7 @@ impl Store {
             )?
             .query_row(
                 params![self.model, key.path, key.size as i64, key.mtime_ns],
-                |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        (
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                        ),
-                    ))
-                },
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, raw_row(r, 1)?)),
             )
             .optional()
         })??;
@@ -419,14 +419,7 @@ impl Store {
                  WHERE model = ?1 AND hash = ?2",
             )?
             .query_row(params![self.model, hash.to_le_bytes().to_vec()], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                raw_row(r, 0)
             })
             .optional()
         })??;

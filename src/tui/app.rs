@@ -288,6 +288,8 @@ pub struct App {
     pub export_default: String,
     /// Items whose result came from the results store.
     pub restored: usize,
+    /// Stored results for items the walk has not listed yet.
+    early: std::collections::BTreeMap<usize, Scored>,
     /// Where true labels come from.
     pub truth: crate::review::Truth,
     /// Duplicate groups of the items that were read when they were last asked for.
@@ -342,6 +344,7 @@ impl App {
             show_phi: false,
             export_default: "cxr-triage-results.csv".into(),
             restored: 0,
+            early: Default::default(),
             truth,
             duplicates: Vec::new(),
             dups_stale: true,
@@ -420,6 +423,14 @@ impl App {
                     dhash: None,
                 }));
                 self.view_dirty = true;
+                let listed = self.items.len();
+                let ready: Vec<usize> = self.early.range(..listed).map(|(i, _)| *i).collect();
+                for i in ready {
+                    if let Some(scored) = self.early.remove(&i) {
+                        self.scored(i, &scored);
+                        self.restored += 1;
+                    }
+                }
             }
             Event::Duplicates(groups) => {
                 self.duplicates = groups;
@@ -433,14 +444,13 @@ impl App {
             Event::WalkDone => self.walking = false,
             Event::Scored { item, scored } => self.scored(item, &scored),
             Event::Restored(found) => {
-                for (item, scored) in &found {
-                    // A result that arrived from a run in the meantime wins.
-                    if self
-                        .items
-                        .get(*item)
-                        .is_some_and(|i| i.status == Status::Pending)
-                    {
-                        self.scored(*item, scored);
+                for (item, scored) in found {
+                    if item >= self.items.len() {
+                        // Not listed yet: kept until the walk gets there.
+                        self.early.insert(item, scored);
+                    } else if self.items[item].status == Status::Pending {
+                        // (A result that arrived from a run in the meantime wins.)
+                        self.scored(item, &scored);
                         self.restored += 1;
                     }
                 }

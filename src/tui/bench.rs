@@ -206,3 +206,99 @@ pub fn figures(
         scored_meanwhile: scored,
     })
 }
+
+/// Reopening a folder whose results are all in the store.
+pub struct ReopenFigures {
+    pub files: usize,
+    /// Filling the store with one result per file (one-off, not part of reopening).
+    pub fill_ms: f64,
+    /// Launch to every file listed and shown with its stored result (median).
+    pub all_shown_ms: f64,
+    /// Launch to the first full frame (median).
+    pub first_frame_ms: f64,
+}
+
+/// Fill a store with a result for each of `files` files, then time reopening the folder in
+/// the UI (walk, store lookups by path/size/mtime, state updates and frames) until every
+/// file shows its result.
+pub fn reopen_figures(
+    dir: &Path,
+    store_path: &Path,
+    files: usize,
+    runs: usize,
+) -> anyhow::Result<ReopenFigures> {
+    use crate::results::store::{FileKey, Store, model_id};
+    use crate::worker::{ImageInfo, Outcome};
+    make_folder(dir, files, 0)?;
+    let model = Model::embedded()?;
+    let id = model_id(&model.manifest);
+    let t = Instant::now();
+    {
+        let store = Store::open(store_path, &id)?;
+        for (i, entry) in crate::catalog::walk(dir, &WalkOptions::default()).enumerate() {
+            let key = FileKey::stat(&entry.path)?;
+            let outcome = Outcome::Scored {
+                info: ImageInfo {
+                    format: crate::imaging::Format::Png,
+                    width: 1024,
+                    height: 1024,
+                    bit_depth: 8,
+                    dicom: None,
+                },
+                probs: vec![0.2, 0.3, 0.5],
+            };
+            store.put(key, i as u128 + 1, &outcome, Some([i as u64; 4]));
+        }
+        store.flush();
+        if let Some(p) = store.problem() {
+            anyhow::bail!(p);
+        }
+    }
+    let fill_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (mut first, mut all) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let started = Instant::now();
+        let model = Model::embedded()?;
+        let store = std::sync::Arc::new(Store::open(store_path, &id)?);
+        let (tx, rx) = unbounded();
+        let mut app = App::new(dir.to_path_buf(), &model.manifest);
+        let mut workers = Workers::start(model, false, Some(store.clone()), tx.clone());
+        spawn_walk(
+            dir.to_path_buf(),
+            WalkOptions::default(),
+            Some((store, false)),
+            tx,
+        );
+        let mut terminal = terminal();
+        let mut first_ms = None;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (app.walking || app.restored < app.items.len()) && Instant::now() < deadline {
+            let Ok(ev) = rx.recv_timeout(Duration::from_secs(5)) else {
+                break;
+            };
+            for c in app.update(ev) {
+                workers.execute(c);
+            }
+            drain(&mut app, &mut workers, &rx);
+            frame(&mut app, &mut workers, &mut terminal);
+            if first_ms.is_none() && app.view.len() >= app.list_rows {
+                first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let all_ms = started.elapsed().as_secs_f64() * 1000.0;
+        workers.stop();
+        if app.restored != files {
+            anyhow::bail!("only {} of {files} results came back", app.restored);
+        }
+        if run > 0 {
+            first.push(first_ms.unwrap_or(all_ms));
+            all.push(all_ms);
+        }
+    }
+    Ok(ReopenFigures {
+        files,
+        fill_ms,
+        all_shown_ms: crate::bench::median(all),
+        first_frame_ms: crate::bench::median(first),
+    })
+}

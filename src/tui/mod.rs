@@ -357,11 +357,17 @@ pub fn spawn_walk(
         let mut sent = 0;
         let mut last = Instant::now();
         let send = |batch: Vec<Entry>, sent: &mut usize| -> bool {
-            if let Some(r) = &restore_tx {
-                let _ = r.send((*sent, batch.clone()));
-            }
+            // Found first: the restore thread's answer then always comes after it.
+            let copy = restore_tx.as_ref().map(|_| batch.clone());
+            let first = *sent;
             *sent += batch.len();
-            tx.send(Event::Found(batch)).is_ok()
+            if tx.send(Event::Found(batch)).is_err() {
+                return false;
+            }
+            if let (Some(r), Some(copy)) = (&restore_tx, copy) {
+                let _ = r.send((first, copy));
+            }
+            true
         };
         for entry in walk(&root, &options) {
             batch.push(entry);

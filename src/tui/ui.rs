@@ -256,23 +256,35 @@ fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         }
         lines.push(Line::raw(line));
     }
-    let w = area.width.min(100);
+    popup(frame, area, 100, " review ", lines, theme);
+}
+
+/// A bordered box in the middle of `area`, at most `max_width` wide, over what is beneath.
+fn popup(
+    frame: &mut Frame,
+    area: Rect,
+    max_width: u16,
+    title: &str,
+    lines: Vec<Line>,
+    theme: Theme,
+) {
+    let w = area.width.min(max_width);
     let h = (lines.len() as u16 + 2).min(area.height);
-    let popup = Rect::new(
+    let rect = Rect::new(
         area.x + (area.width - w) / 2,
         area.y + (area.height - h) / 2,
         w,
         h,
     );
-    frame.render_widget(Clear, popup);
+    frame.render_widget(Clear, rect);
     frame.render_widget(
         Paragraph::new(lines).block(
             Block::default()
                 .borders(Borders::ALL)
-                .title(Span::styled(" review ", theme.title()))
+                .title(Span::styled(title.to_string(), theme.title()))
                 .title_bottom(Line::from(" any key closes ").right_aligned()),
         ),
-        popup,
+        rect,
     );
 }
 
@@ -305,7 +317,10 @@ fn view_label(app: &App) -> String {
         Filter::Errors => Some("errors".into()),
         Filter::Disagree => Some("disagrees with label".into()),
         Filter::Duplicates if app.dups_pending => Some("duplicates (grouping…)".into()),
-        Filter::Duplicates => Some(format!("duplicates: {} groups", app.duplicates.len())),
+        Filter::Duplicates => Some(match app.duplicates.len() {
+            1 => "duplicates: 1 group".to_string(),
+            n => format!("duplicates: {n} groups"),
+        }),
     };
     let mut s = format!(" sort: {sort}");
     if let Some(f) = filter {
@@ -832,15 +847,6 @@ pub const KEYS: &[(&str, &str)] = &[
 ];
 
 fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
-    let w = area.width.min(80);
-    let h = (KEYS.len() as u16 + 2).min(area.height);
-    let popup = Rect::new(
-        area.x + (area.width - w) / 2,
-        area.y + (area.height - h) / 2,
-        w,
-        h,
-    );
-    frame.render_widget(Clear, popup);
     let lines: Vec<Line> = KEYS
         .iter()
         .map(|(k, v)| {
@@ -850,15 +856,7 @@ fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
             ])
         })
         .collect();
-    frame.render_widget(
-        Paragraph::new(lines).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(Span::styled(" keys ", theme.title()))
-                .title_bottom(Line::from(" any key closes ").right_aligned()),
-        ),
-        popup,
-    );
+    popup(frame, area, 80, " keys ", lines, theme);
 }
 
 #[cfg(test)]

@@ -73,14 +73,19 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
     ] {
         let r = by_path(good);
         assert_eq!(&r[1], "done", "{good}: {r:?}");
-        let p: f32 = (14..17).map(|i| r[i].parse::<f32>().unwrap()).sum();
+        let p: f32 = (15..18).map(|i| r[i].parse::<f32>().unwrap()).sum();
         assert!((p - 1.0).abs() < 1e-3);
-        assert!(["covid", "normal", "pneumonia"].contains(&&r[17]));
-        assert_eq!(&r[18], "yes", "covid threshold 0 flags everything");
+        assert!(["covid", "normal", "pneumonia"].contains(&&r[18]));
+        assert_eq!(&r[19], "yes", "covid threshold 0 flags everything");
     }
     assert_eq!(&by_path("normal/good1.png")[3], "normal");
-    assert_eq!(&by_path("covid/photo.jpg")[4], "JPEG");
-    assert_eq!(&by_path("twelve-bit.png")[7], "16");
+    assert_eq!(
+        &by_path("normal/good1.png")[4],
+        "normal",
+        "true label from the folder"
+    );
+    assert_eq!(&by_path("covid/photo.jpg")[5], "JPEG");
+    assert_eq!(&by_path("twelve-bit.png")[8], "16");
     for (bad, message) in [
         ("empty.png", "empty file"),
         ("truncated.png", "corrupt"),
@@ -90,7 +95,7 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
         let r = by_path(bad);
         assert_eq!(&r[1], "error", "{bad}");
         assert!(r[2].contains(message), "{bad}: {}", &r[2]);
-        assert_eq!(&r[14], "", "no probabilities for {bad}");
+        assert_eq!(&r[15], "", "no probabilities for {bad}");
     }
     assert!(
         !rows.iter().any(|r| r[0].starts_with("y.jpg")),
