@@ -309,6 +309,10 @@ pub struct TrainArgs {
     /// Input side in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Network: cxrnet (the default model's) or densenet121 (the original project's; about
+    /// 100x slower to train on a CPU).
+    #[arg(long, value_enum, default_value_t = crate::train::Arch::Cxrnet)]
+    pub arch: crate::train::Arch,
     /// Layer widths: stem, then one residual stage each (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = crate::model::cxrnet::CxrNetConfig::default().widths)]
     pub widths: Vec<usize>,

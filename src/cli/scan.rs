@@ -220,7 +220,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
                 scored_probs.push(probs.clone());
                 scored_truth.push(t);
             }
-            summary.add(&row);
+            summary.add(&row, &model.manifest);
             summary.stored += usize::from(scored.cached);
             #[cfg(debug_assertions)]
             if let Some(pause) = slow {
@@ -288,7 +288,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
             );
             eprintln!("{}", report.render());
         }
-        eprintln!("{}", summary.line(&labels, elapsed));
+        eprintln!("{}", summary.line(&model.manifest, elapsed));
         if let Some(path) = &args.out {
             eprintln!("results written to {}", path.display());
         }
@@ -308,17 +308,25 @@ struct Summary {
     flagged: usize,
     /// Outcomes taken from the results store.
     stored: usize,
+    /// Images per predicted label (softmax), or flagged per label (sigmoid: labels are
+    /// independent).
     per_label: BTreeMap<String, usize>,
 }
 
 impl Summary {
-    fn add(&mut self, row: &Row) {
+    fn add(&mut self, row: &Row, manifest: &crate::model::Manifest) {
         self.total += 1;
         match row.status {
             Status::Error => self.errors += 1,
             Status::OutOfScope => self.out_of_scope += 1,
             Status::Done => {
-                if let Some(label) = &row.predicted {
+                if manifest.output == crate::model::Output::Sigmoid {
+                    for (label, p) in manifest.labels.iter().zip(&row.probabilities) {
+                        if manifest.operating_points.get(label).is_some_and(|t| p >= t) {
+                            *self.per_label.entry(label.clone()).or_default() += 1;
+                        }
+                    }
+                } else if let Some(label) = &row.predicted {
                     *self.per_label.entry(label.clone()).or_default() += 1;
                 }
                 self.flagged += usize::from(row.flagged == Some(true));
@@ -326,11 +334,26 @@ impl Summary {
         }
     }
 
-    fn line(&self, labels: &[String], secs: f64) -> String {
-        let counts: Vec<String> = labels
+    fn line(&self, manifest: &crate::model::Manifest, secs: f64) -> String {
+        let multi = manifest.output == crate::model::Output::Sigmoid;
+        let mut counts: Vec<(usize, String)> = manifest
+            .labels
             .iter()
-            .map(|l| format!("{l} {}", self.per_label.get(l).copied().unwrap_or(0)))
+            .enumerate()
+            .map(|(i, l)| (i, self.per_label.get(l).copied().unwrap_or(0)))
+            .filter(|&(_, n)| !multi || n > 0)
+            .map(|(i, n)| (n, format!("{} {n}", manifest.display_name(i))))
             .collect();
+        if multi {
+            // Flagged per label, most often flagged first.
+            counts.sort_by_key(|c| std::cmp::Reverse(c.0));
+        }
+        let counts: Vec<String> = counts.into_iter().map(|(_, s)| s).collect();
+        let counts = match (multi, counts.is_empty()) {
+            (true, true) => "flagged per label: none".to_string(),
+            (true, false) => format!("flagged per label: {}", counts.join(", ")),
+            (false, _) => counts.join(" · "),
+        };
         let stored = if self.stored > 0 {
             format!(" · {} from the results store", self.stored)
         } else {
@@ -341,7 +364,7 @@ impl Summary {
             self.total,
             secs,
             self.total as f64 / secs.max(1e-9),
-            counts.join(" · "),
+            counts,
             self.flagged,
             self.out_of_scope,
             self.errors

@@ -13,6 +13,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
         seed: args.seed,
         size: args.size,
         widths: args.widths,
+        arch: args.arch,
         limit: args.limit,
         ..TrainConfig::default()
     };

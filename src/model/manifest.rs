@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::cxrnet::CxrNetConfig;
+use super::densenet::DenseNetConfig;
+
+/// Network families a manifest may name.
+pub const ARCHITECTURES: &[&str] = &["cxrnet", "densenet121", "densenet"];
 
 /// The contract between training and everything else: what a weights file is and how to feed it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -15,7 +19,14 @@ pub struct Manifest {
     /// Layer widths for `cxrnet` (absent: the default config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cxrnet: Option<CxrNetConfig>,
+    /// Shape of a `densenet121` / `densenet` (absent: DenseNet-121).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub densenet: Option<DenseNetConfig>,
     pub labels: Vec<String>,
+    /// Names to show for labels, where they differ from the label itself
+    /// (e.g. `"Lung Opacity"` for `lung_opacity`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_names: BTreeMap<String, String>,
     pub output: Output,
     pub input: InputSpec,
     /// Logits are divided by this before softmax/sigmoid (calibration).
@@ -110,10 +121,11 @@ impl Manifest {
         if self.name.trim().is_empty() {
             return bad("`name` is empty".into());
         }
-        if self.architecture != "cxrnet" {
+        if !ARCHITECTURES.contains(&self.architecture.as_str()) {
             return bad(format!(
-                "unknown architecture `{}` (known: cxrnet)",
-                self.architecture
+                "unknown architecture `{}` (known: {})",
+                self.architecture,
+                ARCHITECTURES.join(", ")
             ));
         }
         if self.labels.is_empty() {
@@ -174,7 +186,26 @@ impl Manifest {
         if let Some(cfg) = &self.cxrnet {
             cfg.validate().map_err(ModelError::Manifest)?;
         }
+        if let Some(cfg) = &self.densenet {
+            cfg.validate().map_err(ModelError::Manifest)?;
+        }
+        for label in self.label_names.keys() {
+            if !self.labels.contains(label) {
+                return bad(format!("display name for unknown label `{label}`"));
+            }
+        }
         Ok(())
+    }
+
+    /// The name to show for label `i`.
+    pub fn display_name(&self, i: usize) -> &str {
+        let label = &self.labels[i];
+        self.label_names.get(label).unwrap_or(label)
+    }
+
+    /// Is this a DenseNet (torchvision / torchxrayvision layout)?
+    pub fn is_densenet(&self) -> bool {
+        self.architecture.starts_with("densenet")
     }
 
     pub fn to_json_pretty(&self) -> String {

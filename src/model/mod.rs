@@ -1,10 +1,11 @@
 //! Models: the manifest, the one preprocessing function, the networks and prediction.
 
 pub mod cxrnet;
+pub mod densenet;
 mod manifest;
 mod preprocess;
 
-pub use manifest::{CropMode, InputSpec, Intensity, Manifest, Output};
+pub use manifest::{ARCHITECTURES, CropMode, InputSpec, Intensity, Manifest, Output};
 pub use preprocess::{MIN_SIDE, equalize, preprocess, preprocess_region, to_scale};
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use cxrnet::CxrNet;
+use densenet::DenseNet;
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -48,7 +50,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A loaded model: manifest plus network, ready to score preprocessed planes.
 pub struct Model {
     pub manifest: Manifest,
-    net: CxrNet,
+    net: Net,
     device: Device,
 }
 
@@ -99,6 +101,17 @@ impl Model {
         &self.manifest.labels
     }
 
+    /// Logits for an input tensor `(n, channels, h, w)` that is already normalised (what
+    /// [`input_tensor`] makes); for checking a network against another runtime.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.net.forward_t(x, false)?)
+    }
+
+    /// Probabilities for such a tensor: one row per image.
+    pub fn predict_tensor(&self, x: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
+        Ok(probabilities(&self.logits(x)?, &self.manifest)?.to_vec2::<f32>()?)
+    }
+
     /// Probabilities for a batch of planes from [`preprocess`]: one row per plane.
     pub fn predict(&self, planes: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
         if planes.is_empty() {
@@ -110,10 +123,47 @@ impl Model {
     }
 }
 
+/// One of the networks a manifest can name.
+#[derive(Debug)]
+pub enum Net {
+    CxrNet(CxrNet),
+    DenseNet(DenseNet),
+}
+
+impl Net {
+    /// Pooled features, before the classifier (training puts its dropout between the two).
+    pub fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Net::CxrNet(n) => n.features_t(x, train),
+            Net::DenseNet(n) => n.features_t(x, train),
+        }
+    }
+
+    /// The classifier on pooled features: logits.
+    pub fn head(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Net::CxrNet(n) => n.head(features),
+            Net::DenseNet(n) => n.head(features),
+        }
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.head(&self.features_t(x, train)?)
+    }
+}
+
 /// Build the network a manifest describes on top of a variable source.
-pub fn build_net(manifest: &Manifest, vb: VarBuilder) -> candle_core::Result<CxrNet> {
-    let cfg = manifest.cxrnet.clone().unwrap_or_default();
-    CxrNet::new(&cfg, manifest.input.channels, manifest.labels.len(), vb)
+pub fn build_net(manifest: &Manifest, vb: VarBuilder) -> candle_core::Result<Net> {
+    let (channels, outputs) = (manifest.input.channels, manifest.labels.len());
+    Ok(if manifest.is_densenet() {
+        let cfg = manifest.densenet.clone().unwrap_or_default();
+        Net::DenseNet(DenseNet::new(&cfg, channels, outputs, vb)?)
+    } else {
+        let cfg = manifest.cxrnet.clone().unwrap_or_default();
+        Net::CxrNet(CxrNet::new(&cfg, channels, outputs, vb)?)
+    })
 }
 
 /// Logits to probabilities with the manifest's temperature and output kind.

@@ -288,6 +288,8 @@ pub struct App {
     pub export_default: String,
     /// Items whose result came from the results store.
     pub restored: usize,
+    /// First row of the probability pane when a model has more labels than fit (`[` `]`).
+    pub prob_scroll: usize,
     /// Stored results for items the walk has not listed yet.
     early: std::collections::BTreeMap<usize, Scored>,
     /// Where true labels come from.
@@ -344,6 +346,7 @@ impl App {
             show_phi: false,
             export_default: "cxr-triage-results.csv".into(),
             restored: 0,
+            prob_scroll: 0,
             early: Default::default(),
             truth,
             duplicates: Vec::new(),
@@ -669,6 +672,11 @@ impl App {
                 self.view_dirty = true;
             }
             KeyCode::Char('/') => self.mode = Mode::Search,
+            KeyCode::Char('o') if !self.labels.is_empty() => {
+                self.op_label = (self.op_label + 1) % self.labels.len();
+            }
+            KeyCode::Char(']') => self.prob_scroll = self.prob_scroll.saturating_add(1),
+            KeyCode::Char('[') => self.prob_scroll = self.prob_scroll.saturating_sub(1),
             KeyCode::Char('+') | KeyCode::Char('=') => self.nudge_threshold(OP_STEP),
             KeyCode::Char('-') => self.nudge_threshold(-OP_STEP),
             KeyCode::Char('g') => self.grid = !self.grid,
@@ -894,6 +902,7 @@ impl App {
     pub fn summary(&self) -> Summary {
         let mut s = Summary {
             per_label: vec![0; self.labels.len()],
+            multi_label: self.manifest.output == crate::model::Output::Sigmoid,
             ..Default::default()
         };
         for item in &self.items {
@@ -903,7 +912,14 @@ impl App {
                 Status::Error => s.errors += 1,
                 Status::OutOfScope => s.out_of_scope += 1,
                 Status::Done => {
-                    if let Some(p) = item.predicted {
+                    if s.multi_label {
+                        // Independent labels: count the images flagged for each one.
+                        for (l, &p) in item.probs().iter().enumerate() {
+                            if self.threshold_of(l).is_some_and(|t| p >= t) {
+                                s.per_label[l] += 1;
+                            }
+                        }
+                    } else if let Some(p) = item.predicted {
                         s.per_label[p] += 1;
                     }
                     s.flagged += usize::from(self.is_flagged(item));
@@ -969,7 +985,10 @@ pub struct Review {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Images per predicted label (softmax models), or flagged per label (sigmoid models,
+    /// where labels are independent).
     pub per_label: Vec<usize>,
+    pub multi_label: bool,
     pub flagged: usize,
     pub errors: usize,
     pub out_of_scope: usize,

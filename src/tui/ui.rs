@@ -307,12 +307,12 @@ fn list_title(app: &App, s: &Summary) -> String {
 fn view_label(app: &App) -> String {
     let sort = match app.sort {
         SortKey::Name => "name".to_string(),
-        SortKey::Label(l) => format!("P({})", app.labels[l]),
+        SortKey::Label(l) => format!("P({})", app.manifest.display_name(l)),
         SortKey::Status => "status".to_string(),
     };
     let filter = match app.filter {
         Filter::All => None,
-        Filter::Label(l) => Some(format!("predicted {}", app.labels[l])),
+        Filter::Label(l) => Some(format!("predicted {}", app.manifest.display_name(l))),
         Filter::Flagged => Some("flagged".into()),
         Filter::Errors => Some("errors".into()),
         Filter::Disagree => Some("disagrees with label".into()),
@@ -437,7 +437,7 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme:
             let item = &app.items[i];
             let probs = item.probs();
             let (label, p) = match item.predicted {
-                Some(l) => (app.labels[l].clone(), probs[l]),
+                Some(l) => (app.manifest.display_name(l).to_string(), probs[l]),
                 None if status_w == 0 => (item.status.name().to_string(), f32::NAN),
                 None => (String::new(), f32::NAN),
             };
@@ -526,7 +526,7 @@ fn draw_grid(
         let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
         draw_picture(frame, app, i, pic, theme, colors, "");
         let text = match item.predicted {
-            Some(l) => format!("{} {:.2}", app.labels[l], item.probs()[l]),
+            Some(l) => format!("{} {:.2}", app.manifest.display_name(l), item.probs()[l]),
             None => item.status.name().to_string(),
         };
         let mut style = theme.status(item.status);
@@ -607,10 +607,16 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         return;
     };
     let item = &app.items[i];
+    // As many probability rows as leave the picture at least a third of the pane.
+    let room = inner
+        .height
+        .saturating_sub(2)
+        .saturating_sub(inner.height / 3)
+        .max(1);
     let n_labels = app.labels.len() as u16;
     let [pic, probs, info] = Layout::vertical([
         Constraint::Min(1),
-        Constraint::Length(n_labels),
+        Constraint::Length(n_labels.min(room)),
         Constraint::Length(2),
     ])
     .areas(inner);
@@ -623,43 +629,10 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         colors,
         "cannot show this file:\n",
     );
-    // Per-label probabilities.
-    let label_w = app.labels.iter().map(|l| l.len()).max().unwrap_or(0);
-    let bar_w = (probs.width as usize).saturating_sub(label_w + 7);
-    let lines: Vec<Line> = app
-        .labels
-        .iter()
-        .enumerate()
-        .map(|(l, name)| {
-            let p = item.probs().get(l).copied();
-            let op = app.threshold_of(l).filter(|_| l == app.op_label);
-            let mut style = Style::default();
-            if item.predicted == Some(l) {
-                style = style.add_modifier(Modifier::BOLD);
-            }
-            let mut spans = vec![Span::styled(format!("{name:<label_w$} "), style)];
-            match p {
-                Some(p) => {
-                    spans.push(Span::styled(format!("{p:.2} "), style));
-                    let over = app.threshold_of(l).is_some_and(|t| p >= t);
-                    spans.push(Span::styled(
-                        bar(p, bar_w),
-                        if over {
-                            theme.warn()
-                        } else {
-                            theme.fg(Color::Cyan)
-                        },
-                    ));
-                }
-                None => spans.push(Span::styled("  – ", theme.dim())),
-            }
-            if let (Some(t), None) = (op, p) {
-                spans.push(Span::styled(format!(" (flag ≥ {t:.2})"), theme.dim()));
-            }
-            Line::from(spans)
-        })
-        .collect();
-    frame.render_widget(Paragraph::new(lines), probs);
+    frame.render_widget(
+        Paragraph::new(probability_lines(app, item, probs, theme)),
+        probs,
+    );
     // Info: size, depth, format, view; then the error or the folder label.
     let describe = match app.previews.peek(i) {
         Some(Preview::Ready { describe, .. }) => Some(describe.clone()),
@@ -696,9 +669,25 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
 fn summary_spans(app: &App, s: &Summary, theme: Theme, compact: bool) -> Vec<Span<'static>> {
     let sep = if compact { " " } else { " · " };
     let mut parts: Vec<Span> = Vec::new();
-    for (l, n) in app.labels.iter().zip(&s.per_label) {
-        parts.push(Span::raw(format!("{l} {n}")));
-        parts.push(Span::styled(sep, theme.dim()));
+    if s.multi_label {
+        // Independent labels: the ones flagged most often first, the others left out.
+        let mut counts: Vec<(usize, usize)> = s
+            .per_label
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (l, n) in counts {
+            parts.push(Span::raw(format!("{} {n}", app.manifest.display_name(l))));
+            parts.push(Span::styled(sep, theme.dim()));
+        }
+    } else {
+        for (l, n) in s.per_label.iter().enumerate() {
+            parts.push(Span::raw(format!("{} {n}", app.manifest.display_name(l))));
+            parts.push(Span::styled(sep, theme.dim()));
+        }
     }
     let op = match app.labels.get(app.op_label) {
         Some(_) if compact => format!("≥{:.2}", app.threshold()),
@@ -804,6 +793,73 @@ fn draw_footer(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, them
     frame.render_widget(Paragraph::new(line), bottom);
 }
 
+/// The probability pane: one row per label (display names), most probable first when the
+/// labels do not all fit, scrolled with `[` `]`, the last row saying how many are hidden.
+fn probability_lines(
+    app: &App,
+    item: &super::app::Item,
+    area: Rect,
+    theme: Theme,
+) -> Vec<Line<'static>> {
+    let rows = area.height as usize;
+    let n = app.labels.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let fits = n <= rows;
+    if !fits && !item.probs().is_empty() {
+        order.sort_by(|&a, &b| item.probs()[b].total_cmp(&item.probs()[a]));
+    }
+    let shown = if fits { n } else { rows.saturating_sub(1) };
+    let first = app.prob_scroll.min(n.saturating_sub(shown));
+    let names: Vec<&str> = (0..n).map(|l| app.manifest.display_name(l)).collect();
+    let label_w = names
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min((area.width as usize).saturating_sub(12).max(6));
+    let bar_w = (area.width as usize).saturating_sub(label_w + 7);
+    let mut lines: Vec<Line> = order[first..first + shown]
+        .iter()
+        .map(|&l| {
+            let p = item.probs().get(l).copied();
+            let op = app.threshold_of(l).filter(|_| l == app.op_label);
+            let mut style = Style::default();
+            if item.predicted == Some(l) {
+                style = style.add_modifier(Modifier::BOLD);
+            }
+            let name = fit_left(names[l], label_w);
+            let mut spans = vec![Span::styled(format!("{name:<label_w$} "), style)];
+            match p {
+                Some(p) => {
+                    spans.push(Span::styled(format!("{p:.2} "), style));
+                    let over = app.threshold_of(l).is_some_and(|t| p >= t);
+                    spans.push(Span::styled(
+                        bar(p, bar_w),
+                        if over {
+                            theme.warn()
+                        } else {
+                            theme.fg(Color::Cyan)
+                        },
+                    ));
+                }
+                None => spans.push(Span::styled("  – ", theme.dim())),
+            }
+            if let (Some(t), None) = (op, p) {
+                spans.push(Span::styled(format!(" (flag ≥ {t:.2})"), theme.dim()));
+            }
+            Line::from(spans)
+        })
+        .collect();
+    if !fits {
+        let hidden = n - shown;
+        lines.push(Line::from(Span::styled(
+            format!("{hidden} more labels: [ ] scroll"),
+            theme.dim(),
+        )));
+    }
+    lines
+}
+
 /// Every key, as the help overlay lists them.
 pub const KEYS: &[(&str, &str)] = &[
     ("j k ↓ ↑", "move"),
@@ -822,7 +878,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s", "sort: name → P(each label) → status"),
     (
         "f F",
-        "filter: label → flagged → errors → disagrees → duplicates / off",
+        "filter: label → flagged → errors → disagrees → duplicates; F off",
     ),
     (
         "m",
@@ -833,6 +889,8 @@ pub const KEYS: &[(&str, &str)] = &[
         "search the paths as you type (Enter keeps, Esc clears)",
     ),
     ("+ -", "move the operating point of the flag label"),
+    ("o", "next label for + - (models with several labels)"),
+    ("[ ]", "scroll the probabilities (models with many labels)"),
     ("g", "thumbnail grid of the list / back (h l move sideways)"),
     (
         "z Enter",
@@ -856,7 +914,7 @@ fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
             ])
         })
         .collect();
-    popup(frame, area, 80, " keys ", lines, theme);
+    popup(frame, area, 88, " keys ", lines, theme);
 }
 
 #[cfg(test)]

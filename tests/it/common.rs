@@ -41,6 +41,8 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         name: "tiny".into(),
         architecture: "cxrnet".into(),
         cxrnet: Some(CxrNetConfig { widths: vec![4, 8] }),
+        densenet: None,
+        label_names: Default::default(),
         labels: LABELS.map(String::from).to_vec(),
         output: Output::Softmax,
         input: InputSpec {

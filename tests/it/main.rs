@@ -2,6 +2,7 @@
 
 mod common;
 mod default_model;
+mod densenet;
 mod dicom;
 mod hostile;
 mod imaging;

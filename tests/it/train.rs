@@ -75,3 +75,48 @@ fn missing_data_folder_is_a_usage_error() {
     let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
     assert_eq!(err.trim(), "error: /no/such/data: no such folder");
 }
+
+/// `train --arch densenet121`: one tiny epoch (32 px, 10 images) makes a DenseNet-121 manifest
+/// that loads and scores. Plumbing only.
+#[test]
+fn train_densenet121_smoke() {
+    let data = tempfile::tempdir().unwrap();
+    for (class, n) in [("covid", 5), ("normal", 5)] {
+        std::fs::create_dir(data.path().join(class)).unwrap();
+        for i in 0..n {
+            write_png8(
+                &data.path().join(class).join(format!("{i}.png")),
+                40 + i * 3,
+                48,
+            );
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let prefix = out.path().join("dn");
+    let log = crate::common::cxr()
+        .args(["train", "--data", data.path().to_str().unwrap(), "--out"])
+        .arg(&prefix)
+        .args([
+            "--arch",
+            "densenet121",
+            "--epochs",
+            "1",
+            "--size",
+            "32",
+            "--batch",
+            "4",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("epoch   1/1"), "{log}");
+    let model = Model::load(&out.path().join("dn.json")).unwrap();
+    assert_eq!(model.manifest.architecture, "densenet121");
+    assert_eq!(model.labels(), ["covid", "normal"]);
+    let plane = vec![0.5f32; 32 * 32];
+    let p = model.predict(&[plane]).unwrap();
+    assert!((p[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+}

@@ -1122,3 +1122,68 @@ fn the_duplicates_filter_asks_for_groups_and_shows_them_in_order() {
     assert_eq!(shown(&app), ["a.png", "c.png", "b.png", "d.png"]);
     assert!(!app.dups_pending);
 }
+
+// ---------------------------------------------------------------- multi-label models
+
+/// The exported DenseNet fixture's manifest: 5 sigmoid labels, display names, four
+/// operating points (atelectasis 0.3, lung_opacity 0.5, effusion 0.25, no_finding 0.6).
+fn multi_label_app() -> App {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/densenet/tiny-densenet.json");
+    let manifest = Manifest::from_path(&path).unwrap();
+    let mut app = App::new(PathBuf::from("/data/incoming"), &manifest);
+    app.update(Event::Found(vec![
+        entry("a.png"),
+        entry("b.png"),
+        entry("c.png"),
+    ]));
+    app.update(Event::WalkDone);
+    app.update(key('R'));
+    for (i, probs) in [
+        [0.9f32, 0.1, 0.6, 0.1, 0.2],
+        [0.1, 0.9, 0.2, 0.3, 0.7],
+        [0.1, 0.1, 0.1, 0.1, 0.1],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let scored = Scored::new(
+            0,
+            app.items[i].entry.clone(),
+            Outcome::Scored {
+                info: info(),
+                probs: probs.to_vec(),
+            },
+        );
+        app.update(Event::Scored {
+            item: i,
+            scored: Box::new(scored),
+        });
+    }
+    app.update(Event::JobEnded);
+    app.refresh_view();
+    app
+}
+
+#[test]
+fn multi_label_summary_counts_flagged_images_per_label() {
+    let mut app = multi_label_app();
+    let s = app.summary();
+    assert!(s.multi_label);
+    // a: atelectasis, lung_opacity; b: effusion, no_finding; c: nothing. unused_1 has no
+    // operating point, so its 0.9 flags nothing.
+    assert_eq!(s.per_label, [1, 0, 1, 1, 1]);
+    assert_eq!(s.flagged, 2);
+    // `o` picks the label `+ -` move.
+    let before = app.op_label;
+    app.update(key('o'));
+    assert_eq!(app.op_label, (before + 1) % 5);
+}
+
+#[test]
+fn snapshot_multi_label_80x24_scrolls_the_probabilities() {
+    let mut app = multi_label_app();
+    insta::assert_snapshot!(screen(&mut app, 80, 12, ColorMode::None));
+    app.update(key(']'));
+    insta::assert_snapshot!(screen(&mut app, 80, 12, ColorMode::None));
+}
