@@ -2,12 +2,10 @@ use cxr_triage::model::Model;
 
 use crate::common::write_png8;
 
-/// A seed-layout folder (one subfolder per class, no splits.csv): train one epoch, resume to a
-/// second, and load the result. Plumbing only: nothing here claims accuracy.
-#[test]
-fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
+/// A seed-layout folder: one subfolder per class with `n` small PNGs each.
+fn class_folders(classes: &[(&str, u32)]) -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
-    for (class, n) in [("covid", 6), ("normal", 8)] {
+    for &(class, n) in classes {
         std::fs::create_dir(data.path().join(class)).unwrap();
         for i in 0..n {
             write_png8(
@@ -17,6 +15,14 @@ fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
             );
         }
     }
+    data
+}
+
+/// A seed-layout folder (one subfolder per class, no splits.csv): train one epoch, resume to a
+/// second, and load the result. Plumbing only: nothing here claims accuracy.
+#[test]
+fn train_on_class_folders_checkpoints_resumes_and_writes_a_loadable_model() {
+    let data = class_folders(&[("covid", 6), ("normal", 8)]);
     let out = tempfile::tempdir().unwrap();
     let prefix = out.path().join("smoke");
     let train = |epochs: &str, resume: bool| {
@@ -80,17 +86,7 @@ fn missing_data_folder_is_a_usage_error() {
 /// that loads and scores. Plumbing only.
 #[test]
 fn train_densenet121_smoke() {
-    let data = tempfile::tempdir().unwrap();
-    for (class, n) in [("covid", 5), ("normal", 5)] {
-        std::fs::create_dir(data.path().join(class)).unwrap();
-        for i in 0..n {
-            write_png8(
-                &data.path().join(class).join(format!("{i}.png")),
-                40 + i * 3,
-                48,
-            );
-        }
-    }
+    let data = class_folders(&[("covid", 5), ("normal", 5)]);
     let out = tempfile::tempdir().unwrap();
     let prefix = out.path().join("dn");
     let log = crate::common::cxr()
