@@ -31,11 +31,6 @@ pub fn hamming(a: &DHash, b: &DHash) -> u32 {
     a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
-/// As 64 hex digits.
-pub fn to_hex(h: &DHash) -> String {
-    h.iter().map(|w| format!("{w:016x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +56,5 @@ mod tests {
         assert!(hamming(&ha, &hb) <= 12, "copy: {}", hamming(&ha, &hb));
         assert!(hamming(&ha, &hc) >= 50, "other: {}", hamming(&ha, &hc));
         assert_eq!(hamming(&ha, &ha), 0);
-        assert_eq!(to_hex(&ha).len(), 64);
     }
 }

@@ -156,11 +156,6 @@ pub fn content_hash(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
-/// A content hash as 32 hex digits.
-pub fn hash_hex(hash: u128) -> String {
-    format!("{hash:032x}")
-}
-
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let sql = |source| StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -346,14 +341,6 @@ impl Store {
             return Err(StoreError::InsideImages(path));
         }
         Self::open(&path, model_id)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn model(&self) -> &str {
-        &self.model
     }
 
     /// The first failure of this run, if any (the store was left alone after it).

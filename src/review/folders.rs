@@ -26,7 +26,7 @@ pub struct FolderStats {
 }
 
 /// The folder a row's file sits in, relative to the root.
-pub fn folder_of(row: &Row) -> String {
+fn folder_of(row: &Row) -> String {
     Path::new(&row.path)
         .parent()
         .map(|p| p.to_string_lossy().into_owned())

@@ -939,22 +939,18 @@ impl App {
                 truth.push(t);
             }
         }
-        let rows: Vec<Row> = self
-            .items
-            .iter()
-            .filter_map(|i| {
-                i.row.clone().map(|mut r| {
-                    r.flagged = Some(self.is_flagged(i));
-                    r
-                })
-            })
-            .collect();
         Review {
             labelled: self.items.iter().filter(|i| i.truth.is_some()).count(),
             unmatched: self.truth.unmatched(self.items.iter().map(|i| &i.entry)),
             metrics: (!probs.is_empty())
                 .then(|| crate::metrics::Metrics::compute(&probs, &truth, &self.labels)),
-            folders: crate::review::by_folder(&rows, &self.labels, |r| r.flagged == Some(true)),
+            // Flagged at the operating point in force (the rows keep the one of scoring time);
+            // by_folder only asks about scored rows.
+            folders: crate::review::by_folder(
+                self.items.iter().filter_map(|i| i.row.as_ref()),
+                &self.labels,
+                |r| crate::model::is_flagged(&self.manifest, &r.probabilities),
+            ),
         }
     }
 
