@@ -169,6 +169,35 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+    // Switching to WAL and creating the schema can be answered "database is locked" at once,
+    // without the busy handler, while another process does the same to a new store (SQLite
+    // refuses rather than risk a deadlock). Those steps are idempotent: retry them for a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match set_up(&conn, path) {
+            Err(StoreError::Sqlite { source, .. })
+                if is_busy(&source) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map(|()| conn),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Check the schema version, switch to WAL, create the tables: every step may run again.
+fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let sql = |source| StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql)?;
@@ -179,13 +208,19 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     // WAL survives a killed process without corruption; NORMAL sync is safe with WAL (a power
-    // cut may lose the last transactions, never the file).
-    conn.pragma_update(None, "journal_mode", "WAL")
+    // cut may lose the last transactions, never the file). WAL is a property of the file, so
+    // only the first opener switches.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+    }
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
-    if found < SCHEMA_VERSION {
-        conn.execute_batch(
+    if found < SCHEMA_VERSION
+        && let Err(e) = conn.execute_batch(
             "BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS files (
                  path BLOB PRIMARY KEY,
@@ -209,9 +244,12 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
              PRAGMA user_version = 1;
              COMMIT;",
         )
-        .map_err(sql)?;
+    {
+        // A failure half-way leaves the transaction open; end it before a retry.
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(sql(e));
     }
-    Ok(conn)
+    Ok(())
 }
 
 fn now_secs() -> i64 {
@@ -463,7 +501,9 @@ impl Store {
         }
         let created = now_secs();
         self.with_conn(|c| {
-            let tx = c.unchecked_transaction()?;
+            // IMMEDIATE: take the write lock first, so a writer beside us makes this one wait
+            // (busy timeout) instead of failing when a read lock would need upgrading.
+            let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
             {
                 let mut file = tx.prepare_cached(
                     "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -567,4 +607,35 @@ pub fn clear(path: &Path) -> std::io::Result<bool> {
         }
     }
     Ok(any)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several processes starting on one new store at once: SQLite answers "database is locked"
+    /// at once (without waiting for the busy timeout) to a connection that switches to WAL or
+    /// creates the schema while another one does the same. Every opener must get the store.
+    #[test]
+    fn many_openers_of_one_new_store_all_get_it() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("store.sqlite3");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Store::open(&path, "m").map(|_| ())
+                    })
+                })
+                .collect();
+            for h in handles {
+                if let Err(e) = h.join().unwrap() {
+                    panic!("round {round}: {e}");
+                }
+            }
+        }
+    }
 }
