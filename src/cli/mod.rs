@@ -287,7 +287,8 @@ pub struct EvalArgs {
 (columns path,label,split) its train/val splits are used; without it a seeded, stratified \
 validation split is made.\n\nWrites OUT.safetensors and OUT.json (the manifest), and checkpoints \
 plus state.json in OUT.train/ after every epoch; --resume continues from them. The log goes to \
-stderr, one line per epoch.\n\nExample:\n  cxr-triage train --data ../shared/data/cxr3 --out models/cxrnet-v1"
+stderr, one line per epoch.\n\nExamples:\n  cxr-triage train --data ../shared/data/cxr3 --out models/cxrnet-v1\n  \
+cxr-triage train --data ../shared/data/cxr3 --out models/xrv-cxr3 --init models/xrv-all.json --freeze"
 )]
 pub struct TrainArgs {
     /// Folder with one subfolder per class.
@@ -316,6 +317,16 @@ pub struct TrainArgs {
     /// Layer widths: stem, then one residual stage each (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = crate::model::cxrnet::CxrNetConfig::default().widths)]
     pub widths: Vec<usize>,
+    /// Start from an existing model (its manifest): network, configuration, preprocessing and
+    /// weights, e.g. a torchxrayvision DenseNet-121 exported with
+    /// tools/export_torchxrayvision.py. The classifier starts afresh unless the model has the
+    /// same labels as DATA.
+    #[arg(long, value_name = "MANIFEST", conflicts_with_all = ["arch", "widths", "size"])]
+    pub init: Option<PathBuf>,
+    /// With --init: keep its features as they are and train only the classifier (fast: no
+    /// backward pass through the network).
+    #[arg(long, requires = "init")]
+    pub freeze: bool,
     /// Continue from the last checkpoint in OUT.train/.
     #[arg(long)]
     pub resume: bool,

@@ -15,6 +15,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
         widths: args.widths,
         arch: args.arch,
         limit: args.limit,
+        init: args.init,
+        freeze: args.freeze,
         ..TrainConfig::default()
     };
     let started = std::time::Instant::now();

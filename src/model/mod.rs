@@ -65,13 +65,7 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Load a manifest and the weights file it names (relative to the manifest's folder).
     pub fn load(manifest_path: &Path) -> Result<Self, ModelError> {
-        let manifest = Manifest::from_path(manifest_path)?;
-        let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        let weights_path = dir.join(&manifest.weights);
-        let bytes = std::fs::read(&weights_path).map_err(|e| ModelError::Io {
-            path: weights_path.clone(),
-            source: e,
-        })?;
+        let (manifest, bytes) = read_parts(manifest_path)?;
         Self::from_parts(manifest, &bytes)
     }
 
@@ -121,6 +115,19 @@ impl Model {
         let logits = self.net.forward_t(&x, false)?;
         Ok(probabilities(&logits, &self.manifest)?.to_vec2::<f32>()?)
     }
+}
+
+/// Read a manifest and the bytes of the weights file it names (relative to the manifest's
+/// folder), unchecked: [`Model::from_parts`] checks them.
+pub fn read_parts(manifest_path: &Path) -> Result<(Manifest, Vec<u8>), ModelError> {
+    let manifest = Manifest::from_path(manifest_path)?;
+    let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let weights_path = dir.join(&manifest.weights);
+    let bytes = std::fs::read(&weights_path).map_err(|e| ModelError::Io {
+        path: weights_path.clone(),
+        source: e,
+    })?;
+    Ok((manifest, bytes))
 }
 
 /// One of the networks a manifest can name.

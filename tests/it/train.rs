@@ -83,31 +83,34 @@ fn missing_data_folder_is_a_usage_error() {
 }
 
 /// `train --arch densenet121`: one tiny epoch (32 px, 10 images) makes a DenseNet-121 manifest
-/// that loads and scores. Plumbing only.
+/// that loads and scores, and the same seed gives the same weights (DenseNet's convolutions
+/// once took candle's unseeded default initialisation, and two runs differed).
 #[test]
 fn train_densenet121_smoke() {
     let data = class_folders(&[("covid", 5), ("normal", 5)]);
     let out = tempfile::tempdir().unwrap();
-    let prefix = out.path().join("dn");
-    let log = crate::common::cxr()
-        .args(["train", "--data", data.path().to_str().unwrap(), "--out"])
-        .arg(&prefix)
-        .args([
-            "--arch",
-            "densenet121",
-            "--epochs",
-            "1",
-            "--size",
-            "32",
-            "--batch",
-            "4",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stderr
-        .clone();
-    let log = String::from_utf8_lossy(&log);
+    let run = |name: &str| {
+        let log = crate::common::cxr()
+            .args(["train", "--data", data.path().to_str().unwrap(), "--out"])
+            .arg(out.path().join(name))
+            .args([
+                "--arch",
+                "densenet121",
+                "--epochs",
+                "1",
+                "--size",
+                "32",
+                "--batch",
+                "4",
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .stderr
+            .clone();
+        String::from_utf8_lossy(&log).into_owned()
+    };
+    let log = run("dn");
     assert!(log.contains("epoch   1/1"), "{log}");
     let model = Model::load(&out.path().join("dn.json")).unwrap();
     assert_eq!(model.manifest.architecture, "densenet121");
@@ -115,4 +118,89 @@ fn train_densenet121_smoke() {
     let plane = vec![0.5f32; 32 * 32];
     let p = model.predict(&[plane]).unwrap();
     assert!((p[0].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+
+    run("again");
+    let weights =
+        |name: &str| std::fs::read(out.path().join(format!("{name}.safetensors"))).unwrap();
+    assert!(
+        weights("dn") == weights("again"),
+        "same seed, different weights"
+    );
+}
+
+fn tensors(path: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap()
+}
+
+/// `train --init MODEL --freeze`: the network, its configuration and preprocessing come from
+/// MODEL, every tensor but the classifier (batch-norm statistics included) stays exactly as it
+/// was, and the classifier is new, sized for DATA's labels.
+#[test]
+fn train_from_a_model_with_frozen_features_changes_only_the_classifier() {
+    let data = class_folders(&[("covid", 5), ("normal", 5)]);
+    let out = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/densenet");
+    let log = crate::common::cxr()
+        .args(["train", "--data", data.path().to_str().unwrap(), "--out"])
+        .arg(out.path().join("ft"))
+        .arg("--init")
+        .arg(fixture.join("tiny-densenet.json"))
+        .args(["--freeze", "--epochs", "2", "--batch", "4"])
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains("starting from tiny-densenet")
+            && log.contains("new: classifier.bias, classifier.weight"),
+        "{log}"
+    );
+    let base = Model::load(&fixture.join("tiny-densenet.json")).unwrap();
+    let model = Model::load(&out.path().join("ft.json")).unwrap();
+    assert_eq!(model.manifest.architecture, "densenet121");
+    assert_eq!(model.manifest.densenet, base.manifest.densenet);
+    assert_eq!(model.manifest.input, base.manifest.input);
+    assert_eq!(model.labels(), ["covid", "normal"]);
+
+    let before = tensors(&fixture.join("tiny-densenet.safetensors"));
+    let after = tensors(&out.path().join("ft.safetensors"));
+    assert_eq!(before.len(), after.len());
+    for (name, t) in &after {
+        if name.starts_with("classifier.") {
+            assert_eq!(t.dims()[0], 2, "{name}");
+            continue;
+        }
+        let diff = (t - &before[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{name} changed by {diff}");
+    }
+}
+
+#[test]
+fn freeze_without_init_and_init_with_arch_are_usage_errors() {
+    let data = class_folders(&[("covid", 1), ("normal", 1)]);
+    let out = tempfile::tempdir().unwrap();
+    for extra in [
+        &["--freeze"][..],
+        &["--init", "m.json", "--arch", "densenet121"],
+    ] {
+        let assert = crate::common::cxr()
+            .args(["train", "--data", data.path().to_str().unwrap(), "--out"])
+            .arg(out.path().join("x"))
+            .args(extra)
+            .assert()
+            .code(2);
+        let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(err.contains("--init"), "{err}");
+    }
 }
