@@ -171,7 +171,8 @@ struct Loaded {
 pub enum TrainEvent {
     /// One line for the log (data, epochs, checkpoints, the final calibration).
     Log(String),
-    /// `done` of `total` batches of the current epoch (1-based `epoch`).
+    /// `done` of `total` batches of the current epoch (1-based `epoch`); epoch 0 is the
+    /// one-off feature pass of `--freeze` (batches of [`FEATURE_CHUNK`] images).
     Batch {
         epoch: usize,
         done: usize,
@@ -380,10 +381,22 @@ fn train_inner(
             .map(|s| preprocess(&s.image, &spec))
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
-        let features = (
-            in_chunks(&net, &train_planes, &spec, &device, Pass::Features)?,
-            in_chunks(&net, &val_planes, &spec, &device, Pass::Features)?,
-        );
+        let total =
+            train_planes.len().div_ceil(FEATURE_CHUNK) + val_planes.len().div_ceil(FEATURE_CHUNK);
+        let mut done = 0;
+        let mut features_of = |planes: &[Vec<f32>]| -> candle_core::Result<Tensor> {
+            let parts = planes
+                .chunks(FEATURE_CHUNK)
+                .map(|chunk| {
+                    let t = in_chunks(&net, chunk, &spec, &device, Pass::Features)?;
+                    done += 1;
+                    batch_done(0, done, total);
+                    Ok(t)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        let features = (features_of(&train_planes)?, features_of(&val_planes)?);
         log(&format!(
             "frozen features: done in {:.0} s",
             started.elapsed().as_secs_f64()
@@ -788,6 +801,9 @@ fn weighted_loss(
     let w = class_weights.index_select(y, 0)?;
     (per_sample * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64
 }
+
+/// Images per progress step of the `--freeze` feature pass.
+pub const FEATURE_CHUNK: usize = 32;
 
 /// What [`in_chunks`] computes.
 #[derive(Clone, Copy)]

@@ -22,7 +22,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
     let started = std::time::Instant::now();
     // The bar draws only on a terminal; the log lines always reach stderr (and log files).
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("epoch {msg} {bar:30} {pos}/{len} batches  ETA {eta}")
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} batches  ETA {eta}")
             .expect("valid template"),
     );
     train(&cfg, args.resume, &mut |event| match event {
@@ -38,7 +38,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
             if done == 1 {
                 bar.reset();
                 bar.set_length(total as u64);
-                bar.set_message(format!("{epoch}/{}", cfg.epochs));
+                bar.set_message(if epoch == 0 {
+                    "features (once)".to_string()
+                } else {
+                    format!("epoch {epoch}/{}", cfg.epochs)
+                });
             }
             bar.set_position(done as u64);
         }

@@ -204,3 +204,35 @@ fn freeze_without_init_and_init_with_arch_are_usage_errors() {
         assert!(err.contains("--init"), "{err}");
     }
 }
+
+/// The one-off feature pass of `--freeze` reports progress as epoch 0, up to its last batch,
+/// before the first epoch starts.
+#[test]
+fn the_frozen_feature_pass_reports_progress() {
+    use cxr_triage::train::{TrainConfig, TrainEvent, train};
+    let data = class_folders(&[("covid", 5), ("normal", 5)]);
+    let out = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/densenet");
+    let cfg = TrainConfig {
+        data: data.path().to_path_buf(),
+        out: out.path().join("ft"),
+        epochs: 1,
+        batch: 4,
+        init: Some(fixture.join("tiny-densenet.json")),
+        freeze: true,
+        ..TrainConfig::default()
+    };
+    let mut batches = Vec::new();
+    train(&cfg, false, &mut |e| {
+        if let TrainEvent::Batch { epoch, done, total } = e {
+            batches.push((epoch, done, total));
+        }
+    })
+    .unwrap();
+    let first_epoch = batches.iter().position(|b| b.0 == 1).unwrap();
+    let features = &batches[..first_epoch];
+    assert!(!features.is_empty(), "{batches:?}");
+    assert!(features.iter().all(|b| b.0 == 0), "{batches:?}");
+    let last = features.last().unwrap();
+    assert_eq!(last.1, last.2, "{batches:?}");
+}
