@@ -368,7 +368,7 @@ fn train_inner(
 
     // Frozen features do not change: compute them once (train images from the centre view,
     // without augmentation), and every epoch is only the classifier's work. With augmentation
-    // each epoch would cost a forward pass per image (about 0.7 s for DenseNet-121 at 224 px
+    // each epoch would cost a forward pass per image (about 0.5 s for DenseNet-121 at 224 px
     // on 2 cores).
     let frozen = if cfg.freeze {
         log(&format!(
