@@ -21,10 +21,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
     };
     let started = std::time::Instant::now();
     // The bar draws only on a terminal; the log lines always reach stderr (and log files).
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} batches  ETA {eta}")
-            .expect("valid template"),
-    );
+    // Until the first batch there is nothing to count: a spinner-free line instead of a full
+    // "0/0 batches" bar.
+    let bar = ProgressBar::new(0)
+        .with_style(ProgressStyle::with_template("{msg}").expect("valid template"))
+        .with_message("loading images...");
+    let counting = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} batches  ETA {eta}")
+        .expect("valid template");
     train(&cfg, args.resume, &mut |event| match event {
         TrainEvent::Log(line) => {
             let line = format!("[{:>6.0} s] {line}", started.elapsed().as_secs_f64());
@@ -36,6 +39,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
         }
         TrainEvent::Batch { epoch, done, total } => {
             if done == 1 {
+                bar.set_style(counting.clone());
                 bar.reset();
                 bar.set_length(total as u64);
                 bar.set_message(if epoch == 0 {
