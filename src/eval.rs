@@ -53,6 +53,13 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<usize>>,
     /// COVID-19 vs normal, on the images of those two classes (when the model has both).
     pub covid_vs_normal_accuracy: Option<Estimate>,
+    /// ROC AUC of P(covid) separating the COVID-19 images from the normal ones (when the data
+    /// has both).
+    #[serde(default)]
+    pub covid_vs_normal_auc: Option<Estimate>,
+    /// Scored images the unusual-input score calls unusual (models with the score).
+    #[serde(default)]
+    pub unusual: Option<usize>,
     pub operating_points: Vec<OperatingPointReport>,
     pub bootstrap_resamples: usize,
 }
@@ -98,7 +105,7 @@ pub fn evaluate(
             path: s.path.clone(),
             rel: s
                 .path
-                .strip_prefix(&data.root)
+                .strip_prefix(&data.sources[s.source].root)
                 .unwrap_or(&s.path)
                 .to_path_buf(),
             folder_label: Some(data.labels[s.label].clone()),
@@ -108,15 +115,21 @@ pub fn evaluate(
     let mut probs = Vec::new();
     let mut truth = Vec::new();
     let mut failed = Vec::new();
+    let mut unusual = 0usize;
     score_all(
         entries,
         model,
         &PipelineOptions::default(),
         &AtomicBool::new(false),
         |s| match s.outcome {
-            Outcome::Scored { probs: p, .. } => {
+            Outcome::Scored {
+                probs: p,
+                unusual: u,
+                ..
+            } => {
                 probs.push(p);
                 truth.push(map[samples[s.index].label]);
+                unusual += usize::from(u.is_some_and(|u| u > 1.0));
             }
             Outcome::Failed { error, .. } | Outcome::OutOfScope { reason: error, .. } => {
                 failed.push(format!("{}: {error}", s.entry.rel.display()))
@@ -126,15 +139,22 @@ pub fn evaluate(
     if probs.is_empty() {
         return Err(EvalError::NothingScored(failed.len()));
     }
-    Ok(report(
+    let name = if data.sources.len() == 1 {
+        data.root.display().to_string()
+    } else {
+        data.name()
+    };
+    let mut r = report(
         &model.manifest,
-        &data.root.display().to_string(),
+        &name,
         Some(split),
         &probs,
         &truth,
         failed,
         resamples,
-    ))
+    );
+    r.unusual = model.manifest.unusual.is_some().then_some(unusual);
+    Ok(r)
 }
 
 /// The report for scored images with known labels (indices into the manifest's labels): the
@@ -192,6 +212,21 @@ pub fn report(
         }
         _ => None,
     };
+    let covid_vs_normal_auc = match (covid, normal) {
+        (Some(a), Some(b)) if truth.contains(&a) && truth.contains(&b) => {
+            let auc = move |p: &[Vec<f32>], t: &[usize]| -> f64 {
+                let (pp, tt): (Vec<Vec<f32>>, Vec<usize>) = p
+                    .iter()
+                    .zip(t)
+                    .filter(|(_, y)| **y == a || **y == b)
+                    .map(|(p, y)| (p.clone(), *y))
+                    .unzip();
+                roc_auc(&pp, &tt, a).unwrap_or(f64::NAN)
+            };
+            Some(estimate(&auc))
+        }
+        _ => None,
+    };
     let operating_points = manifest
         .operating_points
         .iter()
@@ -217,6 +252,8 @@ pub fn report(
         labels,
         confusion: m.confusion,
         covid_vs_normal_accuracy,
+        covid_vs_normal_auc,
+        unusual: None,
         operating_points,
         bootstrap_resamples: resamples,
     }
@@ -265,6 +302,22 @@ impl EvalReport {
                 s,
                 "COVID-19 vs normal  {}  (accuracy on those two classes)",
                 pct(a)
+            );
+        }
+        if let Some(a) = &self.covid_vs_normal_auc {
+            let _ = writeln!(
+                s,
+                "COVID-19 vs normal  {}  (ROC AUC of P(covid) on those two classes)",
+                num(a)
+            );
+        }
+        if let Some(u) = self.unusual {
+            let _ = writeln!(
+                s,
+                "typical input       {:6.2} %  ({} of {} images unusual)",
+                100.0 * (self.n - u) as f64 / self.n.max(1) as f64,
+                u,
+                self.n
             );
         }
         let _ = writeln!(

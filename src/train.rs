@@ -53,7 +53,10 @@ pub enum Arch {
 /// Everything that defines a training run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub data: PathBuf,
+    /// One folder, or several pooled (each with its own splits).
+    pub data: Vec<PathBuf>,
+    /// The model's labels; rows with other labels are left out (default: the first folder's).
+    pub labels: Option<Vec<String>>,
     /// Output prefix: `models/cxrnet-v1` writes `models/cxrnet-v1.{json,safetensors}` and
     /// checkpoints in `models/cxrnet-v1.train/`.
     pub out: PathBuf,
@@ -82,12 +85,20 @@ pub struct TrainConfig {
     /// With `init`: train only the classifier on the model's features (batch norm statistics
     /// and every other weight stay as they are).
     pub freeze: bool,
+    /// Write `views` augmented views of every train image and the centre view of every val
+    /// image to this folder (for a PyTorch twin of this recipe), then stop.
+    pub export_views: Option<PathBuf>,
+    pub views: usize,
+    /// EfficientNet: keep the stem and this many leading blocks as they are (no backward pass
+    /// through them; their batch norms still adapt), as `tools/train_twin.py --freeze-blocks`.
+    pub freeze_blocks: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            data: PathBuf::new(),
+            data: Vec::new(),
+            labels: None,
             out: PathBuf::new(),
             epochs: 45,
             batch: 32,
@@ -104,6 +115,9 @@ impl Default for TrainConfig {
             limit: None,
             init: None,
             freeze: false,
+            export_views: None,
+            views: 8,
+            freeze_blocks: 0,
         }
     }
 }
@@ -127,6 +141,9 @@ pub struct EpochLog {
     pub val_loss: f64,
     pub val_accuracy: f64,
     pub val_macro_auc: f64,
+    /// Per source of a pool: (name, accuracy, macro AUC over the labels it has).
+    #[serde(default)]
+    pub val_per_source: Vec<(String, f64, f64)>,
     pub seconds: f64,
 }
 
@@ -164,6 +181,7 @@ impl TrainConfig {
 struct Loaded {
     image: GrayImage,
     label: usize,
+    source: usize,
 }
 
 /// What a training run reports as it goes.
@@ -201,15 +219,23 @@ fn train_inner(
     log: &mut dyn FnMut(&str),
     batch_done: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<PathBuf, TrainError> {
-    let data = Dataset::open(&cfg.data, cfg.seed, cfg.val_fraction)?;
+    let data = Dataset::pool(&cfg.data, cfg.labels.as_deref(), cfg.seed, cfg.val_fraction)?;
     log(&format!(
         "data: {} ({} classes: {}; splits: {})",
-        cfg.data.display(),
+        data.name(),
         data.labels.len(),
         data.labels.join(", "),
         data.split_source
     ));
+    for line in &data.left_out {
+        log(&format!("left out: {line}"));
+    }
     let init = cfg.init.as_deref().map(read_init).transpose()?;
+    if cfg.epochs == 0 && init.is_none() && cfg.export_views.is_none() {
+        return Err(TrainError::Data(
+            "--epochs 0 needs --init: it only calibrates an existing model on val".into(),
+        ));
+    }
     if cfg.freeze && init.is_none() {
         return Err(TrainError::Data(
             "--freeze needs --init: there are no features to keep".into(),
@@ -233,25 +259,43 @@ fn train_inner(
         .map(|s| preprocess(&s.image, &spec))
         .collect::<Result<_, _>>()?;
     let val_truth: Vec<usize> = val_set.iter().map(|s| s.label).collect();
+    let val_source: Vec<usize> = val_set.iter().map(|s| s.source).collect();
 
     let k = data.labels.len();
-    let mut counts = vec![0usize; k];
-    train_set.iter().for_each(|s| counts[s.label] += 1);
-    // Inverse-frequency class weights, normalised to mean 1 over the samples.
-    let n = train_set.len() as f64;
-    let class_weights: Vec<f32> = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                0.0
-            } else {
-                (n / (k as f64 * c as f64)) as f32
+    let sample_weights = sample_weights(&train_set, k, data.sources.len());
+    for (i, source) in data.sources.iter().enumerate() {
+        let mut counts = vec![0usize; k];
+        let mut mass = vec![0f64; k];
+        for (s, w) in train_set.iter().zip(&sample_weights) {
+            if s.source == i {
+                counts[s.label] += 1;
+                mass[s.label] += *w as f64;
             }
-        })
-        .collect();
-    log(&format!(
-        "train images per class: {counts:?}; loss weights {class_weights:?}"
-    ));
+        }
+        let share: Vec<String> = mass
+            .iter()
+            .map(|m| format!("{:.1} %", 100.0 * m / train_set.len() as f64))
+            .collect();
+        log(&format!(
+            "train images of {} per class ({}): {counts:?}; share of the loss {}",
+            source.name,
+            data.labels.join("/"),
+            share.join("/")
+        ));
+    }
+    if let Some(dir) = &cfg.export_views {
+        return export_views(
+            dir,
+            cfg,
+            &data,
+            &spec,
+            &train_set,
+            &sample_weights,
+            &val_set,
+            &val_planes,
+            log,
+        );
+    }
 
     let (architecture, cxrnet, densenet) = match &init {
         Some((base, _)) => (
@@ -282,12 +326,13 @@ fn train_inner(
         input: spec.clone(),
         temperature: 1.0,
         operating_points: Default::default(),
+        unusual: None,
         weights: String::new(),
         sha256: "0".repeat(64),
         trained_on: Some(match &init {
             Some((base, _)) => format!(
                 "{} train split, starting from {}{}",
-                cfg.data.display(),
+                data.name(),
                 base.name,
                 if cfg.freeze {
                     " (its features frozen, classifier trained)"
@@ -295,7 +340,7 @@ fn train_inner(
                     ""
                 }
             ),
-            None => format!("{} train split", cfg.data.display()),
+            None => format!("{} train split", data.name()),
         }),
         metrics: serde_json::Value::Null,
     };
@@ -303,10 +348,19 @@ fn train_inner(
 
     let device = Device::Cpu;
     let varmap = VarMap::new();
-    let net = build_net(
+    let mut net = build_net(
         &manifest,
         VarBuilder::from_varmap(&varmap, DType::F32, &device),
     )?;
+    let fixed: Vec<String> = match &mut net {
+        Net::EfficientNet(n) => n.freeze_blocks(cfg.freeze_blocks),
+        _ if cfg.freeze_blocks > 0 => {
+            return Err(TrainError::Data(
+                "--freeze-blocks is for EfficientNet models (--init an efficientnet_lite0)".into(),
+            ));
+        }
+        _ => Vec::new(),
+    };
     seeded_init(&varmap, cfg.seed)?;
     if let Some((base, weights)) = &init {
         let keep_head = base.labels == data.labels;
@@ -352,7 +406,13 @@ fn train_inner(
         head.sort_by_key(|(n, _)| n.as_str());
         head.into_iter().map(|(_, v)| v.clone()).collect()
     } else {
-        varmap.all_vars()
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut vars: Vec<(&String, &Var)> = data
+            .iter()
+            .filter(|(n, _)| !fixed.iter().any(|p| n.starts_with(p.as_str())))
+            .collect();
+        vars.sort_by_key(|(n, _)| n.as_str());
+        vars.into_iter().map(|(_, v)| v.clone()).collect()
     };
     let mut opt = AdamW::new(
         trainable,
@@ -364,7 +424,6 @@ fn train_inner(
     )?;
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
     let total_steps = (steps_per_epoch * cfg.epochs).max(1);
-    let weights_t = Tensor::from_vec(class_weights.clone(), k, &device)?;
 
     // Frozen features do not change: compute them once (train images from the centre view,
     // without augmentation), and every epoch is only the classifier's work. With augmentation
@@ -429,6 +488,7 @@ fn train_inner(
             let batches_ref = &batches;
             let seeds_ref = &seeds;
             let augmenting = frozen.is_none();
+            let sample_weights = &sample_weights;
             scope.spawn(move || {
                 for (idx, seed) in batches_ref.iter().zip(seeds_ref) {
                     let mut r = StdRng::seed_from_u64(*seed);
@@ -440,13 +500,15 @@ fn train_inner(
                         Ok(Vec::new())
                     };
                     let labels: Vec<u32> = idx.iter().map(|&i| train_set[i].label as u32).collect();
+                    let weights: Vec<f32> = idx.iter().map(|&i| sample_weights[i]).collect();
                     let mask_seed: u64 = r.random();
-                    if tx.send((idx, planes, labels, mask_seed)).is_err() {
+                    if tx.send((idx, planes, labels, weights, mask_seed)).is_err() {
                         break;
                     }
                 }
             });
-            for (step_in_epoch, (idx, planes, labels, mask_seed)) in rx.iter().enumerate() {
+            for (step_in_epoch, (idx, planes, labels, weights, mask_seed)) in rx.iter().enumerate()
+            {
                 let planes = planes?;
                 let step = epoch * steps_per_epoch + step_in_epoch;
                 lr = cosine_lr(cfg.lr, step, total_steps, steps_per_epoch);
@@ -461,7 +523,8 @@ fn train_inner(
                 };
                 let feats = seeded_dropout(&feats, cfg.dropout, mask_seed)?;
                 let logits = net.head(&feats)?;
-                let loss = weighted_loss(&logits, &y, &weights_t, cfg.label_smoothing)?;
+                let w = Tensor::from_vec(weights, labels.len(), &device)?;
+                let loss = weighted_loss(&logits, &y, &w, cfg.label_smoothing)?;
                 opt.backward_step(&loss)?;
                 loss_sum += loss.to_scalar::<f32>()? as f64 * labels.len() as f64;
                 let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
@@ -477,6 +540,7 @@ fn train_inner(
         let val_loss = nll(&val_logits, &val_truth, 1.0)?;
         let m = Metrics::compute(&val_probs, &val_truth, &data.labels);
         let auc = m.macro_auc.unwrap_or(f64::NAN);
+        let per_source = per_source_metrics(&data, &val_probs, &val_truth, &val_source);
         let secs = started.elapsed().as_secs_f64();
         let entry = EpochLog {
             epoch: epoch + 1,
@@ -486,6 +550,7 @@ fn train_inner(
             val_loss,
             val_accuracy: m.accuracy,
             val_macro_auc: auc,
+            val_per_source: per_source.clone(),
             seconds: secs,
         };
         log(&format!(
@@ -501,6 +566,13 @@ fn train_inner(
             secs,
             seen as f64 / secs
         ));
+        if per_source.len() > 1 {
+            let parts: Vec<String> = per_source
+                .iter()
+                .map(|(name, acc, auc)| format!("{name} acc {acc:.3} AUC {auc:.4}"))
+                .collect();
+            log(&format!("          val per source: {}", parts.join("; ")));
+        }
         // Model selection on val: macro AUC, with accuracy as a small tie-breaker.
         let score = auc + 0.1 * m.accuracy;
         if score > state.best_score || state.history.is_empty() {
@@ -519,9 +591,12 @@ fn train_inner(
         })?;
     }
 
-    // Finish with the best epoch's weights, calibrated on val.
-    let mut vm = varmap.clone();
-    vm.load(&best)?;
+    // Finish with the best epoch's weights, calibrated on val (`--epochs 0` with `--init`:
+    // the starting weights, e.g. from a PyTorch twin of this recipe, calibrated here).
+    if cfg.epochs > 0 {
+        let mut vm = varmap.clone();
+        vm.load(&best)?;
+    }
     let val_logits = val_logits_now()?;
     let temperature = calibrate_temperature(&val_logits, &val_truth)?;
     manifest.temperature = temperature;
@@ -538,8 +613,89 @@ fn train_inner(
         state.best_epoch, cfg.epochs, data.labels[flag_class], state.seconds
     ));
     let path = crate::model::save(&cfg.dir(), &mut manifest, &varmap)?;
+    fit_unusual(
+        &path,
+        &mut manifest,
+        &varmap,
+        &train_set,
+        &val_planes,
+        log,
+        batch_done,
+    )?;
+    let path = crate::model::save(&cfg.dir(), &mut manifest, &varmap)?;
     log(&format!("wrote {}", path.display()));
     Ok(path)
+}
+
+/// Fit the unusual-input score on the saved model's features (the inference network, batch
+/// norms folded): class means and covariance from the train images' centre views, the
+/// threshold at the 95th percentile of val. Adds its tensors to `varmap` and its spec to
+/// `manifest`.
+fn fit_unusual(
+    saved: &Path,
+    manifest: &mut Manifest,
+    varmap: &VarMap,
+    train_set: &[Loaded],
+    val_planes: &[Vec<f32>],
+    log: &mut dyn FnMut(&str),
+    batch_done: &mut dyn FnMut(usize, usize, usize),
+) -> Result<(), TrainError> {
+    use crate::model::unusual::{
+        CENTRES, SHRINKAGE, TYPICAL_SHARE, Unusual, UnusualSpec, WHITEN, quantile,
+    };
+    let started = Instant::now();
+    let model = crate::model::Model::load(saved)?;
+    let spec = &model.manifest.input;
+    let total = (train_set.len() + val_planes.len()).div_ceil(FEATURE_CHUNK);
+    let mut done = 0;
+    let mut features = |planes: &mut dyn Iterator<Item = Result<Vec<f32>, ModelError>>| -> Result<Tensor, TrainError> {
+        let mut parts = Vec::new();
+        let mut chunk = Vec::with_capacity(FEATURE_CHUNK);
+        let mut flush = |chunk: &mut Vec<Vec<f32>>, parts: &mut Vec<Tensor>| -> Result<(), TrainError> {
+            if !chunk.is_empty() {
+                parts.push(model.features(chunk)?);
+                chunk.clear();
+                done += 1;
+                batch_done(0, done, total);
+            }
+            Ok(())
+        };
+        for p in planes {
+            chunk.push(p?);
+            if chunk.len() == FEATURE_CHUNK {
+                flush(&mut chunk, &mut parts)?;
+            }
+        }
+        flush(&mut chunk, &mut parts)?;
+        Ok(Tensor::cat(&parts, 0)?)
+    };
+    let train_features = features(&mut train_set.iter().map(|s| preprocess(&s.image, spec)))?;
+    let val_features = features(&mut val_planes.iter().map(|p| Ok(p.clone())))?;
+    let labels: Vec<usize> = train_set.iter().map(|s| s.label).collect();
+    let fit = Unusual::fit(&train_features, &labels, manifest.labels.len())?;
+    let threshold = quantile(&fit.distances(&val_features)?, TYPICAL_SHARE);
+    {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        data.insert(WHITEN.into(), Var::from_tensor(&fit.whiten)?);
+        data.insert(CENTRES.into(), Var::from_tensor(&fit.centres)?);
+    }
+    manifest.unusual = Some(UnusualSpec {
+        method: "mahalanobis".into(),
+        threshold,
+        fitted_on: format!(
+            "{} train images (centre view; class means, shared covariance shrunk {} % to the identity); threshold: {} % of {} val images typical",
+            train_set.len(),
+            SHRINKAGE * 100.0,
+            (TYPICAL_SHARE * 100.0).round(),
+            val_planes.len()
+        ),
+    });
+    log(&format!(
+        "unusual-input score: fitted on {} train images, threshold {threshold:.1} (95th percentile of val), {:.0} s",
+        train_set.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
 }
 
 fn load_split(
@@ -561,6 +717,7 @@ fn load_split(
                 out.push(Loaded {
                     image,
                     label: s.label,
+                    source: s.source,
                 });
             }
             Err(e) => log(&format!("skipping {}: {e}", s.path.display())),
@@ -585,27 +742,46 @@ fn shrink(img: &GrayImage, size: usize) -> GrayImage {
     resize_gray(img, Crop::full(img), w.max(1), h.max(1))
 }
 
-/// One augmented training plane: random resized crop (any position, 55-100 % of the square's
-/// area, aspect 3:4-4:3), JPEG re-compression, small rotation, gamma/contrast jitter, noise.
-/// Everything after the crop is the inference preprocessing.
+/// One augmented training plane, randomising what differs between sources: a random
+/// downscale (half the images: the longer side to 192-320 px, as heavily resized archives
+/// are), JPEG re-compression (half the 8-bit images, quality 30-90), a random resized crop of
+/// the preprocessing's region (any position, 55-100 % of its area, aspect 3:4-4:3: borders and
+/// corner markers come and go), rotation +-10 degrees, blur (30 %, sigma 0.4-1.2 px), gamma
+/// 0.7-1.4, contrast 0.8-1.2, noise, and up to two erased patches (30 %). Everything after the
+/// crop is the inference preprocessing.
 pub fn augment(
     img: &GrayImage,
     spec: &InputSpec,
     rng: &mut StdRng,
 ) -> Result<Vec<f32>, ModelError> {
+    let small;
+    let img = if rng.random_bool(0.5) && img.width.max(img.height) > 320 {
+        let target = rng.random_range(192.0..=320.0) / img.width.max(img.height) as f64;
+        let (w, h) = (
+            (img.width as f64 * target).round().max(16.0) as u32,
+            (img.height as f64 * target).round().max(16.0) as u32,
+        );
+        small = resize_gray(img, Crop::full(img), w, h);
+        &small
+    } else {
+        img
+    };
     let recompressed;
-    let img = if img.bit_depth == 8 && rng.random_bool(0.3) {
+    let img = if img.bit_depth == 8 && rng.random_bool(0.5) {
         recompressed =
             jpeg_roundtrip(img, rng.random_range(30..=90)).unwrap_or_else(|| img.clone());
         &recompressed
     } else {
         img
     };
-    let side = img.width.min(img.height) as f64;
+    let base = match spec.crop {
+        CropMode::CenterSquare => Crop::center_square(img),
+        CropMode::Stretch => Crop::full(img),
+    };
     let area = rng.random_range(0.55..=1.0);
     let aspect: f64 = rng.random_range((0.75f64).ln()..=(4.0f64 / 3.0).ln()).exp();
-    let cw = (side * (area * aspect).sqrt()).min(img.width as f64);
-    let ch = (side * (area / aspect).sqrt()).min(img.height as f64);
+    let cw = (base.width * (area * aspect).sqrt()).min(img.width as f64);
+    let ch = (base.height * (area / aspect).sqrt()).min(img.height as f64);
     let crop = Crop {
         left: rng.random_range(0.0..=(img.width as f64 - cw)),
         top: rng.random_range(0.0..=(img.height as f64 - ch)),
@@ -620,15 +796,15 @@ pub fn augment(
             ..spec.clone()
         },
     )?;
-    let plane = rotate(
-        &plane,
-        spec.size,
-        rng.random_range(-10.0f32..=10.0).to_radians(),
-    );
+    let size = spec.size;
+    let mut plane = rotate(&plane, size, rng.random_range(-10.0f32..=10.0).to_radians());
+    if rng.random_bool(0.3) {
+        plane = blur(&plane, size, rng.random_range(0.4f32..=1.2));
+    }
     let gamma = rng.random_range(0.7f32..=1.4);
     let contrast = rng.random_range(0.8f32..=1.2);
     let noise = rng.random_range(0.0f32..=0.03);
-    let unit = plane
+    let mut unit: Vec<f32> = plane
         .into_iter()
         .map(|v| {
             let v =
@@ -636,7 +812,52 @@ pub fn augment(
             v.clamp(0.0, 1.0)
         })
         .collect();
+    if rng.random_bool(0.3) {
+        for _ in 0..rng.random_range(1..=2) {
+            let (w, h) = (
+                rng.random_range(size / 20..=size / 6).max(1),
+                rng.random_range(size / 20..=size / 6).max(1),
+            );
+            let (x0, y0) = (
+                rng.random_range(0..=size - w),
+                rng.random_range(0..=size - h),
+            );
+            let fill: f32 = rng.random();
+            for y in y0..y0 + h {
+                unit[y * size + x0..y * size + x0 + w].fill(fill);
+            }
+        }
+    }
     Ok(to_scale(unit, spec))
+}
+
+/// Separable Gaussian blur of a square plane (edges clamped).
+fn blur(plane: &[f32], size: usize, sigma: f32) -> Vec<f32> {
+    let r = (2.0 * sigma).ceil() as isize;
+    let kernel: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+        let mut out = vec![0f32; src.len()];
+        for y in 0..size {
+            for x in 0..size {
+                let mut acc = 0f32;
+                for (j, k) in kernel.iter().enumerate() {
+                    let d = j as isize - r;
+                    let (sx, sy) = if horizontal {
+                        ((x as isize + d).clamp(0, size as isize - 1) as usize, y)
+                    } else {
+                        (x, (y as isize + d).clamp(0, size as isize - 1) as usize)
+                    };
+                    acc += src[sy * size + sx] * k;
+                }
+                out[y * size + x] = acc / total;
+            }
+        }
+        out
+    };
+    pass(&pass(plane, true), false)
 }
 
 fn gaussian(rng: &mut StdRng) -> f32 {
@@ -721,7 +942,7 @@ fn seeded_init(varmap: &VarMap, seed: u64) -> candle_core::Result<()> {
 
 /// The classifier's tensors: `head.*` (cxrnet) or `classifier.*` (DenseNet).
 fn is_head(name: &str) -> bool {
-    name.starts_with("head.") || name.starts_with("classifier.")
+    name.starts_with("head.") || name.starts_with("classifier.") || name.starts_with("_fc.")
 }
 
 /// The manifest and weights `--init` names, checked the way every model load is (hash,
@@ -783,10 +1004,179 @@ fn seeded_dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> 
 }
 
 /// Class-weighted cross-entropy with label smoothing, averaged by weight.
+/// Per-sample loss weights that keep every source and label represented: within a pool, each
+/// (source, label) cell weighs as the square root of its size (a cell 100x larger counts 10x,
+/// not 100x), then labels are rebalanced to equal shares; mean 1 over the samples.
+fn sample_weights(set: &[Loaded], labels: usize, sources: usize) -> Vec<f32> {
+    let mut cell = vec![0usize; labels * sources];
+    set.iter()
+        .for_each(|s| cell[s.source * labels + s.label] += 1);
+    let raw: Vec<f64> = set
+        .iter()
+        .map(|s| 1.0 / (cell[s.source * labels + s.label] as f64).sqrt())
+        .collect();
+    let mut per_label = vec![0f64; labels];
+    set.iter()
+        .zip(&raw)
+        .for_each(|(s, w)| per_label[s.label] += w);
+    let present = per_label.iter().filter(|&&m| m > 0.0).count().max(1) as f64;
+    let n = set.len() as f64;
+    set.iter()
+        .zip(&raw)
+        .map(|(s, w)| (w * n / (present * per_label[s.label])) as f32)
+        .collect()
+}
+
+/// Accuracy and macro AUC on each source's val images (AUC over the labels it has).
+fn per_source_metrics(
+    data: &Dataset,
+    probs: &[Vec<f32>],
+    truth: &[usize],
+    source: &[usize],
+) -> Vec<(String, f64, f64)> {
+    data.sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let rows: Vec<usize> = (0..truth.len()).filter(|&r| source[r] == i).collect();
+            if rows.is_empty() {
+                return None;
+            }
+            let p: Vec<Vec<f32>> = rows.iter().map(|&r| probs[r].clone()).collect();
+            let t: Vec<usize> = rows.iter().map(|&r| truth[r]).collect();
+            let m = Metrics::compute(&p, &t, &data.labels);
+            Some((s.name.clone(), m.accuracy, m.macro_auc.unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
+/// Quantise a [0, 1] plane to u16 (the views file format; 1/65535 steps).
+fn quantise(unit: &[f32]) -> Vec<u8> {
+    unit.iter()
+        .flat_map(|v| ((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_le_bytes())
+        .collect()
+}
+
+/// `--export-views`: what a PyTorch twin of this recipe trains on, made by this code so both
+/// see the same input tensors. `train.u16`: for each train image, `views` augmented planes
+/// (seeded as epochs are); `val.u16`: the centre view of each val image; both little-endian
+/// u16 of the [0, 1] intensity before `scale`/`mean`/`std`; `index.json`: labels, sources,
+/// loss weights, the input spec and the shapes.
+#[allow(clippy::too_many_arguments)]
+fn export_views(
+    dir: &Path,
+    cfg: &TrainConfig,
+    data: &Dataset,
+    spec: &InputSpec,
+    train_set: &[Loaded],
+    weights: &[f32],
+    val_set: &[Loaded],
+    val_planes: &[Vec<f32>],
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf, TrainError> {
+    use std::io::Write;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| TrainError::Io { path, source: e }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let [lo, hi] = spec.scale;
+    let unit_spec = InputSpec {
+        scale: [0.0, 1.0],
+        ..spec.clone()
+    };
+    let to_unit = |p: &[f32]| -> Vec<f32> { p.iter().map(|v| (v - lo) / (hi - lo)).collect() };
+    let train_path = dir.join("train.u16");
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(&train_path).map_err(io(&train_path))?);
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (n, chunk) in train_set.chunks(64).enumerate() {
+        let planes: Vec<Result<Vec<u8>, ModelError>> = std::thread::scope(|scope| {
+            let per = chunk.len().div_ceil(threads);
+            let handles: Vec<_> = chunk
+                .chunks(per.max(1))
+                .enumerate()
+                .map(|(j, part)| {
+                    let unit_spec = &unit_spec;
+                    scope.spawn(move || {
+                        part.iter()
+                            .enumerate()
+                            .map(|(i, s)| {
+                                let index = n * 64 + j * per + i;
+                                let mut bytes = Vec::new();
+                                for v in 0..cfg.views {
+                                    let mut r = StdRng::seed_from_u64(
+                                        cfg.seed
+                                            ^ ((index as u64) << 16 | v as u64)
+                                                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                                    );
+                                    bytes.extend(quantise(&augment(&s.image, unit_spec, &mut r)?));
+                                }
+                                Ok(bytes)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("view thread"))
+                .collect()
+        });
+        for p in planes {
+            out.write_all(&p?).map_err(io(&train_path))?;
+        }
+        log(&format!(
+            "views: {} of {} train images ({:.0} s)",
+            (n * 64 + chunk.len()).min(train_set.len()),
+            train_set.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    out.flush().map_err(io(&train_path))?;
+    let val_path = dir.join("val.u16");
+    let bytes: Vec<u8> = val_planes
+        .iter()
+        .flat_map(|p| quantise(&to_unit(p)))
+        .collect();
+    std::fs::write(&val_path, bytes).map_err(io(&val_path))?;
+    let index = serde_json::json!({
+        "labels": data.labels,
+        "sources": data.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "input": spec,
+        "views": cfg.views,
+        "seed": cfg.seed,
+        "train": {
+            "label": train_set.iter().map(|s| s.label).collect::<Vec<_>>(),
+            "source": train_set.iter().map(|s| s.source).collect::<Vec<_>>(),
+            "weight": weights,
+        },
+        "val": {
+            "label": val_set.iter().map(|s| s.label).collect::<Vec<_>>(),
+            "source": val_set.iter().map(|s| s.source).collect::<Vec<_>>(),
+        },
+    });
+    let index_path = dir.join("index.json");
+    std::fs::write(
+        &index_path,
+        serde_json::to_string(&index).expect("index serialises"),
+    )
+    .map_err(io(&index_path))?;
+    log(&format!(
+        "wrote {} ({} train x {} views, {} val)",
+        dir.display(),
+        train_set.len(),
+        cfg.views,
+        val_set.len()
+    ));
+    Ok(index_path)
+}
+
 fn weighted_loss(
     logits: &Tensor,
     y: &Tensor,
-    class_weights: &Tensor,
+    sample_weights: &Tensor,
     smoothing: f32,
 ) -> candle_core::Result<Tensor> {
     let k = logits.dim(1)?;
@@ -798,8 +1188,7 @@ fn weighted_loss(
         smoothing / (k as f32 - 1.0),
     )?;
     let per_sample = (onehot * logp)?.sum(1)?.neg()?;
-    let w = class_weights.index_select(y, 0)?;
-    (per_sample * &w)?.sum_all()? / w.sum_all()?.to_scalar::<f32>()? as f64
+    (per_sample * sample_weights)?.sum_all()? / sample_weights.sum_all()?.to_scalar::<f32>()? as f64
 }
 
 /// Images per progress step of the `--freeze` feature pass.
@@ -885,6 +1274,42 @@ pub fn operating_point(probs: &[Vec<f32>], truth: &[usize], class: usize, target
 mod tests {
     use super::*;
 
+    #[test]
+    fn sample_weights_give_labels_equal_shares_and_temper_big_cells() {
+        let img = GrayImage {
+            width: 1,
+            height: 1,
+            bit_depth: 8,
+            pixels: vec![0],
+        };
+        let mut set = Vec::new();
+        // Source 0: 100 of label 0, 4 of label 1; source 1: 25 of label 0.
+        for (source, label, n) in [(0, 0, 100), (0, 1, 4), (1, 0, 25)] {
+            for _ in 0..n {
+                set.push(Loaded {
+                    image: img.clone(),
+                    label,
+                    source,
+                });
+            }
+        }
+        let w = sample_weights(&set, 2, 2);
+        let mass = |f: &dyn Fn(&Loaded) -> bool| -> f64 {
+            set.iter()
+                .zip(&w)
+                .filter(|(s, _)| f(s))
+                .map(|(_, w)| *w as f64)
+                .sum()
+        };
+        let total = set.len() as f64;
+        assert!((mass(&|s| s.label == 0) - total / 2.0).abs() < 1e-3);
+        assert!((mass(&|s| s.label == 1) - total / 2.0).abs() < 1e-3);
+        // Within label 0 the cells weigh as the square roots of their sizes: 10 : 5.
+        let ratio =
+            mass(&|s| s.label == 0 && s.source == 0) / mass(&|s| s.label == 0 && s.source == 1);
+        assert!((ratio - 2.0).abs() < 1e-3, "{ratio}");
+    }
+
     /// Validation logits must not keep the network's graph alive (see `in_chunks`).
     #[test]
     fn validation_logits_are_detached_from_the_graph() -> candle_core::Result<()> {
@@ -905,6 +1330,7 @@ mod tests {
             input: spec.clone(),
             temperature: 1.0,
             operating_points: Default::default(),
+            unusual: None,
             weights: String::new(),
             sha256: "0".repeat(64),
             trained_on: None,

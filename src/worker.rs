@@ -48,16 +48,16 @@ pub enum Outcome {
     Scored {
         info: ImageInfo,
         probs: Vec<f32>,
+        /// Unusual-input score as a multiple of the model's threshold (above 1: unusual);
+        /// `None` for a model without one.
+        unusual: Option<f32>,
     },
     Failed {
         info: Option<ImageInfo>,
         error: String,
     },
     /// Read fine, but not what the model is for (a lateral view, a CT slice): not scored.
-    OutOfScope {
-        info: ImageInfo,
-        reason: String,
-    },
+    OutOfScope { info: ImageInfo, reason: String },
 }
 
 /// One entry's result, with its position in the input.
@@ -230,12 +230,18 @@ fn decode_loop(
 fn usable(outcome: Outcome, force: bool) -> Option<Outcome> {
     match outcome {
         Outcome::OutOfScope { .. } if force => None,
-        Outcome::Scored { info, probs } if !force => {
-            match info.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
-                Some(reason) => Some(Outcome::OutOfScope { info, reason }),
-                None => Some(Outcome::Scored { info, probs }),
-            }
-        }
+        Outcome::Scored {
+            info,
+            probs,
+            unusual,
+        } if !force => match info.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
+            Some(reason) => Some(Outcome::OutOfScope { info, reason }),
+            None => Some(Outcome::Scored {
+                info,
+                probs,
+                unusual,
+            }),
+        },
         other => Some(other),
     }
 }
@@ -340,7 +346,7 @@ fn score_batch(model: &Model, mut batch: Vec<Plane>, store: Option<&Store>) -> V
         .iter_mut()
         .map(|p| std::mem::take(&mut p.plane))
         .collect();
-    let result = model.predict(&planes);
+    let result = model.predict_full(&planes);
     let failed = result.as_ref().err().map(|e| e.to_string());
     let mut rows = result.ok().map(|r| r.into_iter());
     batch
@@ -348,9 +354,10 @@ fn score_batch(model: &Model, mut batch: Vec<Plane>, store: Option<&Store>) -> V
         .map(|p| {
             let outcome = match (&mut rows, &failed) {
                 (Some(rows), _) => match rows.next() {
-                    Some(probs) => Outcome::Scored {
+                    Some(pred) => Outcome::Scored {
                         info: p.info,
-                        probs,
+                        probs: pred.probs,
+                        unusual: pred.unusual,
                     },
                     None => Outcome::Failed {
                         info: Some(p.info),

@@ -258,11 +258,18 @@ pub enum BenchPart {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cxr-triage eval --data ../shared/data/cxr3 --split test")]
+#[command(
+    after_help = "Each --data folder is reported on its own (rows whose label the model lacks are \
+left out), then, with several, the pool. A folder with labels.csv and no splits (an external \
+set) counts every image as test.\n\nExamples:\n  cxr-triage eval --data ../shared/data/cxr3 --split test\n  \
+cxr-triage eval --data ../shared/data/cxr3 --data ../shared/data/siim-covid --data ../shared/data/cohen-2020-07\n  \
+cxr-triage eval --data ../shared/data/ext-normal"
+)]
 pub struct EvalArgs {
-    /// Folder with one subfolder per class (and splits.csv).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Folder with one subfolder per class (and splits.csv or labels.csv); repeat for a
+    /// report per folder and a pooled one.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = crate::dataset::Split::Test)]
     pub split: crate::dataset::Split,
     #[command(flatten)]
@@ -291,9 +298,14 @@ stderr, one line per epoch.\n\nExamples:\n  cxr-triage train --data ../shared/da
 cxr-triage train --data ../shared/data/cxr3 --out models/xrv-cxr3 --init models/xrv-all.json --freeze"
 )]
 pub struct TrainArgs {
-    /// Folder with one subfolder per class.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Folder with one subfolder per class; repeat to pool several (each keeps its own splits,
+    /// validation is reported per folder and pooled).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// The model's labels, comma-separated; rows with other labels are left out (default: the
+    /// first folder's labels).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
     /// Output prefix, e.g. models/cxrnet-v1.
     #[arg(long)]
     pub out: PathBuf,
@@ -330,6 +342,17 @@ pub struct TrainArgs {
     /// Continue from the last checkpoint in OUT.train/.
     #[arg(long)]
     pub resume: bool,
+    /// Write augmented views of the train images (and the val images' centre views) to DIR for
+    /// a PyTorch twin of this recipe (tools/train_twin.py), then stop.
+    #[arg(long, value_name = "DIR")]
+    pub export_views: Option<PathBuf>,
+    /// EfficientNet: keep the stem and the first N blocks as they are (no backward pass through
+    /// them; their batch norms still adapt).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub freeze_blocks: usize,
+    /// With --export-views: augmented views per train image (one per twin epoch).
+    #[arg(long, default_value_t = 8, requires = "export_views")]
+    pub views: usize,
     /// Use at most N training images (quick smoke runs).
     #[arg(long, hide = true)]
     pub limit: Option<usize>,

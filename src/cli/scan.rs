@@ -306,6 +306,8 @@ struct Summary {
     errors: usize,
     out_of_scope: usize,
     flagged: usize,
+    /// Scored images that the unusual-input score calls unusual.
+    unusual: usize,
     /// Outcomes taken from the results store.
     stored: usize,
     /// Images per predicted label (softmax), or flagged per label (sigmoid: labels are
@@ -330,6 +332,8 @@ impl Summary {
                     *self.per_label.entry(label.clone()).or_default() += 1;
                 }
                 self.flagged += usize::from(row.flagged == Some(true));
+                self.unusual +=
+                    usize::from(row.typicality == Some(crate::results::Typicality::Unusual));
             }
         }
     }
@@ -359,8 +363,13 @@ impl Summary {
         } else {
             String::new()
         };
+        let unusual = if manifest.unusual.is_some() {
+            format!(" · unusual {}", self.unusual)
+        } else {
+            String::new()
+        };
         format!(
-            "{} images in {:.1} s ({:.1}/s): {} · flagged {} · out of scope {} · errors {}{stored}",
+            "{} images in {:.1} s ({:.1}/s): {} · flagged {}{unusual} · out of scope {} · errors {}{stored}",
             self.total,
             secs,
             self.total as f64 / secs.max(1e-9),

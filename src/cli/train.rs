@@ -6,6 +6,10 @@ use crate::train::{TrainConfig, TrainEvent, train};
 pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
     let cfg = TrainConfig {
         data: args.data,
+        labels: args.labels,
+        export_views: args.export_views,
+        views: args.views.max(1),
+        freeze_blocks: args.freeze_blocks,
         out: args.out,
         epochs: args.epochs,
         batch: args.batch.max(1),

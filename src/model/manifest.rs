@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use super::ModelError;
 use super::cxrnet::CxrNetConfig;
 use super::densenet::DenseNetConfig;
+use super::unusual::UnusualSpec;
 
 /// Network families a manifest may name.
-pub const ARCHITECTURES: &[&str] = &["cxrnet", "densenet121", "densenet"];
+pub const ARCHITECTURES: &[&str] = &["cxrnet", "densenet121", "densenet", "efficientnet_lite0"];
 
 /// The contract between training and everything else: what a weights file is and how to feed it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -35,6 +36,10 @@ pub struct Manifest {
     /// Per-label thresholds: an image is flagged when any listed label reaches its threshold.
     #[serde(default)]
     pub operating_points: BTreeMap<String, f32>,
+    /// The unusual-input score's threshold (its tensors are in the weights file); absent: no
+    /// score (older models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unusual: Option<UnusualSpec>,
     /// Weights file (safetensors), relative to the manifest's folder.
     pub weights: String,
     /// Hex SHA-256 of the weights file.
@@ -188,6 +193,11 @@ impl Manifest {
         }
         if let Some(cfg) = &self.densenet {
             cfg.validate().map_err(ModelError::Manifest)?;
+        }
+        if let Some(u) = &self.unusual
+            && !(u.threshold.is_finite() && u.threshold > 0.0)
+        {
+            return bad(format!("unusual.threshold {} must be > 0", u.threshold));
         }
         for label in self.label_names.keys() {
             if !self.labels.contains(label) {

@@ -2,8 +2,11 @@
 
 pub mod cxrnet;
 pub mod densenet;
+pub mod efficientnet;
+mod kernels;
 mod manifest;
 mod preprocess;
+pub mod unusual;
 
 pub use manifest::{ARCHITECTURES, CropMode, InputSpec, Intensity, Manifest, Output};
 pub use preprocess::{MIN_SIDE, equalize, preprocess, preprocess_region, to_scale};
@@ -17,6 +20,8 @@ use thiserror::Error;
 
 use cxrnet::CxrNet;
 use densenet::DenseNet;
+use efficientnet::EfficientNetLite;
+use unusual::Unusual;
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -51,7 +56,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Model {
     pub manifest: Manifest,
     net: Net,
+    /// The unusual-input score, where the manifest has one.
+    unusual: Option<Unusual>,
     device: Device,
+}
+
+/// One image's prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub probs: Vec<f32>,
+    /// Unusual-input score as a multiple of the manifest's threshold (above 1: unusual);
+    /// `None` for a model without one.
+    pub unusual: Option<f32>,
 }
 
 impl std::fmt::Debug for Model {
@@ -83,10 +99,16 @@ impl Model {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(weights.to_vec(), DType::F32, &device)
             .map_err(|e| ModelError::Weights(e.to_string()))?;
-        let net = build_net(&manifest, vb).map_err(|e| ModelError::Weights(e.to_string()))?;
+        let mut net = build_net(&manifest, vb).map_err(|e| ModelError::Weights(e.to_string()))?;
+        net.prepare_inference()?;
+        let unusual = match &manifest.unusual {
+            Some(_) => Some(read_unusual(weights, &device)?),
+            None => None,
+        };
         Ok(Self {
             manifest,
             net,
+            unusual,
             device,
         })
     }
@@ -108,12 +130,40 @@ impl Model {
 
     /// Probabilities for a batch of planes from [`preprocess`]: one row per plane.
     pub fn predict(&self, planes: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        Ok(self
+            .predict_full(planes)?
+            .into_iter()
+            .map(|p| p.probs)
+            .collect())
+    }
+
+    /// Probabilities and the unusual-input score for a batch of planes: one per plane.
+    pub fn predict_full(&self, planes: &[Vec<f32>]) -> Result<Vec<Prediction>, ModelError> {
         if planes.is_empty() {
             return Ok(Vec::new());
         }
+        let features = self.features(planes)?;
+        let logits = self.net.head(&features)?;
+        let probs = probabilities(&logits, &self.manifest)?.to_vec2::<f32>()?;
+        let unusual = match (&self.unusual, &self.manifest.unusual) {
+            (Some(u), Some(spec)) => u
+                .distances(&features)?
+                .into_iter()
+                .map(|d| Some(d / spec.threshold))
+                .collect(),
+            _ => vec![None; probs.len()],
+        };
+        Ok(probs
+            .into_iter()
+            .zip(unusual)
+            .map(|(probs, unusual)| Prediction { probs, unusual })
+            .collect())
+    }
+
+    /// Pooled features (the classifier's input) for a batch of planes: `(n, d)`.
+    pub fn features(&self, planes: &[Vec<f32>]) -> Result<Tensor, ModelError> {
         let x = input_tensor(planes, &self.manifest.input, &self.device)?;
-        let logits = self.net.forward_t(&x, false)?;
-        Ok(probabilities(&logits, &self.manifest)?.to_vec2::<f32>()?)
+        Ok(self.net.features_t(&x, false)?)
     }
 }
 
@@ -135,14 +185,24 @@ pub fn read_parts(manifest_path: &Path) -> Result<(Manifest, Vec<u8>), ModelErro
 pub enum Net {
     CxrNet(CxrNet),
     DenseNet(DenseNet),
+    EfficientNet(EfficientNetLite),
 }
 
 impl Net {
+    /// Fixed weights from here on: precompute the inference forms (folded batch norms).
+    pub fn prepare_inference(&mut self) -> candle_core::Result<()> {
+        match self {
+            Net::EfficientNet(n) => n.fold_batchnorm(),
+            Net::CxrNet(_) | Net::DenseNet(_) => Ok(()),
+        }
+    }
+
     /// Pooled features, before the classifier (training puts its dropout between the two).
     pub fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
             Net::CxrNet(n) => n.features_t(x, train),
             Net::DenseNet(n) => n.features_t(x, train),
+            Net::EfficientNet(n) => n.features_t(x, train),
         }
     }
 
@@ -151,6 +211,7 @@ impl Net {
         match self {
             Net::CxrNet(n) => n.head(features),
             Net::DenseNet(n) => n.head(features),
+            Net::EfficientNet(n) => n.head(features),
         }
     }
 }
@@ -164,7 +225,9 @@ impl ModuleT for Net {
 /// Build the network a manifest describes on top of a variable source.
 pub fn build_net(manifest: &Manifest, vb: VarBuilder) -> candle_core::Result<Net> {
     let (channels, outputs) = (manifest.input.channels, manifest.labels.len());
-    Ok(if manifest.is_densenet() {
+    Ok(if manifest.architecture == "efficientnet_lite0" {
+        Net::EfficientNet(EfficientNetLite::lite0(channels, outputs, vb)?)
+    } else if manifest.is_densenet() {
         let cfg = manifest.densenet.clone().unwrap_or_default();
         Net::DenseNet(DenseNet::new(&cfg, channels, outputs, vb)?)
     } else {
@@ -201,6 +264,22 @@ pub fn input_tensor(
     let mean = Tensor::from_vec(per_channel(&spec.mean), (1, spec.channels, 1, 1), device)?;
     let std = Tensor::from_vec(per_channel(&spec.std), (1, spec.channels, 1, 1), device)?;
     x.broadcast_sub(&mean)?.broadcast_div(&std)
+}
+
+/// The unusual-input tensors of a weights file.
+fn read_unusual(weights: &[u8], device: &Device) -> Result<Unusual, ModelError> {
+    let tensors = safetensors::SafeTensors::deserialize(weights)
+        .map_err(|e| ModelError::Weights(format!("not a readable safetensors file: {e}")))?;
+    let get = |name: &str| -> Result<Tensor, ModelError> {
+        let view = tensors.tensor(name).map_err(|_| {
+            ModelError::Weights(format!(
+                "the manifest has an unusual-input score but the weights lack `{name}`"
+            ))
+        })?;
+        Ok(candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?)
+    };
+    Unusual::from_tensors(get(unusual::WHITEN)?, get(unusual::CENTRES)?)
+        .map_err(|e| ModelError::Weights(e.to_string()))
 }
 
 /// Refuse weights with NaN or infinite values, and unreadable safetensors, with a clear reason.
@@ -269,9 +348,9 @@ pub fn save(
 }
 
 /// The default model's manifest, compiled into the binary (see `models/MODEL_CARD.md`).
-pub const DEFAULT_MANIFEST: &str = include_str!("../../models/cxrnet-v1.json");
+pub const DEFAULT_MANIFEST: &str = include_str!("../../models/cxr-lite0-v2.json");
 /// The default model's weights (safetensors), compiled into the binary.
-pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/cxrnet-v1.safetensors");
+pub const DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../models/cxr-lite0-v2.safetensors");
 
 impl Model {
     /// The default model built into the binary, checked against its own manifest's hash.

@@ -45,24 +45,61 @@ pub struct Row {
     pub probabilities: Vec<f32>,
     pub predicted: Option<String>,
     pub flagged: Option<bool>,
+    /// `typical` or `unusual` (the image is unlike the model's training data: check before
+    /// trusting the score); empty for a model without the score.
+    pub typicality: Option<Typicality>,
+    /// The unusual-input score as a multiple of the model's threshold (above 1: unusual).
+    pub unusual_score: Option<f32>,
+}
+
+/// What the unusual-input score says of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Typicality {
+    Typical,
+    Unusual,
+}
+
+impl Typicality {
+    /// From a score in multiples of the threshold.
+    pub fn of(score: f32) -> Self {
+        if score > 1.0 {
+            Self::Unusual
+        } else {
+            Self::Typical
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Typical => "typical",
+            Self::Unusual => "unusual",
+        }
+    }
 }
 
 impl Row {
     /// The row for one pipeline result; `show_phi` lets the patient ID through.
     pub fn from_scored(s: &Scored, manifest: &Manifest, show_phi: bool) -> Self {
-        let (info, probs, error, status) = match &s.outcome {
-            Outcome::Scored { info, probs } => (Some(info), probs.clone(), None, Status::Done),
+        let (info, probs, error, status, unusual) = match &s.outcome {
+            Outcome::Scored {
+                info,
+                probs,
+                unusual,
+            } => (Some(info), probs.clone(), None, Status::Done, *unusual),
             Outcome::Failed { info, error } => (
                 info.as_ref(),
                 Vec::new(),
                 Some(error.clone()),
                 Status::Error,
+                None,
             ),
             Outcome::OutOfScope { info, reason } => (
                 Some(info),
                 Vec::new(),
                 Some(reason.clone()),
                 Status::OutOfScope,
+                None,
             ),
         };
         let scored = status == Status::Done;
@@ -91,6 +128,8 @@ impl Row {
             flagged: scored.then(|| is_flagged(manifest, &probs)),
             probabilities: probs,
             error,
+            typicality: unusual.map(Typicality::of),
+            unusual_score: unusual,
         }
     }
 }
@@ -163,7 +202,12 @@ impl<W: Write> RowWriter<W> {
             ExportFormat::Csv => {
                 let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
                 header.extend(labels.iter().map(|l| format!("p_{l}")));
-                header.extend(["predicted".into(), "flagged".into()]);
+                header.extend([
+                    "predicted".into(),
+                    "flagged".into(),
+                    "typicality".into(),
+                    "unusual_score".into(),
+                ]);
                 header.extend(extra.iter().map(|s| s.to_string()));
                 write_csv_record(&mut out, &header)?;
             }
@@ -216,6 +260,8 @@ impl<W: Write> RowWriter<W> {
                 record.push(opt(row
                     .flagged
                     .map(|f| if f { "yes" } else { "no" }.to_string())));
+                record.push(opt(row.typicality.map(|t| t.as_str().to_string())));
+                record.push(opt(row.unusual_score.map(|v| format!("{v:.3}"))));
                 record.extend((0..self.extra.len()).map(extra));
                 write_csv_record(&mut self.out, &record)?;
             }

@@ -29,7 +29,7 @@ use crate::model::Manifest;
 use crate::worker::{ImageInfo, Outcome};
 
 /// Schema version, in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Largest number of outcomes written in one transaction.
 pub const BATCH: usize = 64;
 /// Longest time an outcome waits in memory before it is written.
@@ -219,7 +219,25 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
-    if found < SCHEMA_VERSION
+    // Version 1 stores lack the unusual-input score; their rows stay valid (no score).
+    if found == 1
+        && let Err(e) = conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE results ADD COLUMN unusual REAL;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )
+    {
+        let _ = conn.execute_batch("ROLLBACK");
+        // Another opener may have migrated it in the meantime.
+        let now: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if now < SCHEMA_VERSION {
+            return Err(sql(e));
+        }
+    }
+    if found < 1
         && let Err(e) = conn.execute_batch(
             "BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS files (
@@ -239,9 +257,10 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                  dhash BLOB,
                  version TEXT NOT NULL,
                  created INTEGER NOT NULL,
+                 unusual REAL,
                  PRIMARY KEY (model, hash)
              );
-             PRAGMA user_version = 1;
+             PRAGMA user_version = 2;
              COMMIT;",
         )
     {
@@ -289,9 +308,11 @@ type RawRow = (
     Option<Vec<u8>>,
     Option<Vec<u8>>,
     String,
+    Option<f64>,
 );
 
-/// The six result columns (status, error, info, probs, dhash, version) from `first` on.
+/// The seven result columns (status, error, info, probs, dhash, version, unusual) from
+/// `first` on.
 fn raw_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RawRow> {
     Ok((
         r.get(first)?,
@@ -300,13 +321,14 @@ fn raw_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RawRow> {
         r.get(first + 3)?,
         r.get(first + 4)?,
         r.get(first + 5)?,
+        r.get(first + 6)?,
     ))
 }
 
 /// Rebuild an outcome from its columns; `None` when the row is not usable (another version's
 /// error, a row this version cannot read).
 fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
-    let (status, error, info, probs, dhash, version) = raw;
+    let (status, error, info, probs, dhash, version, unusual) = raw;
     let info: Option<ImageInfo> = match info {
         Some(text) => Some(serde_json::from_str(&text).ok()?),
         None => None,
@@ -316,6 +338,7 @@ fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
         "done" => Outcome::Scored {
             info: info?,
             probs: blob_to_f32s(&probs?),
+            unusual: unusual.map(|v| v as f32),
         },
         "out of scope" => Outcome::OutOfScope {
             info: info?,
@@ -330,18 +353,26 @@ fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
     Some((outcome, dhash))
 }
 
-fn status_of(
-    outcome: &Outcome,
-) -> (
+/// The columns an outcome is stored in: status, error, info, probs, unusual.
+type Columns<'a> = (
     &'static str,
-    Option<&str>,
-    Option<&ImageInfo>,
-    Option<&[f32]>,
-) {
+    Option<&'a str>,
+    Option<&'a ImageInfo>,
+    Option<&'a [f32]>,
+    Option<f32>,
+);
+
+fn status_of(outcome: &Outcome) -> Columns<'_> {
     match outcome {
-        Outcome::Scored { info, probs } => ("done", None, Some(info), Some(probs)),
-        Outcome::OutOfScope { info, reason } => ("out of scope", Some(reason), Some(info), None),
-        Outcome::Failed { info, error } => ("error", Some(error), info.as_ref(), None),
+        Outcome::Scored {
+            info,
+            probs,
+            unusual,
+        } => ("done", None, Some(info), Some(probs), *unusual),
+        Outcome::OutOfScope { info, reason } => {
+            ("out of scope", Some(reason), Some(info), None, None)
+        }
+        Outcome::Failed { info, error } => ("error", Some(error), info.as_ref(), None, None),
     }
 }
 
@@ -417,7 +448,7 @@ impl Store {
     pub fn by_file(&self, key: &FileKey) -> Option<Hit> {
         let found = self.with_conn(|c| {
             c.prepare_cached(
-                "SELECT f.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version
+                "SELECT f.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version, r.unusual
                  FROM files f JOIN results r ON r.hash = f.hash AND r.model = ?1
                  WHERE f.path = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
             )?
@@ -440,7 +471,7 @@ impl Store {
     pub fn by_hash(&self, hash: u128) -> Option<Hit> {
         let raw = self.with_conn(|c| {
             c.prepare_cached(
-                "SELECT status, error, info, probs, dhash, version FROM results
+                "SELECT status, error, info, probs, dhash, version, unusual FROM results
                  WHERE model = ?1 AND hash = ?2",
             )?
             .query_row(params![self.model, hash.to_le_bytes().to_vec()], |r| {
@@ -511,8 +542,8 @@ impl Store {
                 )?;
                 let mut result = tx.prepare_cached(
                     "INSERT OR REPLACE INTO results
-                     (model, hash, status, error, info, probs, dhash, version, created)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     (model, hash, status, error, info, probs, dhash, version, created, unusual)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
                 for p in &items {
                     let hash = p.hash.to_le_bytes().to_vec();
@@ -524,7 +555,7 @@ impl Store {
                         created
                     ])?;
                     if let Some((outcome, dhash)) = &p.outcome {
-                        let (status, error, info, probs) = status_of(outcome);
+                        let (status, error, info, probs, unusual) = status_of(outcome);
                         result.execute(params![
                             self.model,
                             hash,
@@ -534,7 +565,8 @@ impl Store {
                             probs.map(f32s_to_blob),
                             dhash.as_ref().map(dhash_to_blob),
                             env!("CARGO_PKG_VERSION"),
-                            created
+                            created,
+                            unusual.map(f64::from)
                         ])?;
                     }
                 }

@@ -59,6 +59,13 @@ impl Item {
     pub fn probs(&self) -> &[f32] {
         self.row.as_ref().map_or(&[], |r| &r.probabilities)
     }
+
+    /// Does the unusual-input score call this image unlike the training data?
+    pub fn is_unusual(&self) -> bool {
+        self.row
+            .as_ref()
+            .is_some_and(|r| r.typicality == Some(crate::results::Typicality::Unusual))
+    }
 }
 
 /// A decoded preview, or why there is none.
@@ -93,6 +100,8 @@ pub enum Filter {
     Disagree,
     /// Images with an exact or near duplicate, by group.
     Duplicates,
+    /// Images the unusual-input score calls unlike the training data.
+    Unusual,
 }
 
 /// Which rows an export writes.
@@ -661,7 +670,8 @@ impl App {
                     Filter::Flagged => Filter::Errors,
                     Filter::Errors => Filter::Disagree,
                     Filter::Disagree => Filter::Duplicates,
-                    Filter::Duplicates => Filter::All,
+                    Filter::Duplicates if self.manifest.unusual.is_some() => Filter::Unusual,
+                    Filter::Duplicates | Filter::Unusual => Filter::All,
                 };
                 self.view_dirty = true;
                 self.ask_duplicates(out);
@@ -813,6 +823,7 @@ impl App {
                 Filter::Errors => item.status == Status::Error,
                 Filter::Disagree => self.disagrees(item),
                 Filter::Duplicates => in_group.contains_key(&i),
+                Filter::Unusual => item.is_unusual(),
             };
             shown
                 && (needle.is_empty()
@@ -923,6 +934,7 @@ impl App {
                         s.per_label[p] += 1;
                     }
                     s.flagged += usize::from(self.is_flagged(item));
+                    s.unusual += usize::from(item.is_unusual());
                 }
             }
         }
@@ -986,6 +998,8 @@ pub struct Summary {
     pub per_label: Vec<usize>,
     pub multi_label: bool,
     pub flagged: usize,
+    /// Scored images the unusual-input score calls unusual.
+    pub unusual: usize,
     pub errors: usize,
     pub out_of_scope: usize,
     pub pending: usize,

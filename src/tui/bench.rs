@@ -246,6 +246,7 @@ pub fn reopen_figures(
                     dicom: None,
                 },
                 probs: vec![0.2, 0.3, 0.5],
+                unusual: Some(0.5),
             };
             store.put(key, i as u128 + 1, &outcome, Some([i as u64; 4]));
         }

@@ -321,6 +321,7 @@ fn view_label(app: &App) -> String {
             1 => "duplicates: 1 group".to_string(),
             n => format!("duplicates: {n} groups"),
         }),
+        Filter::Unusual => Some("unusual input".into()),
     };
     let mut s = format!(" sort: {sort}");
     if let Some(f) = filter {
@@ -437,6 +438,10 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme:
             let item = &app.items[i];
             let probs = item.probs();
             let (label, p) = match item.predicted {
+                // `?`: the image is unlike the training data; check before trusting.
+                Some(l) if item.is_unusual() => {
+                    (format!("{}?", app.manifest.display_name(l)), probs[l])
+                }
                 Some(l) => (app.manifest.display_name(l).to_string(), probs[l]),
                 None if status_w == 0 => (item.status.name().to_string(), f32::NAN),
                 None => (String::new(), f32::NAN),
@@ -656,6 +661,13 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     ))];
     if let Some(err) = item.row.as_ref().and_then(|r| r.error.clone()) {
         info_lines.push(Line::from(Span::styled(err, theme.status(item.status))));
+    } else if let Some(score) = item.row.as_ref().and_then(|r| r.unusual_score)
+        && score > 1.0
+    {
+        info_lines.push(Line::from(Span::styled(
+            format!("unusual input ({score:.1}x the threshold): unlike the training data, check before trusting"),
+            theme.warn(),
+        )));
     } else if let Some(f) = &item.entry.folder_label {
         info_lines.push(Line::from(Span::styled(
             format!("folder label: {f}"),
@@ -699,6 +711,21 @@ fn summary_spans(app: &App, s: &Summary, theme: Theme, compact: bool) -> Vec<Spa
         format!("{flagged}{}{op}", s.flagged),
         theme.warn(),
     ));
+    if app.manifest.unusual.is_some() {
+        parts.push(Span::styled(sep, theme.dim()));
+        parts.push(Span::styled(
+            if compact {
+                format!("?{}", s.unusual)
+            } else {
+                format!("unusual {}", s.unusual)
+            },
+            if s.unusual > 0 {
+                theme.warn()
+            } else {
+                Style::default()
+            },
+        ));
+    }
     parts.push(Span::styled(sep, theme.dim()));
     parts.push(Span::styled(
         format!("errors {}", s.errors),
@@ -878,7 +905,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s", "sort: name → P(each label) → status"),
     (
         "f F",
-        "filter: label → flagged → errors → disagrees → duplicates; F off",
+        "filter: label → flagged → errors → disagrees → dups → unusual; F off",
     ),
     (
         "m",

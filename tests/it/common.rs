@@ -56,6 +56,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         },
         temperature: 1.0,
         operating_points: [("covid".to_string(), 0.0f32)].into_iter().collect(),
+        unusual: None,
         weights: String::new(),
         sha256: "0".repeat(64),
         trained_on: None,

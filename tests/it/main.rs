@@ -4,6 +4,7 @@ mod common;
 mod default_model;
 mod densenet;
 mod dicom;
+mod efficientnet;
 mod hostile;
 mod imaging;
 mod model;

@@ -317,6 +317,7 @@ fn a_stored_score_comes_back_exactly() {
             dicom: None,
         },
         probs: vec![0.1, 0.2000001, 0.6999999],
+        unusual: Some(1.25),
     };
     let store = Store::open(&path, "m:1").unwrap();
     store.put(key.clone(), 7, &scored, Some([1, 2, 3, u64::MAX]));
@@ -326,4 +327,59 @@ fn a_stored_score_comes_back_exactly() {
     assert_eq!(hit.hash, 7);
     assert_eq!(hit.dhash, Some([1, 2, 3, u64::MAX]));
     assert!(Store::open(&path, "m:2").unwrap().by_file(&key).is_none());
+}
+
+/// A store written before the unusual-input score (schema 1) opens, gains the column, and its
+/// results still come back (without a score).
+#[test]
+fn a_schema_1_store_is_migrated_and_keeps_its_results() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let file = dir.path().join("a.png");
+    write_png8(&file, 30, 30);
+    let key = FileKey::stat(&file).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+             hash BLOB NOT NULL, seen INTEGER NOT NULL);
+         CREATE TABLE results (model TEXT NOT NULL, hash BLOB NOT NULL, status TEXT NOT NULL,
+             error TEXT, info TEXT, probs BLOB, dhash BLOB, version TEXT NOT NULL,
+             created INTEGER NOT NULL, PRIMARY KEY (model, hash));
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let hash = 9u128.to_le_bytes().to_vec();
+    conn.execute(
+        "INSERT INTO files VALUES (?1, ?2, ?3, ?4, 0)",
+        rusqlite::params![key.path, key.size as i64, key.mtime_ns, hash],
+    )
+    .unwrap();
+    let probs: Vec<u8> = [0.25f32, 0.5, 0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    conn.execute(
+        "INSERT INTO results VALUES ('m:1', ?1, 'done', NULL, ?2, ?3, NULL, '0.0.1', 0)",
+        rusqlite::params![
+            hash,
+            r#"{"format":"png","width":30,"height":30,"bit_depth":8,"dicom":null}"#,
+            probs
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path, "m:1").unwrap();
+    let hit = store.by_file(&key).expect("the schema-1 result");
+    match hit.outcome {
+        Outcome::Scored { probs, unusual, .. } => {
+            assert_eq!(probs, [0.25, 0.5, 0.25]);
+            assert_eq!(unusual, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
 }

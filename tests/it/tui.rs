@@ -62,6 +62,7 @@ fn scored(app: &App, item: usize, probs: [f32; 3]) -> Event {
             Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
+                unusual: None,
             },
         )),
     }
@@ -996,6 +997,7 @@ fn scored_with_hashes(
             Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
+                unusual: None,
             },
         )
     }
@@ -1153,6 +1155,7 @@ fn multi_label_app() -> App {
             Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
+                unusual: None,
             },
         );
         app.update(Event::Scored {
@@ -1186,4 +1189,35 @@ fn snapshot_multi_label_80x24_scrolls_the_probabilities() {
     insta::assert_snapshot!(screen(&mut app, 80, 12, ColorMode::None));
     app.update(key(']'));
     insta::assert_snapshot!(screen(&mut app, 80, 12, ColorMode::None));
+}
+
+/// An unusual input (score above the model's threshold) is counted in the summary, kept by the
+/// `unusual` filter (the last stop of `f` for a model with the score) and marked in the row.
+#[test]
+fn unusual_inputs_are_counted_filtered_and_marked() {
+    let mut app = scored_app();
+    assert_eq!(app.summary().unusual, 0);
+    let ev = match scored(&app, 0, [0.2, 0.7, 0.1]) {
+        Event::Scored { item, mut scored } => {
+            if let Outcome::Scored { unusual, .. } = &mut scored.outcome {
+                *unusual = Some(2.5);
+            }
+            Event::Scored { item, scored }
+        }
+        other => other,
+    };
+    app.update(ev);
+    assert!(app.items[0].is_unusual());
+    assert_eq!(app.summary().unusual, 1);
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        app.update(key('f'));
+        seen.push(app.filter);
+        if app.filter == Filter::Unusual {
+            break;
+        }
+    }
+    assert_eq!(app.filter, Filter::Unusual, "{seen:?}");
+    app.refresh_view();
+    assert_eq!(app.view, [0]);
 }
