@@ -665,7 +665,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         && score > 1.0
     {
         info_lines.push(Line::from(Span::styled(
-            format!("unusual input ({score:.1}x the threshold): unlike the training data, check before trusting"),
+            format!("unusual input ({score:.1}x threshold): check before trusting"),
             theme.warn(),
         )));
     } else if let Some(f) = &item.entry.folder_label {
