@@ -116,8 +116,7 @@ def macro_auc(probs, truth, k):
         if len(pos) == 0 or len(neg) == 0:
             continue
         allv = np.concatenate([pos, neg])
-        ranks = allv.argsort().argsort().astype(np.float64) + 1
-        # average ranks for ties
+        # ranks, ties averaged
         order = np.argsort(allv, kind="stable")
         sv = allv[order]
         r = np.empty(len(allv))
@@ -144,7 +143,7 @@ def main():
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--label-smoothing", type=float, default=0.05)
-    p.add_argument("--freeze-blocks", type=int, default=5)
+    p.add_argument("--freeze-blocks", type=int, default=3)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
