@@ -258,26 +258,6 @@ impl Dataset {
         })
     }
 
-    /// One source of a pool as a data set of its own (same labels).
-    pub fn only_source(&self, source: usize) -> Self {
-        Self {
-            root: self.sources[source].root.clone(),
-            sources: vec![self.sources[source].clone()],
-            labels: self.labels.clone(),
-            samples: self
-                .samples
-                .iter()
-                .filter(|s| s.source == source)
-                .map(|s| Sample {
-                    source: 0,
-                    ..s.clone()
-                })
-                .collect(),
-            split_source: self.split_source.clone(),
-            left_out: Vec::new(),
-        }
-    }
-
     /// A short name for logs and reports: the folder, or the pool's folders joined by `+`.
     pub fn name(&self) -> String {
         self.sources
@@ -363,7 +343,6 @@ mod tests {
             ]
         );
         assert_eq!(pool.split(Split::Test).len(), 1);
-        assert_eq!(pool.only_source(1).samples.len(), 2);
         // Without cxr3 in the pool, cohen's copies count.
         let alone = Dataset::pool(&[cohen], Some(&labels), 0, 0.15).unwrap();
         assert_eq!(alone.samples.len(), 2);

@@ -8,6 +8,7 @@ use crate::catalog::Entry;
 use crate::dataset::{Dataset, Split};
 use crate::metrics::{Metrics, at_threshold, bootstrap_ci, pairwise_accuracy, roc_auc};
 use crate::model::Model;
+use crate::results::Typicality;
 use crate::worker::{Outcome, PipelineOptions, score_all};
 
 /// A figure with its 95 % bootstrap interval.
@@ -129,7 +130,7 @@ pub fn evaluate(
             } => {
                 probs.push(p);
                 truth.push(map[samples[s.index].label]);
-                unusual += usize::from(u.is_some_and(|u| u > 1.0));
+                unusual += usize::from(u.map(Typicality::of) == Some(Typicality::Unusual));
             }
             Outcome::Failed { error, .. } | Outcome::OutOfScope { reason: error, .. } => {
                 failed.push(format!("{}: {error}", s.entry.rel.display()))

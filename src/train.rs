@@ -646,31 +646,29 @@ fn fit_unusual(
     let started = Instant::now();
     let model = crate::model::Model::load(saved)?;
     let spec = &model.manifest.input;
-    let total = (train_set.len() + val_planes.len()).div_ceil(FEATURE_CHUNK);
+    // Train and val go in separate chunks: the progress total counts each split's own.
+    let total = train_set.len().div_ceil(FEATURE_CHUNK) + val_planes.len().div_ceil(FEATURE_CHUNK);
     let mut done = 0;
-    let mut features = |planes: &mut dyn Iterator<Item = Result<Vec<f32>, ModelError>>| -> Result<Tensor, TrainError> {
-        let mut parts = Vec::new();
-        let mut chunk = Vec::with_capacity(FEATURE_CHUNK);
-        let mut flush = |chunk: &mut Vec<Vec<f32>>, parts: &mut Vec<Tensor>| -> Result<(), TrainError> {
-            if !chunk.is_empty() {
-                parts.push(model.features(chunk)?);
-                chunk.clear();
-                done += 1;
-                batch_done(0, done, total);
-            }
-            Ok(())
-        };
-        for p in planes {
-            chunk.push(p?);
-            if chunk.len() == FEATURE_CHUNK {
-                flush(&mut chunk, &mut parts)?;
-            }
-        }
-        flush(&mut chunk, &mut parts)?;
-        Ok(Tensor::cat(&parts, 0)?)
+    let mut features_of = |planes: &[Vec<f32>]| -> Result<Tensor, TrainError> {
+        let t = model.features(planes)?;
+        done += 1;
+        batch_done(0, done, total);
+        Ok(t)
     };
-    let train_features = features(&mut train_set.iter().map(|s| preprocess(&s.image, spec)))?;
-    let val_features = features(&mut val_planes.iter().map(|p| Ok(p.clone())))?;
+    let mut parts = Vec::new();
+    for chunk in train_set.chunks(FEATURE_CHUNK) {
+        let planes: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|s| preprocess(&s.image, spec))
+            .collect::<Result<_, _>>()?;
+        parts.push(features_of(&planes)?);
+    }
+    let train_features = Tensor::cat(&parts, 0)?;
+    let parts = val_planes
+        .chunks(FEATURE_CHUNK)
+        .map(&mut features_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let val_features = Tensor::cat(&parts, 0)?;
     let labels: Vec<usize> = train_set.iter().map(|s| s.label).collect();
     let fit = Unusual::fit(&train_features, &labels, manifest.labels.len())?;
     let threshold = quantile(&fit.distances(&val_features)?, TYPICAL_SHARE);

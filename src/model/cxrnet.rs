@@ -75,18 +75,11 @@ impl ConvBn {
     /// `s = gamma / sqrt(var + eps)`: one convolution instead of a convolution and five
     /// element-wise passes.
     fn fold(&mut self) -> Result<()> {
-        let var = (self.bn.running_var() + self.bn.eps())?.sqrt()?;
-        let mean = self.bn.running_mean();
-        let (gamma, beta) = match self.bn.weight_and_bias() {
-            Some((g, b)) => (g.clone(), b.clone()),
-            None => (var.ones_like()?, var.zeros_like()?),
-        };
-        let scale = (gamma / var)?;
+        let (scale, b) = super::bn_scale_shift(&self.bn)?;
         let cout = scale.dim(0)?;
         let w = self
             .weight
             .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
-        let b = (beta - (mean * &scale)?)?;
         self.folded = Some((w, b));
         Ok(())
     }

@@ -57,13 +57,7 @@ fn relu6(x: &Tensor) -> Result<Tensor> {
 
 /// `bn` in eval mode as a per-channel affine map: (scale, shift).
 fn bn_affine(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
-    let var = (bn.running_var() + bn.eps())?.sqrt()?;
-    let (gamma, beta) = match bn.weight_and_bias() {
-        Some((g, b)) => (g.clone(), b.clone()),
-        None => (var.ones_like()?, var.zeros_like()?),
-    };
-    let scale = (gamma / var)?;
-    let shift = (beta - (bn.running_mean() * &scale)?)?;
+    let (scale, shift) = super::bn_scale_shift(bn)?;
     Ok((scale.to_vec1()?, shift.to_vec1()?))
 }
 

@@ -236,6 +236,20 @@ pub fn build_net(manifest: &Manifest, vb: VarBuilder) -> candle_core::Result<Net
     })
 }
 
+/// A batch norm in eval mode as a per-channel affine map `x * scale + shift`, with
+/// `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`: what folding it into the
+/// convolution before it needs.
+pub(crate) fn bn_scale_shift(bn: &candle_nn::BatchNorm) -> candle_core::Result<(Tensor, Tensor)> {
+    let var = (bn.running_var() + bn.eps())?.sqrt()?;
+    let (gamma, beta) = match bn.weight_and_bias() {
+        Some((g, b)) => (g.clone(), b.clone()),
+        None => (var.ones_like()?, var.zeros_like()?),
+    };
+    let scale = (gamma / var)?;
+    let shift = (beta - (bn.running_mean() * &scale)?)?;
+    Ok((scale, shift))
+}
+
 /// Logits to probabilities with the manifest's temperature and output kind.
 pub fn probabilities(logits: &Tensor, manifest: &Manifest) -> candle_core::Result<Tensor> {
     let scaled = (logits / manifest.temperature as f64)?;

@@ -8,7 +8,7 @@
 //! unusual: a photo, a CT slice, a lateral view, a child's film, a drawing. Unusual images are
 //! still scored; the flag says "check before trusting".
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Share of the covariance replaced by `trace / d * I`.
@@ -134,14 +134,6 @@ impl Unusual {
         }
         Ok(Self { whiten, centres })
     }
-
-    pub fn dim(&self) -> usize {
-        self.whiten.dims()[0]
-    }
-
-    pub fn device(&self) -> &Device {
-        self.whiten.device()
-    }
 }
 
 /// The value below which `share` of `values` lie (nearest rank, at least one value).
@@ -200,6 +192,7 @@ fn lower_inverse(l: &[f64], d: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

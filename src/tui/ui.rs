@@ -661,8 +661,8 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     ))];
     if let Some(err) = item.row.as_ref().and_then(|r| r.error.clone()) {
         info_lines.push(Line::from(Span::styled(err, theme.status(item.status))));
-    } else if let Some(score) = item.row.as_ref().and_then(|r| r.unusual_score)
-        && score > 1.0
+    } else if item.is_unusual()
+        && let Some(score) = item.row.as_ref().and_then(|r| r.unusual_score)
     {
         info_lines.push(Line::from(Span::styled(
             format!("unusual input ({score:.1}x threshold): check before trusting"),
