@@ -1,26 +1,28 @@
 //! cxr-triage: chest X-ray triage in the terminal and in batch jobs.
 //!
-//! Module map (data flows top to bottom):
-//! - [`catalog`]: find the images in a folder (streaming, natural order, folder labels).
-//! - [`imaging`]: the one decode path, bytes to [`imaging::GrayImage`], and thumbnails.
-//! - [`model`]: the manifest, the one preprocessing function, the networks, prediction.
-//! - [`worker`]: the bounded decode-then-score pipeline that runs in the background.
-//! - [`results`]: the one results type, its CSV / JSON exports, and the results store.
-//! - [`review`]: data set review: labels from folders or a CSV, duplicates, per-folder figures.
-//! - [`tui`]: the terminal UI (state in `tui::app`, drawing in `tui::ui`).
-//! - [`cli`]: the command line (the only place that uses `anyhow`).
+//! The modules are listed in data-flow order: each may use the ones above it, never one below
+//! (`tests/it/layers.rs` checks; `docs/architecture.md` says where to add what; rustfmt.toml
+//! keeps rustfmt from sorting them).
 
-pub mod bench;
-pub mod catalog;
-pub mod cli;
-pub mod dataset;
-pub mod drr;
-pub mod eval;
+/// The one decode path, bytes to [`imaging::GrayImage`], guards and thumbnails.
 pub mod imaging;
-pub mod metrics;
+/// Find the images in a folder (streaming, natural order, folder labels); labelled data sets.
+pub mod catalog;
+/// The manifest, the one preprocessing function, the networks, prediction.
 pub mod model;
+/// What happened to each image, the one results row, its exports and tally, the store.
 pub mod results;
+/// The bounded decode-then-score pipeline that runs in the background.
+pub mod scoring;
+/// Data set review: labels from folders or a CSV, duplicates, per-folder figures.
 pub mod review;
-pub mod train;
+/// `eval`: metrics with bootstrap intervals.
+pub mod evaluation;
+/// `train`, in named stages.
+pub mod training;
+/// The terminal UI (state in `tui::app`, drawing in `tui::ui`, keys in `tui::keys`).
 pub mod tui;
-pub mod worker;
+/// Every speed figure of `cxr-triage bench`.
+pub mod bench;
+/// The command line (the only place that uses `anyhow` and clap).
+pub mod cli;

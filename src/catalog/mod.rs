@@ -1,5 +1,6 @@
 //! Finding the images in a folder: a streaming, naturally sorted, recursive walk.
 
+pub mod dataset;
 mod natural;
 
 pub use natural::natural_cmp;

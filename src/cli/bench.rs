@@ -2,7 +2,7 @@ use super::{BenchArgs, BenchPart, Exit, load_model};
 use crate::bench::{
     decode_figures, fixed_input_probabilities, inference_figure, scan_figures, store_scan_figures,
 };
-use crate::worker::PipelineOptions;
+use crate::scoring::PipelineOptions;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     let model = load_model(&args.model)?;
@@ -33,7 +33,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
 
 fn store(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {
     let base = std::env::temp_dir().join(format!("cxr-triage-bench-store-{}", std::process::id()));
-    let reopen = crate::tui::bench::reopen_figures(
+    let reopen = crate::bench::tui::reopen_figures(
         &base.join("folder"),
         &base.join("reopen.sqlite3"),
         args.tui_files,
@@ -147,7 +147,7 @@ fn scan(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {
 fn tui(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("cxr-triage-bench-tui-{}", std::process::id()));
     let real = 1000.min(args.tui_files);
-    let figures = crate::tui::bench::figures(&dir, args.tui_files, real, args.runs, args.keys);
+    let figures = crate::bench::tui::figures(&dir, args.tui_files, real, args.runs, args.keys);
     let _ = std::fs::remove_dir_all(&dir);
     let f = figures?;
     println!(

@@ -1,8 +1,8 @@
 use anyhow::Context;
 
 use super::{EvalArgs, Exit, load_model};
-use crate::dataset::Dataset;
-use crate::eval::evaluate;
+use crate::catalog::dataset::Dataset;
+use crate::evaluation::evaluate;
 use crate::model::Manifest;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<Exit> {

@@ -5,6 +5,7 @@ mod bench;
 mod eval;
 mod scan;
 mod train;
+mod values;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -167,7 +168,8 @@ pub enum Command {
     Samples(SamplesArgs),
     /// Score every image under a folder (or one file) and write one row per image.
     Scan(ScanArgs),
-    /// Train a cxrnet model on a folder of class subfolders (with or without splits.csv).
+    /// Train a model (cxrnet or DenseNet-121 from scratch, or any network from --init) on one or
+    /// more labelled folders.
     Train(TrainArgs),
     /// Evaluate a model on a labelled split: accuracy, sensitivity, specificity, PPV, ROC AUC,
     /// confusion matrix, with 95 % bootstrap intervals.
@@ -270,8 +272,8 @@ pub struct EvalArgs {
     /// report per folder and a pooled one.
     #[arg(long, required = true)]
     pub data: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = crate::dataset::Split::Test)]
-    pub split: crate::dataset::Split,
+    #[arg(long, value_enum, default_value_t = crate::catalog::dataset::Split::Test)]
+    pub split: crate::catalog::dataset::Split,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Print the report as JSON.
@@ -295,7 +297,10 @@ pub struct EvalArgs {
 validation split is made.\n\nWrites OUT.safetensors and OUT.json (the manifest), and checkpoints \
 plus state.json in OUT.train/ after every epoch; --resume continues from them. The log goes to \
 stderr, one line per epoch.\n\nExamples:\n  cxr-triage train --data ../shared/data/cxr3 --out models/cxrnet-v1\n  \
-cxr-triage train --data ../shared/data/cxr3 --out models/xrv-cxr3 --init models/xrv-all.json --freeze"
+cxr-triage train --data ../shared/data/cxr3 --data ../shared/data/siim-covid --data ../shared/data/cohen-2020-07 \
+--labels covid,normal,pneumonia --init efficientnet-lite0-imagenet.json --freeze-blocks 3 --out models/lite0\n  \
+cxr-triage train --data ../shared/data/cxr3 --out models/xrv-cxr3 --init models/xrv-all.json --freeze\n\n\
+The default model's full recipe (ImageNet conversion, PyTorch twin, calibration): models/MODEL_CARD.md."
 )]
 pub struct TrainArgs {
     /// Folder with one subfolder per class; repeat to pool several (each keeps its own splits,
@@ -322,10 +327,11 @@ pub struct TrainArgs {
     /// Input side in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
-    /// Network: cxrnet (the default model's) or densenet121 (the original project's; about
-    /// 100x slower to train on a CPU).
-    #[arg(long, value_enum, default_value_t = crate::train::Arch::Cxrnet)]
-    pub arch: crate::train::Arch,
+    /// Network to train from scratch: cxrnet (compact, the former default cxrnet-v1's) or
+    /// densenet121 (the original project's; about 100x slower on a CPU). EfficientNet-Lite0, the
+    /// default model's network, starts from ImageNet weights: use --init.
+    #[arg(long, value_enum, default_value_t = crate::training::Arch::Cxrnet)]
+    pub arch: crate::training::Arch,
     /// Layer widths: stem, then one residual stage each (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = crate::model::cxrnet::CxrNetConfig::default().widths)]
     pub widths: Vec<usize>,
@@ -361,7 +367,7 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Model manifest (JSON) with its safetensors weights beside it. Default: the built-in
-    /// cxrnet-v1 (COVID-19 / normal / pneumonia; see models/MODEL_CARD.md).
+    /// cxr-lite0-v2 (COVID-19 / normal / pneumonia; see models/MODEL_CARD.md).
     #[arg(long, value_name = "MANIFEST.json")]
     pub model: Option<PathBuf>,
 }
@@ -441,11 +447,14 @@ pub fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             if err.downcast_ref::<UsageError>().is_some()
+                || err.downcast_ref::<crate::tui::NoTerminal>().is_some()
                 || err.downcast_ref::<crate::model::ModelError>().is_some()
-                || err.downcast_ref::<crate::dataset::DatasetError>().is_some()
+                || err
+                    .downcast_ref::<crate::catalog::dataset::DatasetError>()
+                    .is_some()
                 || matches!(
-                    err.downcast_ref::<crate::train::TrainError>(),
-                    Some(crate::train::TrainError::Dataset(_))
+                    err.downcast_ref::<crate::training::TrainError>(),
+                    Some(crate::training::TrainError::Dataset(_))
                 )
             {
                 Exit::Usage.into()

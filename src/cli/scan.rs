@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -7,12 +6,13 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Exit, ScanArgs, UsageError, load_model};
+use crate::catalog::dataset::Split;
 use crate::catalog::walk;
-use crate::dataset::Split;
 use crate::imaging::dhash::DHash;
-use crate::results::{ExportFormat, Row, RowWriter, Status};
+use crate::results::Outcome;
+use crate::results::{ExportFormat, Row, RowWriter, Status, Tally};
 use crate::review::{Candidate, by_folder, folders::write_folders, groups};
-use crate::worker::{Outcome, PipelineOptions, score_all_stored};
+use crate::scoring::{PipelineOptions, score_all_stored};
 
 /// A row kept for a review output, with what the review needs.
 struct Kept {
@@ -119,6 +119,9 @@ fn leak_of<'a>(members: impl Iterator<Item = &'a Kept>) -> String {
     parts.join("; ")
 }
 
+/// `scan`: walk, score (through the store), stream or collect the rows, then the review
+/// outputs, label figures and the summary line. The per-row closure in the middle shares the
+/// writer, the review buffers and the summary, which is why it stays in one piece.
 pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     if !args.path.exists() {
         return Err(UsageError(format!("{}: no such file or folder", args.path.display())).into());
@@ -134,46 +137,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         eprintln!("warning: {problem}");
     }
 
-    let progress = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
-    progress.set_draw_target(if args.quiet {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    });
-    progress.set_message(format!("finding images in {}", args.path.display()));
-    let walk_options = args.input.walk_options();
-    let entries: Vec<_> = walk(&args.path, &walk_options)
-        .inspect(|_| progress.tick())
-        .collect();
-    if entries.is_empty() {
-        progress.finish_and_clear();
-        if !args.quiet {
-            eprintln!("no images found in {}", args.path.display());
-        }
-    }
-    progress.set_length(entries.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}")
-            .expect("valid template"),
-    );
-    progress.set_message("");
+    let (entries, progress) = find_images(&args);
 
-    let format = args
-        .format
-        .or(args.out.as_deref().map(ExportFormat::from_path))
-        .unwrap_or(ExportFormat::Csv);
-    let out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let out = BufWriter::new(out);
+    let (format, out) = open_output(&args)?;
     // Review outputs need every row before the first is written; plain scans stream.
     let collect = args.disagreements || args.duplicates || args.by_folder;
     let (mut writer, mut out) = if collect {
@@ -194,7 +160,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         force: args.input.force,
     };
     let started = Instant::now();
-    let mut summary = Summary::default();
+    let mut summary = Summary::new(&model.manifest);
     let mut write_error = None;
     let cancel = AtomicBool::new(false);
     // Test hook (debug builds only): slow each result down so a test can kill a scan midway.
@@ -264,87 +230,67 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         }
     }
     if !args.quiet {
-        let unmatched = truth.unmatched(&labelled_entries);
-        if !unmatched.is_empty() {
-            let list: Vec<String> = unmatched
-                .iter()
-                .map(|(name, n)| format!("{name} ({n})"))
-                .collect();
-            eprintln!(
-                "labels not matched to the model's labels ({}), so not counted: {}",
-                labels.join(", "),
-                list.join(", ")
-            );
-        }
-        if !scored_probs.is_empty() {
-            let report = crate::eval::report(
-                &model.manifest,
-                &args.path.display().to_string(),
-                None,
-                &scored_probs,
-                &scored_truth,
-                Vec::new(),
-                args.resamples,
-            );
-            eprintln!("{}", report.render());
-        }
+        print_label_figures(
+            &args,
+            &model.manifest,
+            &truth,
+            &labelled_entries,
+            &scored_probs,
+            &scored_truth,
+        );
         eprintln!("{}", summary.line(&model.manifest, elapsed));
         if let Some(path) = &args.out {
             eprintln!("results written to {}", path.display());
         }
     }
-    Ok(if summary.errors > 0 {
+    Ok(if summary.tally.errors > 0 {
         Exit::SomeFailed
     } else {
         Exit::Ok
     })
 }
 
-#[derive(Default)]
 struct Summary {
     total: usize,
-    errors: usize,
-    out_of_scope: usize,
-    flagged: usize,
-    /// Scored images that the unusual-input score calls unusual.
-    unusual: usize,
     /// Outcomes taken from the results store.
     stored: usize,
-    /// Images per predicted label (softmax), or flagged per label (sigmoid: labels are
-    /// independent).
-    per_label: BTreeMap<String, usize>,
+    tally: Tally,
 }
 
 impl Summary {
+    fn new(manifest: &crate::model::Manifest) -> Self {
+        Self {
+            total: 0,
+            stored: 0,
+            tally: Tally::new(manifest),
+        }
+    }
+
     fn add(&mut self, row: &Row, manifest: &crate::model::Manifest) {
         self.total += 1;
         match row.status {
-            Status::Error => self.errors += 1,
-            Status::OutOfScope => self.out_of_scope += 1,
+            Status::Error => self.tally.errors += 1,
+            Status::OutOfScope => self.tally.out_of_scope += 1,
             Status::Done => {
-                if manifest.output == crate::model::Output::Sigmoid {
-                    for (label, p) in manifest.labels.iter().zip(&row.probabilities) {
-                        if manifest.operating_points.get(label).is_some_and(|t| p >= t) {
-                            *self.per_label.entry(label.clone()).or_default() += 1;
-                        }
-                    }
-                } else if let Some(label) = &row.predicted {
-                    *self.per_label.entry(label.clone()).or_default() += 1;
-                }
-                self.flagged += usize::from(row.flagged == Some(true));
-                self.unusual +=
-                    usize::from(row.typicality == Some(crate::results::Typicality::Unusual));
+                let predicted = row
+                    .predicted
+                    .as_ref()
+                    .and_then(|p| manifest.labels.iter().position(|l| l == p));
+                self.tally.scored(
+                    &row.probabilities,
+                    predicted,
+                    row.flagged == Some(true),
+                    row.typicality == Some(crate::results::Typicality::Unusual),
+                    |l| manifest.operating_points.get(&manifest.labels[l]).copied(),
+                );
             }
         }
     }
 
     fn line(&self, manifest: &crate::model::Manifest, secs: f64) -> String {
-        let multi = manifest.output == crate::model::Output::Sigmoid;
-        let mut counts: Vec<(usize, String)> = manifest
-            .labels
-            .iter()
+        let multi = self.tally.multi_label;
+        let mut counts: Vec<(usize, String)> = (self.tally.per_label.iter().copied())
             .enumerate()
-            .map(|(i, l)| (i, self.per_label.get(l).copied().unwrap_or(0)))
             .filter(|&(_, n)| !multi || n > 0)
             .map(|(i, n)| (n, format!("{} {n}", manifest.display_name(i))))
             .collect();
@@ -364,7 +310,7 @@ impl Summary {
             String::new()
         };
         let unusual = if manifest.unusual.is_some() {
-            format!(" · unusual {}", self.unusual)
+            format!(" · unusual {}", self.tally.unusual)
         } else {
             String::new()
         };
@@ -374,9 +320,93 @@ impl Summary {
             secs,
             self.total as f64 / secs.max(1e-9),
             counts,
-            self.flagged,
-            self.out_of_scope,
-            self.errors
+            self.tally.flagged,
+            self.tally.out_of_scope,
+            self.tally.errors
         )
+    }
+}
+
+/// The walk, with a spinner while it runs; returns the progress bar set up for scoring.
+fn find_images(args: &ScanArgs) -> (Vec<crate::catalog::Entry>, ProgressBar) {
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    progress.set_draw_target(if args.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    progress.set_message(format!("finding images in {}", args.path.display()));
+    let walk_options = args.input.walk_options();
+    let entries: Vec<_> = walk(&args.path, &walk_options)
+        .inspect(|_| progress.tick())
+        .collect();
+    if entries.is_empty() {
+        progress.finish_and_clear();
+        if !args.quiet {
+            eprintln!("no images found in {}", args.path.display());
+        }
+    }
+    progress.set_length(entries.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}")
+            .expect("valid template"),
+    );
+    progress.set_message("");
+    (entries, progress)
+}
+
+/// The results file (or stdout) and its format: `--format`, else the extension, else CSV.
+fn open_output(args: &ScanArgs) -> anyhow::Result<(ExportFormat, BufWriter<Box<dyn Write>>)> {
+    let format = args
+        .format
+        .or(args.out.as_deref().map(ExportFormat::from_path))
+        .unwrap_or(ExportFormat::Csv);
+    let out: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let out = BufWriter::new(out);
+    Ok((format, out))
+}
+
+/// With true labels: the labels the model does not know, and `eval`'s report on the rest.
+fn print_label_figures(
+    args: &ScanArgs,
+    manifest: &crate::model::Manifest,
+    truth: &crate::review::Truth,
+    labelled_entries: &[crate::catalog::Entry],
+    scored_probs: &[Vec<f32>],
+    scored_truth: &[usize],
+) {
+    let unmatched = truth.unmatched(labelled_entries);
+    if !unmatched.is_empty() {
+        let list: Vec<String> = unmatched
+            .iter()
+            .map(|(name, n)| format!("{name} ({n})"))
+            .collect();
+        eprintln!(
+            "labels not matched to the model's labels ({}), so not counted: {}",
+            manifest.labels.join(", "),
+            list.join(", ")
+        );
+    }
+    if !scored_probs.is_empty() {
+        let report = crate::evaluation::report(
+            manifest,
+            &args.path.display().to_string(),
+            None,
+            scored_probs,
+            scored_truth,
+            Vec::new(),
+            args.resamples,
+        );
+        eprintln!("{}", report.render());
     }
 }

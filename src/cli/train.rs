@@ -1,7 +1,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Exit, TrainArgs};
-use crate::train::{TrainConfig, TrainEvent, train};
+use crate::training::{TrainConfig, TrainEvent, train};
 
 pub fn run(args: TrainArgs) -> anyhow::Result<Exit> {
     let cfg = TrainConfig {

@@ -180,6 +180,9 @@ pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
 }
 
 /// Decode the first frame and read the metadata.
+///
+/// Long on purpose: one checklist over the data set's attributes in the order a reader meets them;
+/// each step needs the ones before.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), ImageError> {
     let obj = parse(bytes)?;
     let ts_uid = obj
@@ -359,6 +362,8 @@ impl Default for DicomWrite {
 }
 
 /// Write a single-frame grayscale DICOM file of `stored` sample values (row-major).
+///
+/// Long on purpose: the attributes written, one per line.
 pub fn write_dicom(stored: &[u16], width: u32, height: u32, o: &DicomWrite) -> Vec<u8> {
     use dicom_core::value::{PixelFragmentSequence, Value};
     use dicom_core::{DataElement, PrimitiveValue, VR};

@@ -121,6 +121,8 @@ impl Manifest {
     }
 
     /// Check everything that can be checked without the weights.
+    ///
+    /// Long on purpose: one check per field, each with its own message.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::Manifest(m));
         if self.name.trim().is_empty() {

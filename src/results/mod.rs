@@ -1,7 +1,13 @@
 //! The one results type ([`Row`]), its exports (CSV, JSON, JSON Lines) and the store that
 //! keeps outcomes between runs ([`store`]).
 
+mod export;
+mod outcome;
 pub mod store;
+mod tally;
+pub use export::{default_export_path, export_rows};
+pub use outcome::{ImageInfo, Outcome, Scored};
+pub use tally::Tally;
 
 use std::io::Write;
 use std::path::Path;
@@ -9,7 +15,6 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::model::{Manifest, argmax, is_flagged};
-use crate::worker::{Outcome, Scored};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,7 +140,7 @@ impl Row {
 }
 
 /// Export formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportFormat {
     Csv,
     Json,

@@ -26,7 +26,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::imaging::dhash::DHash;
 use crate::model::Manifest;
-use crate::worker::{ImageInfo, Outcome};
+use crate::results::{ImageInfo, Outcome};
 
 /// Schema version, in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 2;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::Entry;
-use crate::dataset::Split;
+use crate::catalog::dataset::Split;
 
 /// Names people give class folders, mapped to the label they mean (compared after
 /// [`normalize`]).

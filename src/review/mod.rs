@@ -1,5 +1,5 @@
 //! Reviewing a data set: true labels (class folders or a CSV), duplicates and leaks, and the
-//! per-folder breakdown. The metrics themselves are `eval`'s ([`crate::eval::report`]).
+//! per-folder breakdown. The metrics themselves are `eval`'s ([`crate::evaluation::report`]).
 
 pub mod duplicates;
 pub mod folders;

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 
+use super::keys::{self, Action};
 use crate::catalog::Entry;
 use crate::imaging::Thumbnail;
 use crate::model::{Manifest, argmax};
-use crate::results::{ExportFormat, Row, Status as RowStatus};
-use crate::worker::Scored;
+use crate::results::Scored;
+use crate::results::{ExportFormat, Row, Status as RowStatus, Tally};
 
 /// Where an item is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -417,6 +418,8 @@ impl App {
     }
 
     /// Handle one event; returns what the runtime should do.
+    ///
+    /// Long on purpose: the one match over events, an arm each.
     pub fn update(&mut self, event: Event) -> Vec<Command> {
         let mut out = Vec::new();
         match event {
@@ -541,7 +544,7 @@ impl App {
     }
 
     fn key(&mut self, key: KeyEvent, out: &mut Vec<Command>) {
-        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        if keys::is_interrupt(&key) {
             out.push(Command::Quit);
             return;
         }
@@ -592,6 +595,7 @@ impl App {
         }
     }
 
+    /// Long on purpose: one short arm per action of the key table (`keys::KEYS`).
     fn normal_key(&mut self, key: KeyEvent, out: &mut Vec<Command>) {
         self.message = None;
         // Keys act on the list as it is now, even if no frame was drawn since it changed.
@@ -602,29 +606,29 @@ impl App {
             self.list_rows
         }
         .max(1);
-        match key.code {
-            KeyCode::Char('q') => out.push(Command::Quit),
-            KeyCode::Char('j') | KeyCode::Down => self.move_cursor(1),
-            KeyCode::Char('k') | KeyCode::Up => self.move_cursor(-1),
-            KeyCode::Char('l') | KeyCode::Right if self.grid => self.move_cursor(1),
-            KeyCode::Char('h') | KeyCode::Left if self.grid => self.move_cursor(-1),
-            KeyCode::PageDown => self.move_cursor(page as isize),
-            KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                self.move_cursor(page as isize / 2)
-            }
-            KeyCode::PageUp => self.move_cursor(-(page as isize)),
-            KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-                self.move_cursor(-(page as isize) / 2)
-            }
-            KeyCode::Home => self.move_cursor(isize::MIN / 2),
-            KeyCode::End | KeyCode::Char('G') => self.move_cursor(isize::MAX / 2),
-            KeyCode::Char(' ') => {
+        let Some(action) = keys::lookup(&key) else {
+            return;
+        };
+        match action {
+            Action::Quit => out.push(Command::Quit),
+            Action::Down => self.move_cursor(1),
+            Action::Up => self.move_cursor(-1),
+            Action::Right if self.grid => self.move_cursor(1),
+            Action::Left if self.grid => self.move_cursor(-1),
+            Action::Right | Action::Left => {}
+            Action::PageDown => self.move_cursor(page as isize),
+            Action::HalfPageDown => self.move_cursor(page as isize / 2),
+            Action::PageUp => self.move_cursor(-(page as isize)),
+            Action::HalfPageUp => self.move_cursor(-(page as isize) / 2),
+            Action::First => self.move_cursor(isize::MIN / 2),
+            Action::Last => self.move_cursor(isize::MAX / 2),
+            Action::Mark => {
                 if let Some(i) = self.current() {
                     self.items[i].marked = !self.items[i].marked;
                     self.move_cursor(1);
                 }
             }
-            KeyCode::Char('r') => {
+            Action::RunSelection => {
                 let marked: Vec<usize> = (0..self.items.len())
                     .filter(|&i| self.items[i].marked)
                     .collect();
@@ -635,13 +639,13 @@ impl App {
                 };
                 self.run(chosen, true, out);
             }
-            KeyCode::Char('R') => {
+            Action::RunPending => {
                 let pending = (0..self.items.len())
                     .filter(|&i| self.items[i].status == Status::Pending)
                     .collect();
                 self.run(pending, false, out);
             }
-            KeyCode::Esc => {
+            Action::Cancel => {
                 if self.progress.is_some() {
                     out.push(Command::Cancel);
                     self.unqueue();
@@ -653,7 +657,7 @@ impl App {
                     self.items.iter_mut().for_each(|i| i.marked = false);
                 }
             }
-            KeyCode::Char('s') => {
+            Action::Sort => {
                 self.sort = match self.sort {
                     SortKey::Name if !self.labels.is_empty() => SortKey::Label(0),
                     SortKey::Label(i) if i + 1 < self.labels.len() => SortKey::Label(i + 1),
@@ -662,7 +666,7 @@ impl App {
                 };
                 self.view_dirty = true;
             }
-            KeyCode::Char('f') => {
+            Action::Filter => {
                 self.filter = match self.filter {
                     Filter::All if !self.labels.is_empty() => Filter::Label(0),
                     Filter::Label(i) if i + 1 < self.labels.len() => Filter::Label(i + 1),
@@ -676,33 +680,34 @@ impl App {
                 self.view_dirty = true;
                 self.ask_duplicates(out);
             }
-            KeyCode::Char('m') => self.mode = Mode::Review,
-            KeyCode::Char('F') => {
+            Action::Review => self.mode = Mode::Review,
+            Action::FilterOff => {
                 self.filter = Filter::All;
                 self.view_dirty = true;
             }
-            KeyCode::Char('/') => self.mode = Mode::Search,
-            KeyCode::Char('o') if !self.labels.is_empty() => {
-                self.op_label = (self.op_label + 1) % self.labels.len();
+            Action::Search => self.mode = Mode::Search,
+            Action::NextLabel => {
+                if !self.labels.is_empty() {
+                    self.op_label = (self.op_label + 1) % self.labels.len();
+                }
             }
-            KeyCode::Char(']') => self.prob_scroll = self.prob_scroll.saturating_add(1),
-            KeyCode::Char('[') => self.prob_scroll = self.prob_scroll.saturating_sub(1),
-            KeyCode::Char('+') | KeyCode::Char('=') => self.nudge_threshold(OP_STEP),
-            KeyCode::Char('-') => self.nudge_threshold(-OP_STEP),
-            KeyCode::Char('g') => self.grid = !self.grid,
-            KeyCode::Char('z') | KeyCode::Enter => {
+            Action::ScrollProbsDown => self.prob_scroll = self.prob_scroll.saturating_add(1),
+            Action::ScrollProbsUp => self.prob_scroll = self.prob_scroll.saturating_sub(1),
+            Action::ThresholdUp => self.nudge_threshold(OP_STEP),
+            Action::ThresholdDown => self.nudge_threshold(-OP_STEP),
+            Action::Grid => self.grid = !self.grid,
+            Action::Zoom => {
                 if let Some(i) = self.current() {
                     out.push(Command::Zoom(self.items[i].entry.path.clone()));
                 }
             }
-            KeyCode::Char('e') => {
+            Action::Export => {
                 self.mode = Mode::Export {
                     path: self.export_default.clone(),
                     scope: ExportScope::Shown,
                 }
             }
-            KeyCode::Char('?') => self.mode = Mode::Help,
-            _ => {}
+            Action::Help => self.mode = Mode::Help,
         }
     }
 
@@ -910,32 +915,21 @@ impl App {
     }
 
     /// Counts for the summary bar.
-    pub fn summary(&self) -> Summary {
-        let mut s = Summary {
-            per_label: vec![0; self.labels.len()],
-            multi_label: self.manifest.output == crate::model::Output::Sigmoid,
-            ..Default::default()
-        };
+    pub fn summary(&self) -> Tally {
+        let mut s = Tally::new(&self.manifest);
         for item in &self.items {
             match item.status {
                 Status::Pending => s.pending += 1,
                 Status::Running => s.running += 1,
                 Status::Error => s.errors += 1,
                 Status::OutOfScope => s.out_of_scope += 1,
-                Status::Done => {
-                    if s.multi_label {
-                        // Independent labels: count the images flagged for each one.
-                        for (l, &p) in item.probs().iter().enumerate() {
-                            if self.threshold_of(l).is_some_and(|t| p >= t) {
-                                s.per_label[l] += 1;
-                            }
-                        }
-                    } else if let Some(p) = item.predicted {
-                        s.per_label[p] += 1;
-                    }
-                    s.flagged += usize::from(self.is_flagged(item));
-                    s.unusual += usize::from(item.is_unusual());
-                }
+                Status::Done => s.scored(
+                    item.probs(),
+                    item.predicted,
+                    self.is_flagged(item),
+                    item.is_unusual(),
+                    |l| self.threshold_of(l),
+                ),
             }
         }
         s
@@ -954,8 +948,9 @@ impl App {
         Review {
             labelled: self.items.iter().filter(|i| i.truth.is_some()).count(),
             unmatched: self.truth.unmatched(self.items.iter().map(|i| &i.entry)),
-            metrics: (!probs.is_empty())
-                .then(|| crate::metrics::Metrics::compute(&probs, &truth, &self.labels)),
+            metrics: (!probs.is_empty()).then(|| {
+                crate::evaluation::metrics::Metrics::compute(&probs, &truth, &self.labels)
+            }),
             // Flagged at the operating point in force (the rows keep the one of scoring time);
             // by_folder only asks about scored rows.
             folders: crate::review::by_folder(
@@ -987,21 +982,6 @@ pub struct Review {
     /// Label names that match none of the model's labels, with their counts.
     pub unmatched: Vec<(String, usize)>,
     /// Label metrics over the scored, labelled items (`eval`'s point estimates).
-    pub metrics: Option<crate::metrics::Metrics>,
+    pub metrics: Option<crate::evaluation::metrics::Metrics>,
     pub folders: Vec<crate::review::FolderStats>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// Images per predicted label (softmax models), or flagged per label (sigmoid models,
-    /// where labels are independent).
-    pub per_label: Vec<usize>,
-    pub multi_label: bool,
-    pub flagged: usize,
-    /// Scored images the unusual-input score calls unusual.
-    pub unusual: usize,
-    pub errors: usize,
-    pub out_of_scope: usize,
-    pub pending: usize,
-    pub running: usize,
 }

@@ -7,8 +7,9 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
-use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status, Summary};
+use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status};
 use super::image::{ColorMode, GrayPicture};
+use crate::results::Tally;
 
 /// The screen's regions for a terminal of a given size.
 #[derive(Clone, Copy, Debug)]
@@ -153,6 +154,8 @@ pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
 }
 
 /// The review overlay: label metrics (as `eval` computes them) and the per-folder table.
+///
+/// Long on purpose: the overlay's sections drawn in screen order, a few lines each.
 fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     let r = app.review();
     let pct = |v: f64| {
@@ -288,7 +291,7 @@ fn popup(
     );
 }
 
-fn list_title(app: &App, s: &Summary) -> String {
+fn list_title(app: &App, s: &Tally) -> String {
     let mut t = format!(" {}  {} images", app.root.display(), app.items.len());
     if s.errors > 0 {
         let plural = if s.errors == 1 { "" } else { "s" };
@@ -362,7 +365,7 @@ pub fn bar(frac: f32, width: usize) -> String {
 fn draw_list_frame(
     frame: &mut Frame,
     app: &App,
-    summary: &Summary,
+    summary: &Tally,
     area: Rect,
     theme: Theme,
 ) -> Rect {
@@ -375,7 +378,9 @@ fn draw_list_frame(
     inner
 }
 
-fn draw_list(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme: Theme) {
+/// Long on purpose: the table's columns, widths and cells are built together, one screen region top
+/// to bottom.
+fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: Theme) {
     let inner = draw_list_frame(frame, app, summary, area, theme);
     if app.items.is_empty() {
         let msg = if app.walking {
@@ -506,7 +511,7 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme:
 fn draw_grid(
     frame: &mut Frame,
     app: &App,
-    summary: &Summary,
+    summary: &Tally,
     area: Rect,
     theme: Theme,
     colors: ColorMode,
@@ -587,6 +592,7 @@ fn draw_picture(
     }
 }
 
+/// Long on purpose: the preview pane's parts (image, facts, probabilities) in screen order.
 fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: ColorMode) {
     let current = app.current();
     let title = current
@@ -678,7 +684,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
 }
 
 /// The counts line; `compact` for narrow terminals.
-fn summary_spans(app: &App, s: &Summary, theme: Theme, compact: bool) -> Vec<Span<'static>> {
+fn summary_spans(app: &App, s: &Tally, theme: Theme, compact: bool) -> Vec<Span<'static>> {
     let sep = if compact { " " } else { " · " };
     let mut parts: Vec<Span> = Vec::new();
     if s.multi_label {
@@ -744,7 +750,7 @@ fn summary_spans(app: &App, s: &Summary, theme: Theme, compact: bool) -> Vec<Spa
     parts
 }
 
-fn draw_footer(frame: &mut Frame, app: &App, summary: &Summary, area: Rect, theme: Theme) {
+fn draw_footer(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: Theme) {
     let [top, bottom] =
         Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
     let parts = summary_spans(app, summary, theme, false);
@@ -887,57 +893,13 @@ fn probability_lines(
     lines
 }
 
-/// Every key, as the help overlay lists them.
-pub const KEYS: &[(&str, &str)] = &[
-    ("j k ↓ ↑", "move"),
-    ("PgDn PgUp ^d ^u", "page down / up"),
-    ("Home End G", "first / last"),
-    ("space", "mark (r runs the marked images)"),
-    (
-        "r",
-        "run the model on the marked images, or on the current one",
-    ),
-    ("R", "run on everything not scored yet"),
-    (
-        "Esc",
-        "cancel the run (keeps the results) / clear search / unmark",
-    ),
-    ("s", "sort: name → P(each label) → status"),
-    (
-        "f F",
-        "filter: label → flagged → errors → disagrees → dups → unusual; F off",
-    ),
-    (
-        "m",
-        "review: label metrics, confusion matrix, figures per folder",
-    ),
-    (
-        "/",
-        "search the paths as you type (Enter keeps, Esc clears)",
-    ),
-    ("+ -", "move the operating point of the flag label"),
-    ("o", "next label for + - (models with several labels)"),
-    ("[ ]", "scroll the probabilities (models with many labels)"),
-    ("g", "thumbnail grid of the list / back (h l move sideways)"),
-    (
-        "z Enter",
-        "zoom: full screen, best image protocol; any key returns",
-    ),
-    (
-        "e",
-        "export the list (Tab: shown rows or all) to .csv .json .jsonl",
-    ),
-    ("?", "this help"),
-    ("q ^c", "quit"),
-];
-
 fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
-    let lines: Vec<Line> = KEYS
+    let lines: Vec<Line> = super::keys::KEYS
         .iter()
-        .map(|(k, v)| {
+        .map(|b| {
             Line::from(vec![
-                Span::styled(format!("{k:>15} "), theme.title()),
-                Span::raw(*v),
+                Span::styled(format!("{:>15} ", b.keys), theme.title()),
+                Span::raw(b.help),
             ])
         })
         .collect();

@@ -7,6 +7,7 @@ mod dicom;
 mod efficientnet;
 mod hostile;
 mod imaging;
+mod layers;
 mod model;
 mod review;
 mod samples;

@@ -97,7 +97,7 @@ fn folder_labels_are_matched_with_aliases_and_the_metrics_are_evals() {
         truth.push(labels.iter().position(|l| r["label"] == *l).unwrap());
     }
     let manifest = cxr_triage::model::Manifest::from_path(&model).unwrap();
-    let report = cxr_triage::eval::report(
+    let report = cxr_triage::evaluation::report(
         &manifest,
         &data.path().display().to_string(),
         None,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cxr_triage::results::store::{FileKey, Store, content_hash};
-use cxr_triage::worker::{ImageInfo, Outcome};
+use cxr_triage::results::{ImageInfo, Outcome};
 
 use crate::common::{cxr, cxr_std, tiny_model, write_png8};
 

@@ -214,7 +214,7 @@ fn freeze_without_init_and_init_with_arch_are_usage_errors() {
 /// before the first epoch starts.
 #[test]
 fn the_frozen_feature_pass_reports_progress() {
-    use cxr_triage::train::{TrainConfig, TrainEvent, train};
+    use cxr_triage::training::{TrainConfig, TrainEvent, train};
     let data = class_folders(&[("covid", 5), ("normal", 5)]);
     let out = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/densenet");

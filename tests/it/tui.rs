@@ -9,10 +9,10 @@ use std::time::Duration;
 use cxr_triage::catalog::Entry;
 use cxr_triage::imaging::{Format, Thumbnail};
 use cxr_triage::model::Manifest;
+use cxr_triage::results::{ImageInfo, Outcome, Scored};
 use cxr_triage::tui::app::{App, Command, Event, Filter, Mode, Preview, SortKey, Status};
 use cxr_triage::tui::image::ColorMode;
 use cxr_triage::tui::ui;
-use cxr_triage::worker::{ImageInfo, Outcome, Scored};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -386,16 +386,17 @@ fn export_rows_refuses_the_image_folder_and_existing_files() {
     let rows: Vec<_> = app.items.iter().filter_map(|i| i.row.clone()).collect();
     let csv = cxr_triage::results::ExportFormat::Csv;
     let inside = images.join("sub/out.csv");
-    let err = cxr_triage::tui::export_rows(&inside, &images, csv, &app.labels, &rows).unwrap_err();
+    let err =
+        cxr_triage::results::export_rows(&inside, &images, csv, &app.labels, &rows).unwrap_err();
     assert!(err.contains("inside the image folder"), "{err}");
     assert!(!images.join("sub").exists());
     let out = dir.path().join("out.csv");
-    let ok = cxr_triage::tui::export_rows(&out, &images, csv, &app.labels, &rows).unwrap();
+    let ok = cxr_triage::results::export_rows(&out, &images, csv, &app.labels, &rows).unwrap();
     assert!(ok.starts_with("6 rows written"), "{ok}");
     let text = std::fs::read_to_string(&out).unwrap();
     assert_eq!(text.lines().count(), 7);
     assert!(text.starts_with("path,status,error,folder_label"));
-    let err = cxr_triage::tui::export_rows(&out, &images, csv, &app.labels, &rows).unwrap_err();
+    let err = cxr_triage::results::export_rows(&out, &images, csv, &app.labels, &rows).unwrap_err();
     assert!(err.contains("exists"), "{err}");
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
@@ -915,7 +916,7 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
     let (tx, rx) = crossbeam_channel::unbounded();
     let model = cxr_triage::model::Model::embedded().unwrap();
     let mut workers = Workers::start(model, false, None, tx);
-    workers.execute(Command::Score(items));
+    workers.score(items);
     // Wait for the first result, then cancel.
     let mut scored = 0;
     while scored == 0 {
@@ -924,7 +925,7 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
             other => panic!("{other:?}"),
         }
     }
-    workers.execute(Command::Cancel);
+    workers.cancel();
     let cancelled_at = std::time::Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
@@ -1220,4 +1221,16 @@ fn unusual_inputs_are_counted_filtered_and_marked() {
     assert_eq!(app.filter, Filter::Unusual, "{seen:?}");
     app.refresh_view();
     assert_eq!(app.view, [0]);
+}
+
+/// The README's key table is the one the UI reads (`tui::keys::KEYS`).
+#[test]
+fn readme_lists_the_keys_of_the_key_table() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = cxr_triage::tui::keys::markdown_table();
+    assert!(
+        readme.contains(&table),
+        "README.md's key table differs from tui::keys::KEYS; it should read:\n{table}"
+    );
 }

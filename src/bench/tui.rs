@@ -11,11 +11,11 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::Rect;
 use ratatui::{Terminal, TerminalOptions, Viewport};
 
-use super::app::{App, Command, Event};
-use super::image::ColorMode;
-use super::{Workers, spawn_walk, ui};
 use crate::catalog::WalkOptions;
 use crate::model::Model;
+use crate::tui::app::{App, Command, Event};
+use crate::tui::image::ColorMode;
+use crate::tui::{Runtime, Workers, spawn_walk, ui};
 
 pub struct TuiFigures {
     pub files: usize,
@@ -49,10 +49,10 @@ fn terminal() -> SinkTerminal {
     .expect("sink terminal")
 }
 
-fn frame(app: &mut App, workers: &mut Workers, terminal: &mut SinkTerminal) {
+fn frame(app: &mut App, runtime: &mut Runtime, terminal: &mut SinkTerminal) {
     app.now = Instant::now();
     if let Some(c) = ui::prepare(app, SIZE) {
-        workers.execute(c);
+        runtime.execute(c, app);
     }
     terminal
         .draw(|f| ui::draw(f, app, ColorMode::TrueColor))
@@ -60,12 +60,12 @@ fn frame(app: &mut App, workers: &mut Workers, terminal: &mut SinkTerminal) {
 }
 
 /// Apply what is waiting, as the UI loop does before a frame (at most 20 ms of it).
-fn drain(app: &mut App, workers: &mut Workers, rx: &Receiver<Event>) {
+fn drain(app: &mut App, runtime: &mut Runtime, rx: &Receiver<Event>) {
     let end = Instant::now() + Duration::from_millis(20);
     while Instant::now() < end {
         let Ok(ev) = rx.try_recv() else { break };
         for c in app.update(ev) {
-            workers.execute(c);
+            runtime.execute(c, app);
         }
     }
 }
@@ -75,8 +75,7 @@ fn drain(app: &mut App, workers: &mut Workers, rx: &Receiver<Event>) {
 pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let png = {
-        let img =
-            image::DynamicImage::ImageLuma16(crate::bench::synthetic_xray(1024, 1)).to_luma8();
+        let img = image::DynamicImage::ImageLuma16(super::synthetic_xray(1024, 1)).to_luma8();
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Png)
             .map_err(std::io::Error::other)?;
@@ -99,16 +98,28 @@ pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()>
     Ok(())
 }
 
+/// The UI's command runner, without a screen of its own.
+fn runtime(workers: Workers, tx: crossbeam_channel::Sender<Event>, dir: &Path) -> Runtime {
+    Runtime::new(
+        workers,
+        tx,
+        dir.to_path_buf(),
+        ColorMode::TrueColor,
+        Default::default(),
+    )
+}
+
 /// What `tui::run` does before its first frame: model, state, workers, walk, terminal.
-fn start(dir: &Path) -> anyhow::Result<(App, Workers, Receiver<Event>, SinkTerminal)> {
+fn start(dir: &Path) -> anyhow::Result<(App, Runtime, Receiver<Event>, SinkTerminal)> {
     let model = Model::embedded()?;
     let (tx, rx) = unbounded();
     let app = App::new(dir.to_path_buf(), &model.manifest);
     let workers = Workers::start(model, false, None, tx.clone());
-    spawn_walk(dir.to_path_buf(), WalkOptions::default(), None, tx);
-    Ok((app, workers, rx, terminal()))
+    spawn_walk(dir.to_path_buf(), WalkOptions::default(), None, tx.clone());
+    Ok((app, runtime(workers, tx, dir), rx, terminal()))
 }
 
+/// Long on purpose: one benchmark script (set-up, measured runs, key scenarios) read top to bottom.
 pub fn figures(
     dir: &Path,
     files: usize,
@@ -121,21 +132,21 @@ pub fn figures(
     let mut all = Vec::new();
     for run in 0..=runs {
         let started = Instant::now();
-        let (mut app, mut workers, rx, mut terminal) = start(dir)?;
+        let (mut app, mut runtime, rx, mut terminal) = start(dir)?;
         let mut first_ms = None;
         while app.walking {
             let Ok(ev) = rx.recv() else { break };
             for c in app.update(ev) {
-                workers.execute(c);
+                runtime.execute(c, &mut app);
             }
-            drain(&mut app, &mut workers, &rx);
-            frame(&mut app, &mut workers, &mut terminal);
+            drain(&mut app, &mut runtime, &rx);
+            frame(&mut app, &mut runtime, &mut terminal);
             if first_ms.is_none() && (app.view.len() >= app.list_rows || !app.walking) {
                 first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
         let all_ms = started.elapsed().as_secs_f64() * 1000.0;
-        workers.stop();
+        runtime.workers.stop();
         if run > 0 {
             // Run 0 warms the file-system cache.
             first.push(first_ms.unwrap_or(all_ms));
@@ -144,17 +155,17 @@ pub fn figures(
     }
 
     // Keys while inference runs over the whole folder.
-    let (mut app, mut workers, rx, mut terminal) = start(dir)?;
+    let (mut app, mut runtime, rx, mut terminal) = start(dir)?;
     while app.walking {
         let Ok(ev) = rx.recv() else { break };
         for c in app.update(ev) {
-            workers.execute(c);
+            runtime.execute(c, &mut app);
         }
     }
     let key = |c: char| Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
     for c in app.update(key('R')) {
         assert!(matches!(c, Command::Score(_)));
-        workers.execute(c);
+        runtime.execute(c, &mut app);
     }
     let mut scenarios = Vec::new();
     for (name, sort_presses) in [("sorted by name", 0), ("sorted by P(first label), live", 1)] {
@@ -168,7 +179,7 @@ pub fn figures(
             }
             std::thread::sleep(Duration::from_millis(8));
             let t = Instant::now();
-            drain(&mut app, &mut workers, &rx);
+            drain(&mut app, &mut runtime, &rx);
             // Mostly down, with a jump back now and then, like a person reading the list.
             let ev = if k % 50 == 49 {
                 Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE))
@@ -176,9 +187,9 @@ pub fn figures(
                 key('j')
             };
             for c in app.update(ev) {
-                workers.execute(c);
+                runtime.execute(c, &mut app);
             }
-            frame(&mut app, &mut workers, &mut terminal);
+            frame(&mut app, &mut runtime, &mut terminal);
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(f64::total_cmp);
@@ -194,14 +205,14 @@ pub fn figures(
     let scored = app
         .items
         .iter()
-        .filter(|i| i.status == super::app::Status::Done)
+        .filter(|i| i.status == crate::tui::app::Status::Done)
         .count();
-    workers.stop();
+    runtime.workers.stop();
     Ok(TuiFigures {
         files,
         real,
-        first_frame_ms: crate::bench::median(first),
-        all_listed_ms: crate::bench::median(all),
+        first_frame_ms: super::median(first),
+        all_listed_ms: super::median(all),
         keys: scenarios,
         scored_meanwhile: scored,
     })
@@ -221,6 +232,8 @@ pub struct ReopenFigures {
 /// Fill a store with a result for each of `files` files, then time reopening the folder in
 /// the UI (walk, store lookups by path/size/mtime, state updates and frames) until every
 /// file shows its result.
+///
+/// Long on purpose: one benchmark script (fill the store, reopen, measure) read top to bottom.
 pub fn reopen_figures(
     dir: &Path,
     store_path: &Path,
@@ -228,7 +241,7 @@ pub fn reopen_figures(
     runs: usize,
 ) -> anyhow::Result<ReopenFigures> {
     use crate::results::store::{FileKey, Store, model_id};
-    use crate::worker::{ImageInfo, Outcome};
+    use crate::results::{ImageInfo, Outcome};
     make_folder(dir, files, 0)?;
     let model = Model::embedded()?;
     let id = model_id(&model.manifest);
@@ -263,13 +276,14 @@ pub fn reopen_figures(
         let store = std::sync::Arc::new(Store::open(store_path, &id)?);
         let (tx, rx) = unbounded();
         let mut app = App::new(dir.to_path_buf(), &model.manifest);
-        let mut workers = Workers::start(model, false, Some(store.clone()), tx.clone());
+        let workers = Workers::start(model, false, Some(store.clone()), tx.clone());
         spawn_walk(
             dir.to_path_buf(),
             WalkOptions::default(),
             Some((store, false)),
-            tx,
+            tx.clone(),
         );
+        let mut runtime = runtime(workers, tx, dir);
         let mut terminal = terminal();
         let mut first_ms = None;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -278,16 +292,16 @@ pub fn reopen_figures(
                 break;
             };
             for c in app.update(ev) {
-                workers.execute(c);
+                runtime.execute(c, &mut app);
             }
-            drain(&mut app, &mut workers, &rx);
-            frame(&mut app, &mut workers, &mut terminal);
+            drain(&mut app, &mut runtime, &rx);
+            frame(&mut app, &mut runtime, &mut terminal);
             if first_ms.is_none() && app.view.len() >= app.list_rows {
                 first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
         let all_ms = started.elapsed().as_secs_f64() * 1000.0;
-        workers.stop();
+        runtime.workers.stop();
         if app.restored != files {
             anyhow::bail!("only {} of {files} results came back", app.restored);
         }
@@ -299,7 +313,7 @@ pub fn reopen_figures(
     Ok(ReopenFigures {
         files,
         fill_ms,
-        all_shown_ms: crate::bench::median(all),
-        first_frame_ms: crate::bench::median(first),
+        all_shown_ms: super::median(all),
+        first_frame_ms: super::median(first),
     })
 }

@@ -1,15 +1,18 @@
 //! Evaluating a model on a labelled split: point estimates with 95 % bootstrap intervals.
 
+pub mod metrics;
+
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
 use crate::catalog::Entry;
-use crate::dataset::{Dataset, Split};
-use crate::metrics::{Metrics, at_threshold, bootstrap_ci, pairwise_accuracy, roc_auc};
+use crate::catalog::dataset::{Dataset, Split};
+use crate::evaluation::metrics::{Metrics, at_threshold, bootstrap_ci, pairwise_accuracy, roc_auc};
 use crate::model::Model;
+use crate::results::Outcome;
 use crate::results::Typicality;
-use crate::worker::{Outcome, PipelineOptions, score_all};
+use crate::scoring::{PipelineOptions, score_all};
 
 /// A figure with its 95 % bootstrap interval.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -160,6 +163,8 @@ pub fn evaluate(
 
 /// The report for scored images with known labels (indices into the manifest's labels): the
 /// figures `eval` prints, also used by `scan` and the UI when a folder has labels.
+///
+/// Long on purpose: every figure of the report computed in one place, in the order printed.
 pub fn report(
     manifest: &crate::model::Manifest,
     data: &str,
@@ -262,6 +267,8 @@ pub fn report(
 
 impl EvalReport {
     /// The human-readable report `eval` prints.
+    ///
+    /// Long on purpose: the report's sections in print order, a few lines each.
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let pct = |e: &Estimate| {

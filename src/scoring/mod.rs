@@ -16,77 +16,10 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::catalog::Entry;
 use crate::imaging::dhash::{DHash, dhash};
-use crate::imaging::{self, Decoded, DicomInfo, Format, Limits};
+use crate::imaging::{self, DicomInfo, Limits};
 use crate::model::{InputSpec, Model, preprocess};
 use crate::results::store::{FileKey, Store, content_hash};
-
-/// Facts about a decoded image, kept with its result.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ImageInfo {
-    pub format: Format,
-    pub width: u32,
-    pub height: u32,
-    pub bit_depth: u8,
-    pub dicom: Option<DicomInfo>,
-}
-
-impl From<&Decoded> for ImageInfo {
-    fn from(d: &Decoded) -> Self {
-        Self {
-            format: d.format,
-            width: d.image.width,
-            height: d.image.height,
-            bit_depth: d.image.bit_depth,
-            dicom: d.dicom.clone(),
-        }
-    }
-}
-
-/// What happened to one entry.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    Scored {
-        info: ImageInfo,
-        probs: Vec<f32>,
-        /// Unusual-input score as a multiple of the model's threshold (above 1: unusual);
-        /// `None` for a model without one.
-        unusual: Option<f32>,
-    },
-    Failed {
-        info: Option<ImageInfo>,
-        error: String,
-    },
-    /// Read fine, but not what the model is for (a lateral view, a CT slice): not scored.
-    OutOfScope { info: ImageInfo, reason: String },
-}
-
-/// One entry's result, with its position in the input.
-#[derive(Clone, Debug)]
-pub struct Scored {
-    pub index: usize,
-    pub entry: Entry,
-    pub outcome: Outcome,
-    /// xxh3-128 of the file's bytes (absent when the file could not be read).
-    pub hash: Option<u128>,
-    /// Difference hash of the decoded image, for near-duplicates.
-    pub dhash: Option<DHash>,
-    /// Came from the results store rather than from this run.
-    pub cached: bool,
-}
-
-impl Scored {
-    /// A result with nothing but its outcome (no hashes, not from the store).
-    pub fn new(index: usize, entry: Entry, outcome: Outcome) -> Self {
-        Self {
-            index,
-            entry,
-            outcome,
-            hash: None,
-            dhash: None,
-            cached: false,
-        }
-    }
-}
+use crate::results::{ImageInfo, Outcome, Scored};
 
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {

@@ -1,6 +1,8 @@
 //! `cxr-triage bench`: speed figures on inputs the benchmark makes itself. Medians of repeated
 //! runs; nothing here is asserted by tests.
 
+pub mod tui;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -11,7 +13,7 @@ use image::{DynamicImage, ImageFormat};
 use crate::catalog::{WalkOptions, walk};
 use crate::imaging::{self, Limits, thumbnail};
 use crate::model::{Model, preprocess};
-use crate::worker::{PipelineOptions, score_all};
+use crate::scoring::{PipelineOptions, score_all};
 
 /// A radiograph-like test image: smooth anatomy-ish shapes plus film grain, `side` x `side`.
 pub fn synthetic_xray(side: u32, seed: u32) -> image::ImageBuffer<image::Luma<u16>, Vec<u16>> {
@@ -242,7 +244,7 @@ pub fn store_scan_figures(
     let run = |store: Option<&Store>| -> f64 {
         let t = Instant::now();
         let mut done = 0;
-        crate::worker::score_all_stored(
+        crate::scoring::score_all_stored(
             entries.clone(),
             model,
             options,

@@ -1,0 +1,155 @@
+//! The last stage: temperature on val, the operating point, the unusual-input score.
+
+use super::*;
+
+/// Stage 6, finish: temperature on val, the operating point (sensitivity target on val), the
+/// model saved, then the unusual-input score fitted on the saved model and saved with it.
+pub(super) fn finish(
+    run: &Run,
+    state: &State,
+    manifest: &mut Manifest,
+    varmap: &VarMap,
+    log: &mut dyn FnMut(&str),
+    batch_done: &mut dyn FnMut(usize, usize, usize),
+) -> Result<PathBuf, TrainError> {
+    let (cfg, p) = (run.cfg, run.p);
+    let val_logits = run.val_logits()?;
+    let temperature = calibrate_temperature(&val_logits, &p.val_truth)?;
+    manifest.temperature = temperature;
+    let val_probs =
+        candle_nn::ops::softmax_last_dim(&(val_logits / temperature as f64)?)?.to_vec2::<f32>()?;
+    let labels = &p.data.labels;
+    let flag_class = labels.iter().position(|l| l == "covid").unwrap_or(0);
+    let threshold = operating_point(&val_probs, &p.val_truth, flag_class, cfg.target_sensitivity);
+    let (sens, spec_) = at_threshold(&val_probs, &p.val_truth, flag_class, threshold);
+    manifest
+        .operating_points
+        .insert(labels[flag_class].clone(), threshold);
+    log(&format!(
+        "best epoch {} of {}; temperature {temperature:.3}; operating point {} >= {threshold:.3} (val sensitivity {sens:.3}, specificity {spec_:.3}); {:.0} s in all",
+        state.best_epoch, cfg.epochs, labels[flag_class], state.seconds
+    ));
+    let path = crate::model::save(&cfg.dir(), manifest, varmap)?;
+    fit_unusual(
+        &path,
+        manifest,
+        varmap,
+        &p.train_set,
+        &p.val_planes,
+        log,
+        batch_done,
+    )?;
+    let path = crate::model::save(&cfg.dir(), manifest, varmap)?;
+    log(&format!("wrote {}", path.display()));
+    Ok(path)
+}
+
+/// Fit the unusual-input score on the saved model's features (the inference network, batch
+/// norms folded): class means and covariance from the train images' centre views, the
+/// threshold at the 95th percentile of val. Adds its tensors to `varmap` and its spec to
+/// `manifest`.
+pub(super) fn fit_unusual(
+    saved: &Path,
+    manifest: &mut Manifest,
+    varmap: &VarMap,
+    train_set: &[Loaded],
+    val_planes: &[Vec<f32>],
+    log: &mut dyn FnMut(&str),
+    batch_done: &mut dyn FnMut(usize, usize, usize),
+) -> Result<(), TrainError> {
+    use crate::model::unusual::{
+        CENTRES, SHRINKAGE, TYPICAL_SHARE, Unusual, UnusualSpec, WHITEN, quantile,
+    };
+    let started = Instant::now();
+    let model = crate::model::Model::load(saved)?;
+    let spec = &model.manifest.input;
+    // Train and val go in separate chunks: the progress total counts each split's own.
+    let total = train_set.len().div_ceil(FEATURE_CHUNK) + val_planes.len().div_ceil(FEATURE_CHUNK);
+    let mut done = 0;
+    let mut features_of = |planes: &[Vec<f32>]| -> Result<Tensor, TrainError> {
+        let t = model.features(planes)?;
+        done += 1;
+        batch_done(0, done, total);
+        Ok(t)
+    };
+    let mut parts = Vec::new();
+    for chunk in train_set.chunks(FEATURE_CHUNK) {
+        let planes: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|s| preprocess(&s.image, spec))
+            .collect::<Result<_, _>>()?;
+        parts.push(features_of(&planes)?);
+    }
+    let train_features = Tensor::cat(&parts, 0)?;
+    let parts = val_planes
+        .chunks(FEATURE_CHUNK)
+        .map(&mut features_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let val_features = Tensor::cat(&parts, 0)?;
+    let labels: Vec<usize> = train_set.iter().map(|s| s.label).collect();
+    let fit = Unusual::fit(&train_features, &labels, manifest.labels.len())?;
+    let threshold = quantile(&fit.distances(&val_features)?, TYPICAL_SHARE);
+    {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        data.insert(WHITEN.into(), Var::from_tensor(&fit.whiten)?);
+        data.insert(CENTRES.into(), Var::from_tensor(&fit.centres)?);
+    }
+    manifest.unusual = Some(UnusualSpec {
+        method: "mahalanobis".into(),
+        threshold,
+        fitted_on: format!(
+            "{} train images (centre view; class means, shared covariance shrunk {} % to the identity); threshold: {} % of {} val images typical",
+            train_set.len(),
+            SHRINKAGE * 100.0,
+            (TYPICAL_SHARE * 100.0).round(),
+            val_planes.len()
+        ),
+    });
+    log(&format!(
+        "unusual-input score: fitted on {} train images, threshold {threshold:.1} (95th percentile of val), {:.0} s",
+        train_set.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Mean negative log-likelihood of the truth at temperature `t`.
+pub(super) fn nll(logits: &Tensor, truth: &[usize], t: f32) -> candle_core::Result<f64> {
+    let logp = candle_nn::ops::log_softmax(&(logits / t as f64)?, D::Minus1)?.to_vec2::<f32>()?;
+    Ok(-logp
+        .iter()
+        .zip(truth)
+        .map(|(row, &c)| row[c] as f64)
+        .sum::<f64>()
+        / truth.len().max(1) as f64)
+}
+
+/// The temperature in [0.25, 5] that minimises validation NLL (grid search, then refine).
+pub(super) fn calibrate_temperature(logits: &Tensor, truth: &[usize]) -> candle_core::Result<f32> {
+    let mut best = (f64::INFINITY, 1.0f32);
+    for i in 0..=100 {
+        let t = 0.25 * (20.0f32).powf(i as f32 / 100.0);
+        let v = nll(logits, truth, t)?;
+        if v < best.0 {
+            best = (v, t);
+        }
+    }
+    Ok(best.1)
+}
+
+/// The highest threshold on `class`'s probability that keeps sensitivity on these images at
+/// or above `target`, rounded down to 0.01 (so the images that set it stay flagged).
+pub fn operating_point(probs: &[Vec<f32>], truth: &[usize], class: usize, target: f64) -> f32 {
+    let mut pos: Vec<f32> = probs
+        .iter()
+        .zip(truth)
+        .filter(|(_, t)| **t == class)
+        .map(|(p, _)| p[class])
+        .collect();
+    if pos.is_empty() {
+        return 0.5;
+    }
+    pos.sort_by(|a, b| b.total_cmp(a));
+    let needed = ((target * pos.len() as f64).ceil() as usize).clamp(1, pos.len());
+    ((pos[needed - 1] * 100.0).floor() / 100.0).clamp(0.01, 0.99)
+}

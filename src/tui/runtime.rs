@@ -1,0 +1,183 @@
+//! The UI loop: draw, wait for events, hand each to [`App::update`] and carry out the commands
+//! it returns (the one `match` over [`Command`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+use ratatui::layout::Rect;
+
+use super::app::{App, Command, Event};
+use super::image::{ColorMode, zoom};
+use super::ui;
+use super::workers::{Pause, Workers};
+use crate::imaging::{self, thumbnail};
+use crate::results::{default_export_path, export_rows};
+
+enum ZoomState {
+    Off,
+    /// Waiting for the decode.
+    Loading,
+    /// The image is on screen; the next key returns.
+    Showing,
+}
+
+/// What carries out the UI's commands: the workers, the event sender, the zoom state.
+pub struct Runtime {
+    pub workers: Workers,
+    tx: Sender<Event>,
+    root: PathBuf,
+    colors: ColorMode,
+    zoom: ZoomState,
+    paused: Arc<Pause>,
+}
+
+impl Runtime {
+    pub fn new(
+        workers: Workers,
+        tx: Sender<Event>,
+        root: PathBuf,
+        colors: ColorMode,
+        paused: Arc<Pause>,
+    ) -> Self {
+        Self {
+            workers,
+            tx,
+            root,
+            colors,
+            zoom: ZoomState::Off,
+            paused,
+        }
+    }
+
+    pub fn run_loop<B: Backend>(
+        &mut self,
+        terminal: &mut Terminal<B>,
+        app: &mut App,
+        rx: &Receiver<Event>,
+    ) -> anyhow::Result<()>
+    where
+        B::Error: Send + Sync + 'static,
+    {
+        loop {
+            if matches!(self.zoom, ZoomState::Off) {
+                app.now = Instant::now();
+                let size = terminal.size()?;
+                if let Some(c) = ui::prepare(app, Rect::new(0, 0, size.width, size.height)) {
+                    self.execute(c, app);
+                }
+                terminal.draw(|f| ui::draw(f, app, self.colors))?;
+                // Test hook (debug builds only): prove the panic hook restores the terminal.
+                #[cfg(debug_assertions)]
+                if !app.items.is_empty() && std::env::var_os("CXR_TRIAGE_TEST_PANIC").is_some() {
+                    panic!("test panic requested by CXR_TRIAGE_TEST_PANIC");
+                }
+            }
+            let timeout = if app.progress.is_some() { 250 } else { 1000 };
+            let first = match rx.recv_timeout(Duration::from_millis(timeout)) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) => Event::Tick,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            // Take whatever else is waiting (a burst of results), for at most 20 ms, then draw.
+            let burst_end = Instant::now() + Duration::from_millis(20);
+            let mut next = Some(first);
+            while let Some(ev) = next.take() {
+                if self.handle(terminal, app, ev)? {
+                    return Ok(());
+                }
+                if Instant::now() < burst_end {
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+    }
+
+    /// Returns true to quit.
+    fn handle<B: Backend>(
+        &mut self,
+        terminal: &mut Terminal<B>,
+        app: &mut App,
+        ev: Event,
+    ) -> anyhow::Result<bool>
+    where
+        B::Error: Send + Sync + 'static,
+    {
+        match (&self.zoom, ev) {
+            (ZoomState::Showing | ZoomState::Loading, Event::Key(_)) => {
+                self.zoom = ZoomState::Off;
+                terminal.clear()?;
+                return Ok(false);
+            }
+            (_, Event::ZoomReady(result)) => {
+                if matches!(self.zoom, ZoomState::Loading) {
+                    match result {
+                        Ok(thumb) => {
+                            zoom::show(&thumb, self.colors, &self.paused)?;
+                            self.zoom = ZoomState::Showing;
+                        }
+                        Err(e) => {
+                            self.zoom = ZoomState::Off;
+                            app.message = Some(format!("cannot zoom: {e}"));
+                            terminal.clear()?;
+                        }
+                    }
+                }
+                return Ok(false);
+            }
+            (_, ev) => {
+                for command in app.update(ev) {
+                    if self.execute(command, app) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Carry out one command; returns true to quit. The only `match` over [`Command`].
+    pub fn execute(&mut self, command: Command, app: &mut App) -> bool {
+        match command {
+            Command::Quit => return true,
+            Command::Score(items) => self.workers.score(items),
+            Command::Cancel => self.workers.cancel(),
+            Command::Previews(list) => self.workers.previews(list),
+            Command::Zoom(path) => {
+                self.zoom = ZoomState::Loading;
+                let tx = self.tx.clone();
+                let side = zoom::side();
+                thread::spawn(move || {
+                    let r = imaging::load(&path)
+                        .map(|d| Box::new(thumbnail(&d.image, side)))
+                        .map_err(|e| e.to_string());
+                    let _ = tx.send(Event::ZoomReady(r));
+                });
+            }
+            Command::Export { path, format, rows } => {
+                let (tx, root, labels) = (self.tx.clone(), self.root.clone(), app.labels.clone());
+                thread::spawn(move || {
+                    let r = export_rows(&path, &root, format, &labels, &rows);
+                    let _ = tx.send(Event::Exported(r));
+                });
+                app.export_default = default_export_path(&self.root);
+                app.message = Some("writing…".into());
+            }
+            Command::FindDuplicates {
+                candidates,
+                threshold,
+            } => {
+                let tx = self.tx.clone();
+                thread::spawn(move || {
+                    let groups = crate::review::groups(&candidates, threshold);
+                    let _ = tx.send(Event::Duplicates(groups));
+                });
+            }
+        }
+        false
+    }
+}

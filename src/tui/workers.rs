@@ -1,0 +1,283 @@
+//! The UI's background threads: keyboard input, signals, the folder walk (with results
+//! restored from the store), the preview decoders and the inference thread.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use ratatui::crossterm::event;
+
+use super::app::{Event, Preview};
+use super::{PREVIEW_SIDE, PREVIEW_THREADS};
+use crate::catalog::{Entry, WalkOptions, walk};
+use crate::imaging::{self, thumbnail};
+use crate::model::Model;
+use crate::results::Scored;
+use crate::results::store::Store;
+use crate::scoring::{PipelineOptions, restore, score_all_stored};
+
+/// Stops the input thread from reading while something else owns stdin (viuer's protocol
+/// queries during zoom).
+#[derive(Default)]
+pub struct Pause {
+    pub(super) paused: AtomicBool,
+    pub(super) idle: AtomicBool,
+}
+
+pub(super) fn spawn_input(tx: Sender<Event>, pause: Arc<Pause>) {
+    thread::spawn(move || {
+        loop {
+            if pause.paused.load(Ordering::Acquire) {
+                pause.idle.store(true, Ordering::Release);
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            pause.idle.store(false, Ordering::Release);
+            match event::poll(Duration::from_millis(50)) {
+                Ok(true) => {
+                    let ev = match event::read() {
+                        Ok(event::Event::Key(k)) => Event::Key(k),
+                        Ok(event::Event::Resize(..)) => Event::Resize,
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    };
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+                Ok(false) => {}
+                // The terminal is gone (SSH dropped): leave like a hang-up.
+                Err(_) => {
+                    let _ = tx.send(Event::Signal(1));
+                    break;
+                }
+            }
+        }
+    });
+}
+
+pub(super) fn spawn_signals(tx: Sender<Event>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGINT]) else {
+        return;
+    };
+    thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let _ = tx.send(Event::Signal(sig));
+        }
+    });
+}
+
+/// Stream the walk in growing batches: the first rows arrive at once, later ones in bulk.
+/// With a store (and the `--force` setting), a second thread looks each batch up there and
+/// sends what earlier runs found, without reading the files.
+pub fn spawn_walk(
+    root: PathBuf,
+    options: WalkOptions,
+    store: Option<(Arc<Store>, bool)>,
+    tx: Sender<Event>,
+) {
+    let restore_tx = store.map(|(store, force)| {
+        let (batches, rx) = unbounded::<(usize, Vec<Entry>)>();
+        let tx = tx.clone();
+        thread::spawn(move || restore_loop(&store, force, &rx, &tx));
+        batches
+    });
+    thread::spawn(move || {
+        let mut batch = Vec::with_capacity(64);
+        let mut size = 64;
+        let mut sent = 0;
+        let mut last = Instant::now();
+        let send = |batch: Vec<Entry>, sent: &mut usize| -> bool {
+            // Found first: the restore thread's answer then always comes after it.
+            let copy = restore_tx.as_ref().map(|_| batch.clone());
+            let first = *sent;
+            *sent += batch.len();
+            if tx.send(Event::Found(batch)).is_err() {
+                return false;
+            }
+            if let (Some(r), Some(copy)) = (&restore_tx, copy) {
+                let _ = r.send((first, copy));
+            }
+            true
+        };
+        for entry in walk(&root, &options) {
+            batch.push(entry);
+            if batch.len() >= size || last.elapsed() > Duration::from_millis(50) {
+                if !send(std::mem::take(&mut batch), &mut sent) {
+                    return;
+                }
+                size = (size * 2).min(4096);
+                last = Instant::now();
+            }
+        }
+        if !batch.is_empty() {
+            send(batch, &mut sent);
+        }
+        let _ = tx.send(Event::WalkDone);
+    });
+}
+
+fn restore_loop(
+    store: &Store,
+    force: bool,
+    batches: &Receiver<(usize, Vec<Entry>)>,
+    tx: &Sender<Event>,
+) {
+    for (first, entries) in batches {
+        let found: Vec<(usize, Scored)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| restore(e, store, force).map(|s| (first + i, s)))
+            .collect();
+        if !found.is_empty() && tx.send(Event::Restored(found)).is_err() {
+            return;
+        }
+    }
+    if let Some(problem) = store.problem() {
+        let _ = tx.send(Event::Problem(problem));
+    }
+}
+
+#[derive(Default)]
+struct PreviewQueue {
+    wanted: VecDeque<(usize, PathBuf)>,
+    busy: HashSet<usize>,
+    stop: bool,
+}
+
+struct Job {
+    items: Vec<(usize, Entry)>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The background threads the UI hands work to.
+pub struct Workers {
+    previews: Arc<(Mutex<PreviewQueue>, Condvar)>,
+    jobs: Option<Sender<Job>>,
+    cancels: Vec<Arc<AtomicBool>>,
+}
+
+impl Workers {
+    pub fn start(model: Model, force: bool, store: Option<Arc<Store>>, tx: Sender<Event>) -> Self {
+        let previews = Arc::new((Mutex::new(PreviewQueue::default()), Condvar::new()));
+        for _ in 0..PREVIEW_THREADS {
+            let (queue, tx) = (previews.clone(), tx.clone());
+            thread::spawn(move || preview_loop(&queue, &tx));
+        }
+        let (job_tx, job_rx) = unbounded::<Job>();
+        let options = PipelineOptions {
+            force,
+            ..PipelineOptions::default()
+        };
+        thread::spawn(move || inference_loop(&model, &options, store.as_deref(), &job_rx, &tx));
+        Self {
+            previews,
+            jobs: Some(job_tx),
+            cancels: Vec::new(),
+        }
+    }
+
+    /// Queue images for scoring (a job the next [`Workers::cancel`] stops).
+    pub fn score(&mut self, items: Vec<(usize, Entry)>) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels.push(cancel.clone());
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job { items, cancel });
+        }
+    }
+
+    /// Stop every scoring job queued or running.
+    pub fn cancel(&mut self) {
+        for c in self.cancels.drain(..) {
+            c.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The previews wanted now, nearest first (replaces the previous wish list).
+    pub fn previews(&self, list: Vec<(usize, PathBuf)>) {
+        let (lock, cv) = &*self.previews;
+        let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+        q.wanted = list
+            .into_iter()
+            .filter(|(i, _)| !q.busy.contains(i))
+            .collect();
+        cv.notify_all();
+    }
+
+    pub fn stop(&mut self) {
+        self.cancel();
+        self.jobs = None;
+        let (lock, cv) = &*self.previews;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_all();
+    }
+}
+
+fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), tx: &Sender<Event>) {
+    let (lock, cv) = queue;
+    loop {
+        let (item, path) = {
+            let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(next) = q.wanted.pop_front() {
+                    q.busy.insert(next.0);
+                    break next;
+                }
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let preview = match imaging::load(&path) {
+            Ok(d) => Preview::Ready {
+                thumb: Arc::new(thumbnail(&d.image, PREVIEW_SIDE)),
+                describe: d.describe(),
+            },
+            Err(e) => Preview::Failed(e.to_string()),
+        };
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .busy
+            .remove(&item);
+        if tx.send(Event::Preview { item, preview }).is_err() {
+            return;
+        }
+    }
+}
+
+fn inference_loop(
+    model: &Model,
+    options: &PipelineOptions,
+    store: Option<&Store>,
+    jobs: &Receiver<Job>,
+    tx: &Sender<Event>,
+) {
+    for job in jobs {
+        if !job.cancel.load(Ordering::Relaxed) {
+            let map: Vec<usize> = job.items.iter().map(|(i, _)| *i).collect();
+            let entries: Vec<Entry> = job.items.into_iter().map(|(_, e)| e).collect();
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                score_all_stored(entries, model, options, store, &job.cancel, |s| {
+                    let _ = tx.send(Event::Scored {
+                        item: map[s.index],
+                        scored: Box::new(s),
+                    });
+                })
+            }));
+            if run.is_err() {
+                let _ = tx.send(Event::Problem(
+                    "inference failed (details are printed when the UI closes)".into(),
+                ));
+            }
+        }
+        if tx.send(Event::JobEnded).is_err() {
+            return;
+        }
+    }
+}
