@@ -134,14 +134,16 @@ pub fn figures(
         let started = Instant::now();
         let (mut app, mut runtime, rx, mut terminal) = start(dir)?;
         let mut first_ms = None;
-        while app.walking {
+        while app.work.walking {
             let Ok(ev) = rx.recv() else { break };
             for c in app.update(ev) {
                 runtime.execute(c, &mut app);
             }
             drain(&mut app, &mut runtime, &rx);
             frame(&mut app, &mut runtime, &mut terminal);
-            if first_ms.is_none() && (app.view.len() >= app.list_rows || !app.walking) {
+            if first_ms.is_none()
+                && (app.list.view.len() >= app.list.list_rows || !app.work.walking)
+            {
                 first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
@@ -156,7 +158,7 @@ pub fn figures(
 
     // Keys while inference runs over the whole folder.
     let (mut app, mut runtime, rx, mut terminal) = start(dir)?;
-    while app.walking {
+    while app.work.walking {
         let Ok(ev) = rx.recv() else { break };
         for c in app.update(ev) {
             runtime.execute(c, &mut app);
@@ -174,7 +176,7 @@ pub fn figures(
         }
         let mut times = Vec::with_capacity(keys);
         for k in 0..keys {
-            if app.progress.is_none() {
+            if app.work.progress.is_none() {
                 break; // Inference finished: the rest would not be "while inference runs".
             }
             std::thread::sleep(Duration::from_millis(8));
@@ -287,7 +289,8 @@ pub fn reopen_figures(
         let mut terminal = terminal();
         let mut first_ms = None;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while (app.walking || app.restored < app.items.len()) && Instant::now() < deadline {
+        while (app.work.walking || app.work.restored < app.items.len()) && Instant::now() < deadline
+        {
             let Ok(ev) = rx.recv_timeout(Duration::from_secs(5)) else {
                 break;
             };
@@ -296,14 +299,14 @@ pub fn reopen_figures(
             }
             drain(&mut app, &mut runtime, &rx);
             frame(&mut app, &mut runtime, &mut terminal);
-            if first_ms.is_none() && app.view.len() >= app.list_rows {
+            if first_ms.is_none() && app.list.view.len() >= app.list.list_rows {
                 first_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
         let all_ms = started.elapsed().as_secs_f64() * 1000.0;
         runtime.workers.stop();
-        if app.restored != files {
-            anyhow::bail!("only {} of {files} results came back", app.restored);
+        if app.work.restored != files {
+            anyhow::bail!("only {} of {files} results came back", app.work.restored);
         }
         if run > 0 {
             first.push(first_ms.unwrap_or(all_ms));

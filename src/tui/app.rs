@@ -262,9 +262,35 @@ pub struct App {
     pub labels: Vec<String>,
     pub manifest: Manifest,
     pub items: Vec<Item>,
+    /// The list (or grid): what it shows, in what order, where the cursor is.
+    pub list: ListState,
+    pub mode: Mode,
+    /// Label whose operating point `+`/`-` moves (in `manifest.operating_points`, which holds
+    /// the thresholds the UI flags with).
+    pub op_label: usize,
+    /// The walk and the scoring jobs.
+    pub work: WorkState,
+    /// One-line message at the bottom (export written, nothing to run, ...).
+    pub message: Option<String>,
+    /// The preview pane: decoded thumbnails and the probabilities' scroll.
+    pub preview: PreviewPane,
+    /// The time now, for rates and ETA (set by the runtime; tests set it by hand).
+    pub now: Instant,
+    pub show_phi: bool,
+    /// The path the export prompt starts with (set by the runtime: it knows the disk).
+    pub export_default: String,
+    /// Where true labels come from.
+    pub truth: crate::review::Truth,
+    /// Near-duplicate groups.
+    pub dups: DupState,
+}
+
+/// The list pane's state.
+#[derive(Debug)]
+pub struct ListState {
+    pub(super) view_dirty: bool,
     /// Indices into `items`, filtered and sorted: what the list shows.
     pub view: Vec<usize>,
-    view_dirty: bool,
     /// Position of the cursor in `view`.
     pub cursor: usize,
     /// First row of `view` shown (kept so the cursor stays visible).
@@ -272,42 +298,44 @@ pub struct App {
     pub sort: SortKey,
     pub filter: Filter,
     pub search: String,
-    pub mode: Mode,
+    /// Items the grid shows at once (set by the drawing code).
+    pub grid_cells: usize,
     pub grid: bool,
-    pub walking: bool,
-    /// Label whose operating point `+`/`-` moves (in `manifest.operating_points`, which holds
-    /// the thresholds the UI flags with).
-    pub op_label: usize,
+    /// Rows the list can show (set by the drawing code from the terminal size).
+    pub list_rows: usize,
+}
+
+/// The preview pane's state.
+#[derive(Debug)]
+pub struct PreviewPane {
+    pub previews: PreviewCache,
+    /// Previews asked for and not yet arrived.
+    pub(super) requested: HashSet<usize>,
+    pub(super) last_request: Vec<usize>,
+    /// First row of the probability pane when a model has more labels than fit (`[` `]`).
+    pub prob_scroll: usize,
+}
+
+/// Background work: the walk and the scoring jobs.
+#[derive(Debug)]
+pub struct WorkState {
     pub progress: Option<Progress>,
     /// Last job's summary, e.g. `scored 312 images in 8.1 s`.
     pub last_run: Option<String>,
-    /// One-line message at the bottom (export written, nothing to run, ...).
-    pub message: Option<String>,
-    pub previews: PreviewCache,
-    /// Previews asked for and not yet arrived.
-    requested: HashSet<usize>,
-    last_request: Vec<usize>,
-    /// Rows the list can show (set by the drawing code from the terminal size).
-    pub list_rows: usize,
-    /// Items the grid shows at once (set by the drawing code).
-    pub grid_cells: usize,
-    /// The time now, for rates and ETA (set by the runtime; tests set it by hand).
-    pub now: Instant,
-    pub show_phi: bool,
-    /// The path the export prompt starts with (set by the runtime: it knows the disk).
-    pub export_default: String,
+    pub walking: bool,
     /// Items whose result came from the results store.
     pub restored: usize,
-    /// First row of the probability pane when a model has more labels than fit (`[` `]`).
-    pub prob_scroll: usize,
     /// Stored results for items the walk has not listed yet.
-    early: std::collections::BTreeMap<usize, Scored>,
-    /// Where true labels come from.
-    pub truth: crate::review::Truth,
+    pub(super) early: std::collections::BTreeMap<usize, Scored>,
+}
+
+/// Near-duplicate groups and how fresh they are.
+#[derive(Debug)]
+pub struct DupState {
     /// Duplicate groups of the items that were read when they were last asked for.
     pub duplicates: Vec<crate::review::Group>,
     /// Items read since the groups were made (they are out of date).
-    dups_stale: bool,
+    pub(super) dups_stale: bool,
     /// A `FindDuplicates` is on its way.
     pub dups_pending: bool,
     /// Largest difference-hash distance for near duplicates.
@@ -333,42 +361,50 @@ impl App {
             labels,
             manifest,
             items: Vec::new(),
-            view: Vec::new(),
-            view_dirty: false,
-            cursor: 0,
-            scroll: 0,
-            sort: SortKey::Name,
-            filter: Filter::All,
-            search: String::new(),
+            list: ListState {
+                view: Vec::new(),
+                view_dirty: false,
+                cursor: 0,
+                scroll: 0,
+                sort: SortKey::Name,
+                filter: Filter::All,
+                search: String::new(),
+                grid: false,
+                list_rows: 20,
+                grid_cells: 12,
+            },
             mode: Mode::Normal,
-            grid: false,
-            walking: true,
             op_label,
-            progress: None,
-            last_run: None,
+            work: WorkState {
+                walking: true,
+                progress: None,
+                last_run: None,
+                restored: 0,
+                early: Default::default(),
+            },
             message: None,
-            previews: PreviewCache::new(256),
-            requested: HashSet::new(),
-            last_request: Vec::new(),
-            list_rows: 20,
-            grid_cells: 12,
+            preview: PreviewPane {
+                previews: PreviewCache::new(256),
+                requested: HashSet::new(),
+                last_request: Vec::new(),
+                prob_scroll: 0,
+            },
             now: Instant::now(),
             show_phi: false,
             export_default: "cxr-triage-results.csv".into(),
-            restored: 0,
-            prob_scroll: 0,
-            early: Default::default(),
             truth,
-            duplicates: Vec::new(),
-            dups_stale: true,
-            dups_pending: false,
-            dup_threshold: crate::review::duplicates::DEFAULT_THRESHOLD,
+            dups: DupState {
+                duplicates: Vec::new(),
+                dups_stale: true,
+                dups_pending: false,
+                dup_threshold: crate::review::duplicates::DEFAULT_THRESHOLD,
+            },
         }
     }
 
     /// The item under the cursor.
     pub fn current(&self) -> Option<usize> {
-        self.view.get(self.cursor).copied()
+        self.list.view.get(self.list.cursor).copied()
     }
 
     pub fn is_flagged(&self, item: &Item) -> bool {
@@ -383,7 +419,8 @@ impl App {
 
     /// Ask for duplicate groups when they are out of date and none are being made.
     fn ask_duplicates(&mut self, out: &mut Vec<Command>) {
-        if self.filter != Filter::Duplicates || self.dups_pending || !self.dups_stale {
+        if self.list.filter != Filter::Duplicates || self.dups.dups_pending || !self.dups.dups_stale
+        {
             return;
         }
         let candidates: Vec<crate::review::Candidate> = self
@@ -398,11 +435,11 @@ impl App {
                 })
             })
             .collect();
-        self.dups_stale = false;
-        self.dups_pending = true;
+        self.dups.dups_stale = false;
+        self.dups.dups_pending = true;
         out.push(Command::FindDuplicates {
             candidates,
-            threshold: self.dup_threshold,
+            threshold: self.dups.dup_threshold,
         });
     }
 
@@ -437,41 +474,41 @@ impl App {
                     hash: None,
                     dhash: None,
                 }));
-                self.view_dirty = true;
+                self.list.view_dirty = true;
                 let listed = self.items.len();
-                let ready: Vec<usize> = self.early.range(..listed).map(|(i, _)| *i).collect();
+                let ready: Vec<usize> = self.work.early.range(..listed).map(|(i, _)| *i).collect();
                 for i in ready {
-                    if let Some(scored) = self.early.remove(&i) {
+                    if let Some(scored) = self.work.early.remove(&i) {
                         self.scored(i, &scored);
-                        self.restored += 1;
+                        self.work.restored += 1;
                     }
                 }
             }
             Event::Duplicates(groups) => {
-                self.duplicates = groups;
-                self.dups_pending = false;
-                if self.filter == Filter::Duplicates {
-                    self.view_dirty = true;
+                self.dups.duplicates = groups;
+                self.dups.dups_pending = false;
+                if self.list.filter == Filter::Duplicates {
+                    self.list.view_dirty = true;
                 }
                 // Results that came in meanwhile ask again.
                 self.ask_duplicates(&mut out);
             }
-            Event::WalkDone => self.walking = false,
+            Event::WalkDone => self.work.walking = false,
             Event::Scored { item, scored } => self.scored(item, &scored),
             Event::Restored(found) => {
                 for (item, scored) in found {
                     if item >= self.items.len() {
                         // Not listed yet: kept until the walk gets there.
-                        self.early.insert(item, scored);
+                        self.work.early.insert(item, scored);
                     } else if self.items[item].status == Status::Pending {
                         // (A result that arrived from a run in the meantime wins.)
                         self.scored(item, &scored);
-                        self.restored += 1;
+                        self.work.restored += 1;
                     }
                 }
             }
             Event::JobEnded => {
-                if let Some(p) = &mut self.progress {
+                if let Some(p) = &mut self.work.progress {
                     p.jobs = p.jobs.saturating_sub(1);
                     if p.jobs == 0 {
                         let secs = self.now.duration_since(p.started).as_secs_f64();
@@ -482,15 +519,15 @@ impl App {
                                 p.done as f64 / secs
                             ));
                         }
-                        self.last_run = Some(line);
-                        self.progress = None;
+                        self.work.last_run = Some(line);
+                        self.work.progress = None;
                         self.unqueue();
                     }
                 }
             }
             Event::Preview { item, preview } => {
-                self.requested.remove(&item);
-                self.previews.insert(item, preview);
+                self.preview.requested.remove(&item);
+                self.preview.previews.insert(item, preview);
             }
             Event::Exported(result) => {
                 self.message = Some(match result {
@@ -517,7 +554,7 @@ impl App {
         item.hash = scored.hash;
         item.dhash = scored.dhash;
         if scored.hash.is_some() {
-            self.dups_stale = true;
+            self.dups.dups_stale = true;
         }
         item.status = match row.status {
             RowStatus::Done => Status::Done,
@@ -526,11 +563,11 @@ impl App {
         };
         item.predicted = (item.status == Status::Done).then(|| argmax(&row.probabilities));
         item.row = Some(row);
-        if let Some(p) = &mut self.progress {
+        if let Some(p) = &mut self.work.progress {
             p.done += 1;
         }
-        if self.sort != SortKey::Name || self.filter != Filter::All {
-            self.view_dirty = true;
+        if self.list.sort != SortKey::Name || self.list.filter != Filter::All {
+            self.list.view_dirty = true;
         }
     }
 
@@ -552,18 +589,18 @@ impl App {
             Mode::Help | Mode::Review => self.mode = Mode::Normal,
             Mode::Search => match key.code {
                 KeyCode::Esc => {
-                    self.search.clear();
+                    self.list.search.clear();
                     self.mode = Mode::Normal;
-                    self.view_dirty = true;
+                    self.list.view_dirty = true;
                 }
                 KeyCode::Enter => self.mode = Mode::Normal,
                 KeyCode::Backspace => {
-                    self.search.pop();
-                    self.view_dirty = true;
+                    self.list.search.pop();
+                    self.list.view_dirty = true;
                 }
                 KeyCode::Char(c) => {
-                    self.search.push(c);
-                    self.view_dirty = true;
+                    self.list.search.push(c);
+                    self.list.view_dirty = true;
                 }
                 KeyCode::Down | KeyCode::Up => self.normal_key(key, out),
                 _ => {}
@@ -600,10 +637,10 @@ impl App {
         self.message = None;
         // Keys act on the list as it is now, even if no frame was drawn since it changed.
         self.refresh_view();
-        let page = if self.grid {
-            self.grid_cells
+        let page = if self.list.grid {
+            self.list.grid_cells
         } else {
-            self.list_rows
+            self.list.list_rows
         }
         .max(1);
         let Some(action) = keys::lookup(&key) else {
@@ -613,8 +650,8 @@ impl App {
             Action::Quit => out.push(Command::Quit),
             Action::Down => self.move_cursor(1),
             Action::Up => self.move_cursor(-1),
-            Action::Right if self.grid => self.move_cursor(1),
-            Action::Left if self.grid => self.move_cursor(-1),
+            Action::Right if self.list.grid => self.move_cursor(1),
+            Action::Left if self.list.grid => self.move_cursor(-1),
             Action::Right | Action::Left => {}
             Action::PageDown => self.move_cursor(page as isize),
             Action::HalfPageDown => self.move_cursor(page as isize / 2),
@@ -646,28 +683,28 @@ impl App {
                 self.run(pending, false, out);
             }
             Action::Cancel => {
-                if self.progress.is_some() {
+                if self.work.progress.is_some() {
                     out.push(Command::Cancel);
                     self.unqueue();
                     self.message = Some("cancelled: finished results are kept".into());
-                } else if !self.search.is_empty() {
-                    self.search.clear();
-                    self.view_dirty = true;
+                } else if !self.list.search.is_empty() {
+                    self.list.search.clear();
+                    self.list.view_dirty = true;
                 } else {
                     self.items.iter_mut().for_each(|i| i.marked = false);
                 }
             }
             Action::Sort => {
-                self.sort = match self.sort {
+                self.list.sort = match self.list.sort {
                     SortKey::Name if !self.labels.is_empty() => SortKey::Label(0),
                     SortKey::Label(i) if i + 1 < self.labels.len() => SortKey::Label(i + 1),
                     SortKey::Name | SortKey::Label(_) => SortKey::Status,
                     SortKey::Status => SortKey::Name,
                 };
-                self.view_dirty = true;
+                self.list.view_dirty = true;
             }
             Action::Filter => {
-                self.filter = match self.filter {
+                self.list.filter = match self.list.filter {
                     Filter::All if !self.labels.is_empty() => Filter::Label(0),
                     Filter::Label(i) if i + 1 < self.labels.len() => Filter::Label(i + 1),
                     Filter::All | Filter::Label(_) => Filter::Flagged,
@@ -677,13 +714,13 @@ impl App {
                     Filter::Duplicates if self.manifest.unusual.is_some() => Filter::Unusual,
                     Filter::Duplicates | Filter::Unusual => Filter::All,
                 };
-                self.view_dirty = true;
+                self.list.view_dirty = true;
                 self.ask_duplicates(out);
             }
             Action::Review => self.mode = Mode::Review,
             Action::FilterOff => {
-                self.filter = Filter::All;
-                self.view_dirty = true;
+                self.list.filter = Filter::All;
+                self.list.view_dirty = true;
             }
             Action::Search => self.mode = Mode::Search,
             Action::NextLabel => {
@@ -691,11 +728,15 @@ impl App {
                     self.op_label = (self.op_label + 1) % self.labels.len();
                 }
             }
-            Action::ScrollProbsDown => self.prob_scroll = self.prob_scroll.saturating_add(1),
-            Action::ScrollProbsUp => self.prob_scroll = self.prob_scroll.saturating_sub(1),
+            Action::ScrollProbsDown => {
+                self.preview.prob_scroll = self.preview.prob_scroll.saturating_add(1)
+            }
+            Action::ScrollProbsUp => {
+                self.preview.prob_scroll = self.preview.prob_scroll.saturating_sub(1)
+            }
             Action::ThresholdUp => self.nudge_threshold(OP_STEP),
             Action::ThresholdDown => self.nudge_threshold(-OP_STEP),
-            Action::Grid => self.grid = !self.grid,
+            Action::Grid => self.list.grid = !self.list.grid,
             Action::Zoom => {
                 if let Some(i) = self.current() {
                     out.push(Command::Zoom(self.items[i].entry.path.clone()));
@@ -717,8 +758,8 @@ impl App {
             self.manifest
                 .operating_points
                 .insert(label, (v * 100.0).round() / 100.0);
-            if self.filter == Filter::Flagged {
-                self.view_dirty = true;
+            if self.list.filter == Filter::Flagged {
+                self.list.view_dirty = true;
             }
         }
     }
@@ -745,13 +786,13 @@ impl App {
             self.items[*i].marked = false;
         }
         let n = jobs.len();
-        match &mut self.progress {
+        match &mut self.work.progress {
             Some(p) => {
                 p.total += n;
                 p.jobs += 1;
             }
             None => {
-                self.progress = Some(Progress {
+                self.work.progress = Some(Progress {
                     total: n,
                     done: 0,
                     started: self.now,
@@ -769,7 +810,7 @@ impl App {
             return;
         }
         let indices: Vec<usize> = match scope {
-            ExportScope::Shown => self.view.clone(),
+            ExportScope::Shown => self.list.view.clone(),
             ExportScope::All => (0..self.items.len()).collect(),
         };
         let rows: Vec<Row> = indices
@@ -794,24 +835,27 @@ impl App {
 
     fn move_cursor(&mut self, delta: isize) {
         self.refresh_view();
-        if self.view.is_empty() {
-            self.cursor = 0;
+        if self.list.view.is_empty() {
+            self.list.cursor = 0;
             return;
         }
-        let last = self.view.len() as isize - 1;
-        self.cursor = (self.cursor as isize).saturating_add(delta).clamp(0, last) as usize;
+        let last = self.list.view.len() as isize - 1;
+        self.list.cursor = (self.list.cursor as isize)
+            .saturating_add(delta)
+            .clamp(0, last) as usize;
     }
 
     /// Recompute the filtered, sorted view if anything changed; keeps the cursor on its item.
     pub fn refresh_view(&mut self) {
-        if !self.view_dirty {
+        if !self.list.view_dirty {
             return;
         }
-        self.view_dirty = false;
+        self.list.view_dirty = false;
         let current = self.current();
-        let needle = self.search.to_lowercase();
-        let in_group: HashMap<usize, usize> = if self.filter == Filter::Duplicates {
-            self.duplicates
+        let needle = self.list.search.to_lowercase();
+        let in_group: HashMap<usize, usize> = if self.list.filter == Filter::Duplicates {
+            self.dups
+                .duplicates
                 .iter()
                 .enumerate()
                 .flat_map(|(g, group)| group.members.iter().map(move |&i| (i, g)))
@@ -821,7 +865,7 @@ impl App {
         };
         let keep = |i: usize| -> bool {
             let item = &self.items[i];
-            let shown = match self.filter {
+            let shown = match self.list.filter {
                 Filter::All => true,
                 Filter::Label(l) => item.predicted == Some(l),
                 Filter::Flagged => self.is_flagged(item),
@@ -839,7 +883,7 @@ impl App {
                         .to_lowercase()
                         .contains(&needle))
         };
-        let mut view: Vec<usize> = if self.filter == Filter::All && needle.is_empty() {
+        let mut view: Vec<usize> = if self.list.filter == Filter::All && needle.is_empty() {
             (0..self.items.len()).collect()
         } else {
             (0..self.items.len()).filter(|&i| keep(i)).collect()
@@ -851,11 +895,11 @@ impl App {
                 .copied()
                 .fold(-1.0f32, f32::max)
         };
-        match self.sort {
-            SortKey::Name if self.filter == Filter::Disagree => {
+        match self.list.sort {
+            SortKey::Name if self.list.filter == Filter::Disagree => {
                 view.sort_by(|&a, &b| confidence(b).total_cmp(&confidence(a)).then(a.cmp(&b)))
             }
-            SortKey::Name if self.filter == Filter::Duplicates => {
+            SortKey::Name if self.list.filter == Filter::Duplicates => {
                 view.sort_by_key(|i| (in_group.get(i).copied(), *i))
             }
             SortKey::Name => {}
@@ -865,23 +909,26 @@ impl App {
             }),
             SortKey::Status => view.sort_by_key(|&i| (self.items[i].status, i)),
         }
-        self.view = view;
-        self.cursor = current
-            .and_then(|c| self.view.iter().position(|&i| i == c))
-            .unwrap_or(self.cursor.min(self.view.len().saturating_sub(1)));
+        self.list.view = view;
+        self.list.cursor = current
+            .and_then(|c| self.list.view.iter().position(|&i| i == c))
+            .unwrap_or(self.list.cursor.min(self.list.view.len().saturating_sub(1)));
     }
 
     /// Keep the cursor inside the `rows` shown, scrolling as little as possible.
     pub fn scroll_to_cursor(&mut self, rows: usize) {
         let rows = rows.max(1);
-        if self.cursor < self.scroll {
-            self.scroll = self.cursor;
-        } else if self.cursor >= self.scroll + rows {
-            self.scroll = self.cursor + 1 - rows;
+        if self.list.cursor < self.list.scroll {
+            self.list.scroll = self.list.cursor;
+        } else if self.list.cursor >= self.list.scroll + rows {
+            self.list.scroll = self.list.cursor + 1 - rows;
         }
-        self.scroll = self.scroll.min(self.view.len().saturating_sub(rows));
-        if self.cursor < self.scroll {
-            self.scroll = self.cursor;
+        self.list.scroll = self
+            .list
+            .scroll
+            .min(self.list.view.len().saturating_sub(rows));
+        if self.list.cursor < self.list.scroll {
+            self.list.scroll = self.list.cursor;
         }
     }
 
@@ -892,16 +939,16 @@ impl App {
         if let Some(c) = self.current() {
             want.push(c);
         }
-        let visible: Vec<usize> = self.view
-            [visible.start.min(self.view.len())..visible.end.min(self.view.len())]
+        let visible: Vec<usize> = self.list.view
+            [visible.start.min(self.list.view.len())..visible.end.min(self.list.view.len())]
             .to_vec();
         want.extend(visible.into_iter().filter(|i| Some(*i) != self.current()));
-        want.retain(|i| !self.previews.contains(*i));
-        if want == self.last_request {
+        want.retain(|i| !self.preview.previews.contains(*i));
+        if want == self.preview.last_request {
             return None;
         }
-        self.last_request = want.clone();
-        self.requested = want.iter().copied().collect();
+        self.preview.last_request = want.clone();
+        self.preview.requested = want.iter().copied().collect();
         Some(Command::Previews(
             want.into_iter()
                 .map(|i| (i, self.items[i].entry.path.clone()))
@@ -911,7 +958,7 @@ impl App {
 
     /// Is a preview of `item` on its way?
     pub fn preview_requested(&self, item: usize) -> bool {
-        self.requested.contains(&item)
+        self.preview.requested.contains(&item)
     }
 
     /// Counts for the summary bar.
@@ -963,7 +1010,7 @@ impl App {
 
     /// Images per second and time left of the running jobs.
     pub fn rate_and_eta(&self) -> Option<(f64, Duration)> {
-        let p = self.progress.as_ref()?;
+        let p = self.work.progress.as_ref()?;
         let secs = self.now.duration_since(p.started).as_secs_f64();
         if p.done == 0 || secs <= 0.0 {
             return None;

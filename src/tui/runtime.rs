@@ -77,7 +77,11 @@ impl Runtime {
                     panic!("test panic requested by CXR_TRIAGE_TEST_PANIC");
                 }
             }
-            let timeout = if app.progress.is_some() { 250 } else { 1000 };
+            let timeout = if app.work.progress.is_some() {
+                250
+            } else {
+                1000
+            };
             let first = match rx.recv_timeout(Duration::from_millis(timeout)) {
                 Ok(e) => e,
                 Err(RecvTimeoutError::Timeout) => Event::Tick,

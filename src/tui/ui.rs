@@ -64,17 +64,17 @@ fn inner(r: Rect) -> Rect {
 /// Update what depends on the screen size; returns the preview request when it changed.
 pub fn prepare(app: &mut App, area: Rect) -> Option<Command> {
     app.refresh_view();
-    let p = panes(area, app.grid);
-    let visible = if app.grid {
+    let p = panes(area, app.list.grid);
+    let visible = if app.list.grid {
         let (cols, rows, _, _) = grid_shape(p.list);
-        app.grid_cells = cols * rows;
-        let start = app.cursor / app.grid_cells * app.grid_cells;
-        start..start + app.grid_cells
+        app.list.grid_cells = cols * rows;
+        let start = app.list.cursor / app.list.grid_cells * app.list.grid_cells;
+        start..start + app.list.grid_cells
     } else {
         // One row of the block is the column header.
-        app.list_rows = inner(p.list).height.saturating_sub(1) as usize;
-        app.scroll_to_cursor(app.list_rows);
-        app.scroll..app.scroll + app.list_rows
+        app.list.list_rows = inner(p.list).height.saturating_sub(1) as usize;
+        app.scroll_to_cursor(app.list.list_rows);
+        app.list.scroll..app.list.scroll + app.list.list_rows
     };
     app.wanted_previews(visible)
 }
@@ -133,10 +133,10 @@ pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
         color: colors != ColorMode::None,
     };
     let area = frame.area();
-    let p = panes(area, app.grid);
+    let p = panes(area, app.list.grid);
     // Counted once a frame: the title and the footer both show them.
     let summary = app.summary();
-    if app.grid {
+    if app.list.grid {
         draw_grid(frame, app, &summary, p.list, theme, colors);
     } else {
         draw_list(frame, app, &summary, p.list, theme);
@@ -297,30 +297,30 @@ fn list_title(app: &App, s: &Tally) -> String {
         let plural = if s.errors == 1 { "" } else { "s" };
         t.push_str(&format!(" · {} error{plural}", s.errors));
     }
-    if app.walking {
+    if app.work.walking {
         t.push_str(" · finding…");
     }
-    if app.view.len() != app.items.len() {
-        t.push_str(&format!(" · {} shown", app.view.len()));
+    if app.list.view.len() != app.items.len() {
+        t.push_str(&format!(" · {} shown", app.list.view.len()));
     }
     t.push(' ');
     t
 }
 
 fn view_label(app: &App) -> String {
-    let sort = match app.sort {
+    let sort = match app.list.sort {
         SortKey::Name => "name".to_string(),
         SortKey::Label(l) => format!("P({})", app.manifest.display_name(l)),
         SortKey::Status => "status".to_string(),
     };
-    let filter = match app.filter {
+    let filter = match app.list.filter {
         Filter::All => None,
         Filter::Label(l) => Some(format!("predicted {}", app.manifest.display_name(l))),
         Filter::Flagged => Some("flagged".into()),
         Filter::Errors => Some("errors".into()),
         Filter::Disagree => Some("disagrees with label".into()),
-        Filter::Duplicates if app.dups_pending => Some("duplicates (grouping…)".into()),
-        Filter::Duplicates => Some(match app.duplicates.len() {
+        Filter::Duplicates if app.dups.dups_pending => Some("duplicates (grouping…)".into()),
+        Filter::Duplicates => Some(match app.dups.duplicates.len() {
             1 => "duplicates: 1 group".to_string(),
             n => format!("duplicates: {n} groups"),
         }),
@@ -330,8 +330,8 @@ fn view_label(app: &App) -> String {
     if let Some(f) = filter {
         s.push_str(&format!(" · filter: {f}"));
     }
-    if !app.search.is_empty() {
-        s.push_str(&format!(" · search: {}", app.search));
+    if !app.list.search.is_empty() {
+        s.push_str(&format!(" · search: {}", app.list.search));
     }
     s.push(' ');
     s
@@ -383,7 +383,7 @@ fn draw_list_frame(
 fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: Theme) {
     let inner = draw_list_frame(frame, app, summary, area, theme);
     if app.items.is_empty() {
-        let msg = if app.walking {
+        let msg = if app.work.walking {
             "looking for images…".to_string()
         } else {
             format!(
@@ -435,8 +435,8 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
         widths.push(Constraint::Length(folder_w));
         header.push("folder");
     }
-    let end = (app.scroll + app.list_rows).min(app.view.len());
-    let rows = app.view[app.scroll.min(end)..end]
+    let end = (app.list.scroll + app.list.list_rows).min(app.list.view.len());
+    let rows = app.list.view[app.list.scroll.min(end)..end]
         .iter()
         .enumerate()
         .map(|(k, &i)| {
@@ -495,7 +495,7 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
                 );
             }
             let mut row = Row::new(cells);
-            if app.scroll + k == app.cursor {
+            if app.list.scroll + k == app.list.cursor {
                 row = row.style(theme.cursor());
             } else if item.marked {
                 row = row.style(Style::default().add_modifier(Modifier::BOLD));
@@ -518,9 +518,9 @@ fn draw_grid(
 ) {
     let inner = draw_list_frame(frame, app, summary, area, theme);
     let (cols, _, cell_w, cell_h) = grid_shape(area);
-    let cells = app.grid_cells.max(1);
-    let start = app.cursor / cells * cells;
-    for (k, &i) in app.view.iter().skip(start).take(cells).enumerate() {
+    let cells = app.list.grid_cells.max(1);
+    let start = app.list.cursor / cells * cells;
+    for (k, &i) in app.list.view.iter().skip(start).take(cells).enumerate() {
         let x = inner.x + (k % cols) as u16 * cell_w;
         let y = inner.y + (k / cols) as u16 * cell_h;
         let cell = Rect::new(
@@ -530,7 +530,7 @@ fn draw_grid(
             cell_h.min(inner.bottom() - y),
         );
         let item = &app.items[i];
-        let selected = start + k == app.cursor;
+        let selected = start + k == app.list.cursor;
         let [pic, badge] =
             Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(cell);
         let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
@@ -565,7 +565,7 @@ fn draw_picture(
     colors: ColorMode,
     error_prefix: &str,
 ) {
-    match app.previews.peek(item) {
+    match app.preview.previews.peek(item) {
         Some(Preview::Ready { thumb, .. }) => frame.render_widget(
             GrayPicture {
                 thumb,
@@ -645,7 +645,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         probs,
     );
     // Info: size, depth, format, view; then the error or the folder label.
-    let describe = match app.previews.peek(i) {
+    let describe = match app.preview.previews.peek(i) {
         Some(Preview::Ready { describe, .. }) => Some(describe.clone()),
         _ => item.row.as_ref().and_then(|r| {
             Some(format!(
@@ -762,15 +762,15 @@ fn draw_footer(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme:
     };
     frame.render_widget(Paragraph::new(Line::from(parts)), top);
 
-    let line = match (&app.mode, &app.progress) {
+    let line = match (&app.mode, &app.work.progress) {
         (Mode::Search, _) => Line::from(vec![
             Span::styled("/", theme.title()),
-            Span::raw(app.search.clone()),
+            Span::raw(app.list.search.clone()),
             Span::styled("▏  Enter keep · Esc clear", theme.dim()),
         ]),
         (Mode::Export { path, scope }, _) => {
             let scope = match scope {
-                ExportScope::Shown => format!("the {} shown", app.view.len()),
+                ExportScope::Shown => format!("the {} shown", app.list.view.len()),
                 ExportScope::All => format!("all {}", app.items.len()),
             };
             Line::from(vec![
@@ -803,16 +803,16 @@ fn draw_footer(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme:
                 Span::styled("  Esc cancel", theme.dim()),
             ])
         }
-        (_, None) => match (&app.message, &app.last_run) {
+        (_, None) => match (&app.message, &app.work.last_run) {
             (Some(m), _) => Line::from(Span::styled(m.clone(), theme.warn())),
             (None, last) => {
                 let mut spans = Vec::new();
                 if let Some(l) = last {
                     spans.push(Span::raw(format!("{l} · ")));
-                } else if app.restored > 0 {
+                } else if app.work.restored > 0 {
                     spans.push(Span::raw(format!(
                         "{} from the results store · ",
-                        app.restored
+                        app.work.restored
                     )));
                 }
                 spans.push(Span::styled(
@@ -842,7 +842,7 @@ fn probability_lines(
         order.sort_by(|&a, &b| item.probs()[b].total_cmp(&item.probs()[a]));
     }
     let shown = if fits { n } else { rows.saturating_sub(1) };
-    let first = app.prob_scroll.min(n.saturating_sub(shown));
+    let first = app.preview.prob_scroll.min(n.saturating_sub(shown));
     let names: Vec<&str> = (0..n).map(|l| app.manifest.display_name(l)).collect();
     let label_w = names
         .iter()

@@ -75,7 +75,10 @@ fn no_module_uses_a_later_one() {
     let order = layers(root);
     // Bytes first, the command line last: a sorted list (rustfmt's habit) would fail here.
     assert_eq!(
-        (order.first().map(String::as_str), order.last().map(String::as_str)),
+        (
+            order.first().map(String::as_str),
+            order.last().map(String::as_str)
+        ),
         (Some("imaging"), Some("cli")),
         "src/lib.rs lists the modules in data-flow order: {order:?}"
     );

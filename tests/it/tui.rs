@@ -124,7 +124,8 @@ fn scored_app() -> App {
 }
 
 fn shown(app: &App) -> Vec<String> {
-    app.view
+    app.list
+        .view
         .iter()
         .map(|&i| app.items[i].entry.rel.to_string_lossy().into_owned())
         .collect()
@@ -173,7 +174,7 @@ fn r_runs_the_marked_images_or_else_the_current_one() {
             .all(|i| !i.marked || i.status == Status::Running)
     );
     assert_eq!(
-        app.progress.as_ref().map(|p| (p.total, p.jobs)),
+        app.work.progress.as_ref().map(|p| (p.total, p.jobs)),
         Some((3, 2))
     );
 }
@@ -184,7 +185,7 @@ fn capital_r_runs_only_what_is_pending_and_reports_when_nothing_is() {
     let cmds = app.update(key('R'));
     assert!(cmds.is_empty());
     assert!(app.message.as_deref().unwrap().contains("nothing to run"));
-    assert!(app.progress.is_none());
+    assert!(app.work.progress.is_none());
 }
 
 #[test]
@@ -202,9 +203,10 @@ fn escape_cancels_the_run_and_keeps_what_finished() {
     app.update(ev);
     assert_eq!(app.items[1].status, Status::Done);
     app.update(Event::JobEnded);
-    assert!(app.progress.is_none());
+    assert!(app.work.progress.is_none());
     assert!(
-        app.last_run
+        app.work
+            .last_run
             .as_deref()
             .unwrap()
             .starts_with("scored 2 of 6")
@@ -244,7 +246,7 @@ fn sorting_by_a_label_puts_the_highest_first_and_keeps_the_cursor_on_its_item() 
     app.update(key('j')); // b.png
     app.update(key('s')); // P(covid)
     app.refresh_view();
-    assert_eq!(app.sort, SortKey::Label(0));
+    assert_eq!(app.list.sort, SortKey::Label(0));
     assert_eq!(
         shown(&app),
         [
@@ -261,10 +263,10 @@ fn sorting_by_a_label_puts_the_highest_first_and_keeps_the_cursor_on_its_item() 
         app.update(key('s'));
     }
     app.refresh_view();
-    assert_eq!(app.sort, SortKey::Status);
+    assert_eq!(app.list.sort, SortKey::Status);
     assert_eq!(shown(&app).last().unwrap(), "pneumonia/broken.png");
     app.update(key('s'));
-    assert_eq!(app.sort, SortKey::Name);
+    assert_eq!(app.list.sort, SortKey::Name);
 }
 
 #[test]
@@ -272,7 +274,7 @@ fn filters_select_labels_errors_and_disagreements() {
     let mut app = scored_app();
     app.update(key('f'));
     app.refresh_view();
-    assert_eq!(app.filter, Filter::Label(0));
+    assert_eq!(app.list.filter, Filter::Label(0));
     assert_eq!(shown(&app), ["covid/a.png"]);
     app.update(key('f'));
     app.refresh_view();
@@ -281,11 +283,11 @@ fn filters_select_labels_errors_and_disagreements() {
         app.update(key('f'));
     }
     app.refresh_view();
-    assert_eq!(app.filter, Filter::Errors);
+    assert_eq!(app.list.filter, Filter::Errors);
     assert_eq!(shown(&app), ["pneumonia/broken.png"]);
     app.update(key('f'));
     app.refresh_view();
-    assert_eq!(app.filter, Filter::Disagree);
+    assert_eq!(app.list.filter, Filter::Disagree);
     assert_eq!(shown(&app), ["covid/b.png"]);
     app.update(key('F'));
     app.refresh_view();
@@ -523,7 +525,7 @@ fn snapshot_run_in_progress() {
         app.update(ev);
     }
     // 3 done in 2 s: 1.5 img/s, 3 left, ETA 2 s.
-    let started = app.progress.as_ref().unwrap().started;
+    let started = app.work.progress.as_ref().unwrap().started;
     app.now = started + Duration::from_secs(2);
     insta::assert_snapshot!(screen(&mut app, 100, 14, ColorMode::TrueColor));
 }
@@ -1015,7 +1017,7 @@ fn restored_results_show_at_once_and_r_runs_only_the_rest() {
         ),
     ];
     app.update(Event::Restored(found));
-    assert_eq!(app.restored, 2);
+    assert_eq!(app.work.restored, 2);
     assert_eq!(app.items[0].status, Status::Done);
     assert_eq!(app.items[1].status, Status::Pending);
     match &app.update(key('R'))[..] {
@@ -1026,7 +1028,7 @@ fn restored_results_show_at_once_and_r_runs_only_the_rest() {
     let late = vec![(1, scored_with_hashes(&app, 1, [0.2, 0.2, 0.6], 3, [0; 4]))];
     app.update(Event::Restored(late));
     assert_eq!(app.items[1].status, Status::Running);
-    assert_eq!(app.restored, 2);
+    assert_eq!(app.work.restored, 2);
 }
 
 #[test]
@@ -1038,9 +1040,9 @@ fn a_stored_result_that_arrives_before_its_item_is_listed_is_not_lost() {
     let template = app_with(&["a.png", "b.png"]);
     let early = scored_with_hashes(&template, 1, [0.1, 0.2, 0.7], 5, [0; 4]);
     app.update(Event::Restored(vec![(1, early)]));
-    assert_eq!(app.restored, 0);
+    assert_eq!(app.work.restored, 0);
     app.update(Event::Found(vec![entry("b.png")]));
-    assert_eq!(app.restored, 1);
+    assert_eq!(app.work.restored, 1);
     assert_eq!(app.items[1].status, Status::Done);
     assert_eq!(app.items[0].status, Status::Pending);
 }
@@ -1069,7 +1071,7 @@ fn aliased_folders_count_as_labels_and_disagreements_come_most_confident_first()
     assert_eq!(app.items[0].truth, Some(0));
     assert_eq!(app.items[1].truth, Some(1));
     assert_eq!(app.items[3].truth, None);
-    while app.filter != Filter::Disagree {
+    while app.list.filter != Filter::Disagree {
         app.update(key('f'));
     }
     app.refresh_view();
@@ -1103,7 +1105,7 @@ fn the_duplicates_filter_asks_for_groups_and_shows_them_in_order() {
         .collect();
     app.update(Event::Restored(found));
     let mut asked = None;
-    while app.filter != Filter::Duplicates {
+    while app.list.filter != Filter::Duplicates {
         for c in app.update(key('f')) {
             if let Command::FindDuplicates {
                 candidates,
@@ -1116,14 +1118,14 @@ fn the_duplicates_filter_asks_for_groups_and_shows_them_in_order() {
     }
     let (candidates, threshold) = asked.expect("entering the filter asks for groups");
     assert_eq!(candidates.len(), 4);
-    assert!(app.dups_pending);
+    assert!(app.dups.dups_pending);
     let groups = cxr_triage::review::groups(&candidates, threshold);
     // Exact copies (a, c); b and d are one bit apart; the two groups are 255 bits apart.
     assert_eq!(groups.len(), 2, "{groups:?}");
     app.update(Event::Duplicates(groups));
     app.refresh_view();
     assert_eq!(shown(&app), ["a.png", "c.png", "b.png", "d.png"]);
-    assert!(!app.dups_pending);
+    assert!(!app.dups.dups_pending);
 }
 
 // ---------------------------------------------------------------- multi-label models
@@ -1213,14 +1215,14 @@ fn unusual_inputs_are_counted_filtered_and_marked() {
     let mut seen = Vec::new();
     for _ in 0..10 {
         app.update(key('f'));
-        seen.push(app.filter);
-        if app.filter == Filter::Unusual {
+        seen.push(app.list.filter);
+        if app.list.filter == Filter::Unusual {
             break;
         }
     }
-    assert_eq!(app.filter, Filter::Unusual, "{seen:?}");
+    assert_eq!(app.list.filter, Filter::Unusual, "{seen:?}");
     app.refresh_view();
-    assert_eq!(app.view, [0]);
+    assert_eq!(app.list.view, [0]);
 }
 
 /// The README's key table is the one the UI reads (`tui::keys::KEYS`).
