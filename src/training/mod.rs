@@ -247,13 +247,13 @@ fn train_inner(
     } else {
         None
     };
+    let run = Run {
+        cfg,
+        p: &p,
+        net: &net.net,
+        frozen: frozen.as_ref(),
+    };
     for epoch in state.epochs_done..cfg.epochs {
-        let run = Run {
-            cfg,
-            p: &p,
-            net: &net.net,
-            frozen: frozen.as_ref(),
-        };
         let (entry, seen) = run.epoch(epoch, &mut opt, batch_done)?;
         let score = run.log_epoch(&entry, seen, log);
         // Model selection on val: macro AUC, with accuracy as a small tie-breaker.
@@ -273,12 +273,6 @@ fn train_inner(
         let mut vm = varmap.clone();
         vm.load(&checkpoints.best)?;
     }
-    let run = Run {
-        cfg,
-        p: &p,
-        net: &net.net,
-        frozen: frozen.as_ref(),
-    };
     finish(&run, &state, &mut manifest, &varmap, log, batch_done)
 }
 
@@ -609,8 +603,8 @@ struct Run<'a> {
 
 /// One batch as the loader thread hands it over: indices, augmented planes (none with frozen
 /// features), labels, loss weights, the dropout seed.
-type Batch = (
-    Vec<usize>,
+type Batch<'a> = (
+    &'a [usize],
     Result<Vec<Vec<f32>>, ModelError>,
     Vec<u32>,
     Vec<f32>,
@@ -656,7 +650,7 @@ impl Run<'_> {
         let batches: Vec<Vec<usize>> = order.chunks(cfg.batch).map(<[usize]>::to_vec).collect();
         let seeds: Vec<u64> = batches.iter().map(|_| rng.random()).collect();
         std::thread::scope(|scope| -> Result<(), TrainError> {
-            let (tx, rx) = crossbeam_channel::bounded::<Batch>(2);
+            let (tx, rx) = crossbeam_channel::bounded::<Batch<'_>>(2);
             let augmenting = self.frozen.is_none();
             let (batches, seeds) = (&batches, &seeds);
             scope.spawn(move || {
@@ -672,10 +666,7 @@ impl Run<'_> {
                     let labels = idx.iter().map(|&i| p.train_set[i].label as u32).collect();
                     let weights = idx.iter().map(|&i| p.sample_weights[i]).collect();
                     let mask_seed: u64 = r.random();
-                    if tx
-                        .send((idx.clone(), planes, labels, weights, mask_seed))
-                        .is_err()
-                    {
+                    if tx.send((idx, planes, labels, weights, mask_seed)).is_err() {
                         break;
                     }
                 }
