@@ -89,7 +89,8 @@ pub struct CacheArgs {
 impl CacheArgs {
     /// The store for a run over `root`, or `None` with `--no-cache`. A store that cannot be
     /// used (unreadable, from a newer version, inside the image folder) is not fatal: the
-    /// reason comes back and the run goes on without it.
+    /// reason comes back and the run goes on without it. The second value also carries the
+    /// store's warning (readable by other users) when it opened.
     pub fn open(
         &self,
         root: &std::path::Path,
@@ -100,7 +101,10 @@ impl CacheArgs {
             return (None, None);
         }
         match Store::open_for(root, self.cache.as_deref(), &model_id(manifest)) {
-            Ok(store) => (Some(store), None),
+            Ok(store) => {
+                let warning = store.warning();
+                (Some(store), warning)
+            }
             Err(e) => (
                 None,
                 Some(format!("{e}; running without the results store")),
@@ -147,8 +151,9 @@ pub struct InputArgs {
     /// CR/DX/DR); by default they get the status "out of scope" and no scores.
     #[arg(long)]
     pub force: bool,
-    /// Include the DICOM Patient ID in results and exports (protected health information: off
-    /// by default).
+    /// Include the DICOM Patient ID and Accession Number in results and exports (protected
+    /// health information: off by default). Never kept in the results store: a stored result
+    /// reads them again from the file.
     #[arg(long)]
     pub show_phi: bool,
 }

@@ -27,13 +27,46 @@ pub struct DicomInfo {
     pub bits_stored: u16,
     pub photometric: String,
     pub study_date: Option<String>,
-    /// Protected health information: shown and exported only with `--show-phi`.
+    /// Protected health information: shown and exported only with `--show-phi`, never kept
+    /// in the results store (see [`DicomInfo::without_phi`]).
     pub patient_id: Option<String>,
     pub frames: u32,
     pub transfer_syntax: String,
+    /// What a PACS worklist links on. The accession number is PHI, like the patient ID.
+    #[serde(default)]
+    pub accession_number: Option<String>,
+    #[serde(default)]
+    pub study_uid: Option<String>,
+    #[serde(default)]
+    pub series_uid: Option<String>,
+    #[serde(default)]
+    pub sop_uid: Option<String>,
+}
+
+/// The protected health information of one file, as read from its header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Phi {
+    pub patient_id: Option<String>,
+    pub accession_number: Option<String>,
 }
 
 impl DicomInfo {
+    /// This info without its PHI (what the results store keeps).
+    pub fn without_phi(&self) -> Self {
+        Self {
+            patient_id: None,
+            accession_number: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn phi(&self) -> Phi {
+        Phi {
+            patient_id: self.patient_id.clone(),
+            accession_number: self.accession_number.clone(),
+        }
+    }
+
     /// Why this image is not a frontal chest radiograph the model was made for, if it is not.
     pub fn out_of_scope(&self) -> Option<String> {
         if let Some(view) = &self.view_position
@@ -115,6 +148,21 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
             .media_storage_sop_instance_uid(sop_instance),
     )
     .map_err(|e| fail(format!("cannot parse: {e}")))
+}
+
+/// The PHI in a DICOM file's header, read again when it is to be shown (the results store
+/// never keeps it). Empty for a file that is not (or no longer) a readable DICOM.
+pub fn read_phi(path: &std::path::Path, limits: &Limits) -> Phi {
+    let Ok((bytes, _)) = super::decode::read_file(path, limits) else {
+        return Phi::default();
+    };
+    match parse(&bytes) {
+        Ok(obj) => Phi {
+            patient_id: text(&obj, tags::PATIENT_ID),
+            accession_number: text(&obj, tags::ACCESSION_NUMBER),
+        },
+        Err(_) => Phi::default(),
+    }
 }
 
 /// The JPEG 2000 decoder sizes its buffers from the codestream's own SIZ marker, not from Rows
@@ -204,6 +252,10 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         patient_id: text(&obj, tags::PATIENT_ID),
         frames: int(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as u32,
         transfer_syntax: ts_name.clone(),
+        accession_number: text(&obj, tags::ACCESSION_NUMBER),
+        study_uid: text(&obj, tags::STUDY_INSTANCE_UID),
+        series_uid: text(&obj, tags::SERIES_INSTANCE_UID),
+        sop_uid: text(&obj, tags::SOP_INSTANCE_UID),
     };
 
     // Check what the decoder would trust, so hostile headers give errors, not panics or OOM.

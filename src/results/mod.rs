@@ -46,6 +46,11 @@ pub struct Row {
     pub study_date: Option<String>,
     /// Empty unless `--show-phi`.
     pub patient_id: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub series_instance_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    /// Empty unless `--show-phi`.
+    pub accession_number: Option<String>,
     /// One probability per model label, in the manifest's order (empty on error).
     pub probabilities: Vec<f32>,
     pub predicted: Option<String>,
@@ -84,7 +89,8 @@ impl Typicality {
 }
 
 impl Row {
-    /// The row for one pipeline result; `show_phi` lets the patient ID through.
+    /// The row for one pipeline result; `show_phi` lets the patient ID and the accession number
+    /// through (read again from the file when the result came from the store).
     pub fn from_scored(s: &Scored, manifest: &Manifest, show_phi: bool) -> Self {
         let (info, probs, error, status, unusual) = match &s.outcome {
             Outcome::Scored {
@@ -110,6 +116,11 @@ impl Row {
         let scored = status == Status::Done;
         let dicom = info.and_then(|i| i.dicom.as_ref());
         let field = |f: fn(&crate::imaging::DicomInfo) -> Option<String>| dicom.and_then(f);
+        let phi = if show_phi {
+            s.phi()
+        } else {
+            Default::default()
+        };
         Row {
             path: s.entry.rel.to_string_lossy().into_owned(),
             status,
@@ -124,11 +135,11 @@ impl Row {
             body_part: field(|d| d.body_part.clone()),
             photometric: field(|d| Some(d.photometric.clone())),
             study_date: field(|d| d.study_date.clone()),
-            patient_id: if show_phi {
-                field(|d| d.patient_id.clone())
-            } else {
-                None
-            },
+            patient_id: phi.patient_id,
+            study_instance_uid: field(|d| d.study_uid.clone()),
+            series_instance_uid: field(|d| d.series_uid.clone()),
+            sop_instance_uid: field(|d| d.sop_uid.clone()),
+            accession_number: phi.accession_number,
             predicted: scored.then(|| manifest.labels[argmax(&probs)].clone()),
             flagged: scored.then(|| is_flagged(manifest, &probs)),
             probabilities: probs,
@@ -173,7 +184,7 @@ pub struct RowWriter<W: Write> {
     rows: usize,
 }
 
-const FIXED_COLUMNS: [&str; 15] = [
+const FIXED_COLUMNS: [&str; 19] = [
     "path",
     "status",
     "error",
@@ -189,6 +200,10 @@ const FIXED_COLUMNS: [&str; 15] = [
     "photometric",
     "study_date",
     "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "accession_number",
 ];
 
 impl<W: Write> RowWriter<W> {
@@ -254,6 +269,10 @@ impl<W: Write> RowWriter<W> {
                     opt(row.photometric.clone()),
                     opt(row.study_date.clone()),
                     opt(row.patient_id.clone()),
+                    opt(row.study_instance_uid.clone()),
+                    opt(row.series_instance_uid.clone()),
+                    opt(row.sop_instance_uid.clone()),
+                    opt(row.accession_number.clone()),
                 ];
                 record.extend((0..self.labels.len()).map(|i| {
                     row.probabilities

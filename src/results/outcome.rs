@@ -3,7 +3,7 @@
 
 use crate::catalog::Entry;
 use crate::imaging::dhash::DHash;
-use crate::imaging::{Decoded, DicomInfo, Format};
+use crate::imaging::{Decoded, DicomInfo, Format, Limits, Phi};
 
 /// Facts about a decoded image, kept with its result.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -13,6 +13,16 @@ pub struct ImageInfo {
     pub height: u32,
     pub bit_depth: u8,
     pub dicom: Option<DicomInfo>,
+}
+
+impl ImageInfo {
+    /// This info as the results store keeps it: without PHI.
+    pub fn without_phi(&self) -> Self {
+        Self {
+            dicom: self.dicom.as_ref().map(DicomInfo::without_phi),
+            ..self.clone()
+        }
+    }
 }
 
 impl From<&Decoded> for ImageInfo {
@@ -69,6 +79,41 @@ impl Scored {
             hash: None,
             dhash: None,
             cached: false,
+        }
+    }
+}
+
+impl Outcome {
+    /// The decoded facts, when the file could be decoded.
+    pub fn info(&self) -> Option<&ImageInfo> {
+        match self {
+            Self::Scored { info, .. } | Self::OutOfScope { info, .. } => Some(info),
+            Self::Failed { info, .. } => info.as_ref(),
+        }
+    }
+
+    /// This outcome as the results store keeps it: without PHI.
+    pub fn without_phi(&self) -> Self {
+        let mut out = self.clone();
+        match &mut out {
+            Self::Scored { info, .. } | Self::OutOfScope { info, .. } => *info = info.without_phi(),
+            Self::Failed { info, .. } => *info = info.as_ref().map(ImageInfo::without_phi),
+        }
+        out
+    }
+}
+
+impl Scored {
+    /// The file's PHI (DICOM only): from this run's decode, or, for a result from the store
+    /// (which never keeps PHI), read again from the file's header. Call it only where PHI is to
+    /// be shown (`--show-phi`).
+    pub fn phi(&self) -> Phi {
+        match self.outcome.info().and_then(|i| i.dicom.as_ref()) {
+            Some(_) if self.cached => {
+                crate::imaging::read_phi(&self.entry.path, &Limits::default())
+            }
+            Some(d) => d.phi(),
+            None => Phi::default(),
         }
     }
 }

@@ -11,6 +11,12 @@
 //! cxr-triage version, since a newer one may read what an older one could not. Files that
 //! could not be read at all (permission denied, walk errors) are not stored.
 //!
+//! Privacy: the store's folder is created `0700` and its files (`results.sqlite3`, `-wal`,
+//! `-shm`) `0600`, since they hold file paths; an existing store that others can read is
+//! reported (once per run). PHI (patient ID, accession number) is never written: a result from
+//! the store shown with `--show-phi` reads it again from the file's header. Schema 3 removed
+//! the patient IDs that earlier versions kept.
+//!
 //! Durability: WAL journal, writes batched in transactions of at most [`BATCH`] outcomes or
 //! [`FLUSH_EVERY`]; a crash (even `kill -9`) loses at most the batch in flight and never
 //! corrupts the file. Several processes may share one store (WAL readers do not block, writers
@@ -29,7 +35,7 @@ use crate::model::Manifest;
 use crate::results::{ImageInfo, Outcome};
 
 /// Schema version, in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Largest number of outcomes written in one transaction.
 pub const BATCH: usize = 64;
 /// Longest time an outcome waits in memory before it is written.
@@ -46,6 +52,11 @@ pub enum StoreError {
     },
     #[error("results store {}: cannot create its folder: {source}", path.display())]
     Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("results store {}: cannot create it: {source}", path.display())]
+    Create {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -118,6 +129,7 @@ pub struct Store {
     /// Set after the first failure: the store is then left alone for the rest of the run.
     broken: AtomicBool,
     problem: Mutex<Option<String>>,
+    warning: Option<String>,
 }
 
 /// The store's default place: `$XDG_CACHE_HOME/cxr-triage/results.sqlite3`, else
@@ -233,9 +245,37 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         let now: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql)?;
-        if now < SCHEMA_VERSION {
+        if now < 2 {
             return Err(sql(e));
         }
+    }
+    // Versions 1 and 2 kept DICOM patient IDs in `info`: remove them, overwriting the freed
+    // bytes (secure_delete), rewrite the file and fold the WAL back so that no old page or
+    // frame keeps them either.
+    if (1..3).contains(&found) {
+        let scrub = conn.execute_batch(
+            "PRAGMA secure_delete = ON;
+             BEGIN IMMEDIATE;
+             UPDATE results SET info = json_set(info, '$.dicom.patient_id', NULL)
+                 WHERE info LIKE '%\"patient_id\":\"%';
+             PRAGMA user_version = 3;
+             COMMIT;
+             PRAGMA secure_delete = OFF;",
+        );
+        if let Err(e) = scrub {
+            let _ = conn.execute_batch("ROLLBACK");
+            let now: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(sql)?;
+            if now < 3 {
+                return Err(sql(e));
+            }
+        }
+        // Free space inside pages (a leaf that became an interior page, a replaced row) still
+        // holds old bytes: VACUUM rewrites every page. Best effort, like the checkpoint (another
+        // process may be reading the store now): the rows are clean either way.
+        let _ = conn.execute_batch("VACUUM");
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
     if found < 1
         && let Err(e) = conn.execute_batch(
@@ -260,7 +300,7 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                  unusual REAL,
                  PRIMARY KEY (model, hash)
              );
-             PRAGMA user_version = 2;
+             PRAGMA user_version = 3;
              COMMIT;",
         )
     {
@@ -376,15 +416,63 @@ fn status_of(outcome: &Outcome) -> Columns<'_> {
     }
 }
 
+/// Create the store's folder (`0700`, with any missing parents) and its file (`0600`) when they
+/// do not exist. SQLite gives the `-wal` and `-shm` files the database file's mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let folder = |source| StoreError::Folder {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut dirs = std::fs::DirBuilder::new();
+    dirs.recursive(true);
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        dirs.mode(0o700);
+        file.mode(0o600);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        dirs.create(dir).map_err(folder)?;
+    }
+    match file.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Create {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A warning when users other than the owner can read the store (made by an older version,
+/// or by hand): it holds file paths.
+fn readable_by_others(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "results store {} can be read by other users (mode {mode:03o}): it holds file paths; \
+                 `chmod 600 {0}*` makes it private",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 impl Store {
     /// Open (creating when needed) the store at `path` for `model_id`'s results.
     pub fn open(path: &Path, model_id: &str) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
+        create_private(path)?;
+        let warning = readable_by_others(path);
         let conn = open_connection(path)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -393,7 +481,13 @@ impl Store {
             queue: Mutex::new(Queue::default()),
             broken: AtomicBool::new(false),
             problem: Mutex::new(None),
+            warning,
         })
+    }
+
+    /// Said once when the store was opened: it can be read by other users.
+    pub fn warning(&self) -> Option<String> {
+        self.warning.clone()
     }
 
     /// Open the store for a run over `root`: the default place unless `path` is given; refused
@@ -496,12 +590,12 @@ impl Store {
         });
     }
 
-    /// Store an outcome (written with the next batch).
+    /// Store an outcome (written with the next batch), without its PHI.
     pub fn put(&self, key: FileKey, hash: u128, outcome: &Outcome, dhash: Option<DHash>) {
         self.enqueue(Pending {
             key,
             hash,
-            outcome: Some((outcome.clone(), dhash)),
+            outcome: Some((outcome.without_phi(), dhash)),
         });
     }
 

@@ -63,6 +63,9 @@ fn dataset(spec: &Spec) -> InMemDicomObject {
     ));
     obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, "2.25.123456789"));
     obj.put(text(tags::PATIENT_ID, VR::LO, "PAT-0001"));
+    obj.put(text(tags::ACCESSION_NUMBER, VR::SH, "ACC-7777"));
+    obj.put(text(tags::STUDY_INSTANCE_UID, VR::UI, "2.25.1001"));
+    obj.put(text(tags::SERIES_INSTANCE_UID, VR::UI, "2.25.1002"));
     obj.put(text(tags::STUDY_DATE, VR::DA, "20260101"));
     obj.put(text(tags::MODALITY, VR::CS, spec.modality));
     obj.put(text(tags::VIEW_POSITION, VR::CS, spec.view));
@@ -473,9 +476,78 @@ fn scan_marks_laterals_out_of_scope_and_hides_patient_ids() {
     assert!(side["error"].as_str().unwrap().contains("lateral"));
     assert_eq!(side["probabilities"].as_object().unwrap().len(), 0);
 
+    assert_eq!(front["accession_number"], serde_json::Value::Null);
+    assert_eq!(front["study_instance_uid"], "2.25.1001");
+    assert_eq!(front["series_instance_uid"], "2.25.1002");
+    assert_eq!(front["sop_instance_uid"], "2.25.123456789");
+
     let rows = scan(&["--show-phi", "--force"]);
     assert_eq!(rows[1]["patient_id"], "PAT-0001");
+    assert_eq!(rows[1]["accession_number"], "ACC-7777");
     assert_eq!(rows[2]["status"], "done", "--force scores the lateral view");
+}
+
+/// The results store holds file paths and must not hold PHI: a default scan of a DICOM with a
+/// patient ID and an accession number leaves neither in any of the store's files, and a later
+/// `--show-phi` scan served from the store still shows both (read again from the header).
+#[test]
+fn phi_is_not_kept_in_the_store_and_comes_back_from_the_file() {
+    let models = tempfile::tempdir().unwrap();
+    let model = crate::common::tiny_model(models.path());
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let store = cache.path().join("store.sqlite3");
+    let spec = Spec::eight_bit(40, 40);
+    std::fs::write(
+        data.path().join("IM0001.dcm"),
+        file(
+            dataset(&spec),
+            native_pixels(&spec, &ramp(&spec, 255)),
+            EXPLICIT_LE,
+        ),
+    )
+    .unwrap();
+    let scan = |extra: &[&str]| {
+        let out = crate::common::cxr()
+            .args(["scan", data.path().to_str().unwrap(), "--model"])
+            .arg(&model)
+            .arg("--cache")
+            .arg(&store)
+            .args(["--format", "csv"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (first, _) = scan(&[]);
+    assert!(
+        !first.contains("PAT-0001") && !first.contains("ACC-7777"),
+        "{first}"
+    );
+    let mut at_rest = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = store.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(bytes) = std::fs::read(std::path::PathBuf::from(p)) {
+            at_rest.extend(bytes);
+        }
+    }
+    assert!(at_rest.len() > 1000, "the store was written");
+    let has = |needle: &[u8]| at_rest.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"2.25.1001"), "the study UID is kept");
+    assert!(!has(b"PAT-0001"), "a patient ID in the store");
+    assert!(!has(b"ACC-7777"), "an accession number in the store");
+
+    let (shown, err) = scan(&["--show-phi"]);
+    assert!(err.contains("1 from the results store"), "{err}");
+    assert!(
+        shown.contains("PAT-0001") && shown.contains("ACC-7777"),
+        "{shown}"
+    );
 }
 
 fn u16s(values: &[u16]) -> PrimitiveValue {

@@ -56,9 +56,10 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
     let header = text.lines().next().unwrap();
     assert_eq!(
         header,
-        "path,status,error,folder_label,label,format,width,height,bit_depth,modality,view_position,body_part,photometric,study_date,patient_id,p_covid,p_normal,p_pneumonia,predicted,flagged,typicality,unusual_score"
+        "path,status,error,folder_label,label,format,width,height,bit_depth,modality,view_position,body_part,photometric,study_date,patient_id,study_instance_uid,series_instance_uid,sop_instance_uid,accession_number,p_covid,p_normal,p_pneumonia,predicted,flagged,typicality,unusual_score"
     );
     let rows = csv_rows(&text);
+    let col = |name: &str| header.split(',').position(|h| h == name).unwrap();
     let by_path = |p: &str| {
         rows.iter()
             .find(|r| &r[0] == p)
@@ -73,10 +74,17 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
     ] {
         let r = by_path(good);
         assert_eq!(&r[1], "done", "{good}: {r:?}");
-        let p: f32 = (15..18).map(|i| r[i].parse::<f32>().unwrap()).sum();
+        let p: f32 = ["p_covid", "p_normal", "p_pneumonia"]
+            .map(|c| r[col(c)].parse::<f32>().unwrap())
+            .iter()
+            .sum();
         assert!((p - 1.0).abs() < 1e-3);
-        assert!(["covid", "normal", "pneumonia"].contains(&&r[18]));
-        assert_eq!(&r[19], "yes", "covid threshold 0 flags everything");
+        assert!(["covid", "normal", "pneumonia"].contains(&&r[col("predicted")]));
+        assert_eq!(
+            &r[col("flagged")],
+            "yes",
+            "covid threshold 0 flags everything"
+        );
     }
     assert_eq!(&by_path("normal/good1.png")[3], "normal");
     assert_eq!(
@@ -95,7 +103,7 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
         let r = by_path(bad);
         assert_eq!(&r[1], "error", "{bad}");
         assert!(r[2].contains(message), "{bad}: {}", &r[2]);
-        assert_eq!(&r[15], "", "no probabilities for {bad}");
+        assert_eq!(&r[col("p_covid")], "", "no probabilities for {bad}");
     }
     assert!(
         !rows.iter().any(|r| r[0].starts_with("y.jpg")),

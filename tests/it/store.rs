@@ -381,5 +381,117 @@ fn a_schema_1_store_is_migrated_and_keeps_its_results() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, cxr_triage::results::store::SCHEMA_VERSION);
+}
+
+/// Schema 2 stores kept DICOM patient IDs: opening one removes them from every file of the
+/// store (the freed bytes overwritten), and the result itself still comes back.
+#[test]
+fn a_schema_2_store_loses_its_patient_ids_and_keeps_its_results() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+             hash BLOB NOT NULL, seen INTEGER NOT NULL);
+         CREATE TABLE results (model TEXT NOT NULL, hash BLOB NOT NULL, status TEXT NOT NULL,
+             error TEXT, info TEXT, probs BLOB, dhash BLOB, version TEXT NOT NULL,
+             created INTEGER NOT NULL, unusual REAL, PRIMARY KEY (model, hash));
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    let probs: Vec<u8> = [0.25f32, 0.5, 0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let info = r#"{"format":"dicom","width":30,"height":30,"bit_depth":8,"dicom":{"modality":"DX","view_position":"PA","body_part":null,"bits_stored":8,"photometric":"MONOCHROME2","study_date":null,"patient_id":"SECRET-4242","frames":1,"transfer_syntax":"x"}}"#;
+    for h in 0..50u128 {
+        conn.execute(
+            "INSERT INTO results VALUES ('m:1', ?1, 'done', NULL, ?2, ?3, NULL, '0.0.1', 0, 0.5)",
+            rusqlite::params![h.to_le_bytes().to_vec(), info, probs],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let store = Store::open(&path, "m:1").unwrap();
+    match store.by_hash(7).expect("the schema-2 result").outcome {
+        Outcome::Scored { info, probs, .. } => {
+            assert_eq!(probs, [0.25, 0.5, 0.25]);
+            let dicom = info.dicom.unwrap();
+            assert_eq!(dicom.modality.as_deref(), Some("DX"));
+            assert_eq!(dicom.patient_id, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(bytes) = std::fs::read(PathBuf::from(&p)) {
+            assert!(
+                !bytes.windows(11).any(|w| w == b"SECRET-4242"),
+                "{p:?} still holds a patient ID at {:?} of {}",
+                bytes.windows(11).position(|w| w == b"SECRET-4242"),
+                bytes.len()
+            );
+        }
+    }
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The store holds file paths: its folder is created 0700 and every file of it 0600.
+#[cfg(unix)]
+#[test]
+fn a_new_store_is_readable_by_its_owner_only() {
+    let dir = tempdir();
+    let folder = dir.path().join("cache/cxr-triage");
+    let path = folder.join("results.sqlite3");
+    let file = dir.path().join("a.png");
+    write_png8(&file, 30, 30);
+    let store = Store::open(&path, "m:1").unwrap();
+    assert_eq!(store.warning(), None);
+    store.put(
+        FileKey::stat(&file).unwrap(),
+        1,
+        &Outcome::Failed {
+            info: None,
+            error: "x".into(),
+        },
+        None,
+    );
+    store.flush();
+    assert_eq!(mode(&folder), 0o700);
+    assert_eq!(mode(&dir.path().join("cache")), 0o700);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "{p:?} (open store in WAL mode)");
+        assert_eq!(mode(&p), 0o600, "{p:?}");
+    }
+}
+
+/// A store that others can read (an older version's, or chmod by hand) is reported, once, on
+/// stderr; the scan still uses it.
+#[cfg(unix)]
+#[test]
+fn a_store_readable_by_others_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(2);
+    scan(&s, &[]);
+    std::fs::set_permissions(&s.cache, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, err) = scan(&s, &[]);
+    assert_eq!(
+        err.matches("can be read by other users").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("chmod 600"), "{err}");
+    assert_eq!(stored_count(&err), 2, "{err}");
 }
