@@ -52,16 +52,16 @@ impl Default for Limits {
 /// Detect the format from the first bytes of a file (at least 132 bytes for DICOM): the
 /// `DICM` marker after the preamble or at the start, or a bare implicit-VR data set.
 pub fn sniff(head: &[u8]) -> Option<Format> {
-    if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+    // First: a DICOM's 128-byte preamble may hold anything, a TIFF header included.
+    if head.len() >= 132 && &head[128..132] == b"DICM" {
+        Some(Format::Dicom)
+    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
         Some(Format::Png)
     } else if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
         Some(Format::Jpeg)
     } else if head.starts_with(b"II*\0") || head.starts_with(b"MM\0*") {
         Some(Format::Tiff)
-    } else if (head.len() >= 132 && &head[128..132] == b"DICM")
-        || head.starts_with(b"DICM")
-        || super::dicom::looks_like_bare_dataset(head)
-    {
+    } else if head.starts_with(b"DICM") || super::dicom::looks_like_bare_dataset(head) {
         Some(Format::Dicom)
     } else if head.starts_with(b"BM") && head.len() >= 14 {
         Some(Format::Bmp)

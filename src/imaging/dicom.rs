@@ -14,7 +14,12 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder, VoiLutOption};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+#[allow(deprecated)]
+use dicom_transfer_syntax_registry::entries::{
+    EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
+};
+
+use super::dicom_check::{EXPLICIT_LE, Enc, IMPLICIT_LE};
 
 use super::{Format, GrayImage, ImageError, Limits};
 
@@ -110,32 +115,47 @@ fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
         .copied()
 }
 
-/// Parse the bytes: with the 128-byte preamble, with the `DICM` meta group at offset 0, or a
-/// bare data set in implicit VR little endian (old scanners write those).
+/// Parse the bytes: with the 128-byte preamble (whatever the preamble holds: dual-personality
+/// files carry a TIFF header there), with the `DICM` marker at offset 0, with the meta group
+/// but neither preamble nor marker, or a bare data set (implicit VR little endian as old
+/// scanners write them, or explicit VR in either byte order).
 fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
-    let with_meta = |skip: usize| {
+    let with_meta = |bytes: &[u8]| {
         OpenFileOptions::new()
             .read_preamble(ReadPreamble::Never)
-            .from_reader(Cursor::new(&bytes[skip..]))
+            .from_reader(Cursor::new(bytes))
             .map_err(|e| fail(format!("cannot parse: {e}")))
     };
-    let checked = |skip: usize, bare: bool| {
-        super::dicom_check::check(&bytes[skip..], bare)
-            .map_err(|e| fail(format!("cannot parse: {e}")))
+    let checked = |bytes: &[u8], bare: Option<Enc>| {
+        super::dicom_check::check(bytes, bare).map_err(|e| fail(format!("cannot parse: {e}")))
     };
     if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
-        checked(128, false)?;
-        return with_meta(128);
+        checked(&bytes[128..], None)?;
+        return with_meta(&bytes[128..]);
     }
     if bytes.starts_with(b"DICM") {
-        checked(0, false)?;
-        return with_meta(0);
+        checked(bytes, None)?;
+        return with_meta(bytes);
     }
-    checked(0, true)?;
-    let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
+    let enc = bare_encoding(bytes).unwrap_or(IMPLICIT_LE);
+    if enc == EXPLICIT_LE && bytes.starts_with(&[0x02, 0x00]) {
+        // The meta group without its marker: give it one (one copy of the file).
+        let mut marked = b"DICM".to_vec();
+        marked.extend_from_slice(bytes);
+        checked(&marked, None)?;
+        return with_meta(&marked);
+    }
+    checked(bytes, Some(enc))?;
+    #[allow(deprecated)]
+    let ts = match (enc.explicit, enc.big) {
+        (false, _) => IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+        (true, false) => EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        (true, true) => EXPLICIT_VR_BIG_ENDIAN.erased(),
+    };
     let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts).map_err(|e| {
         fail(format!(
-            "cannot parse as a bare implicit VR little endian data set: {e}"
+            "cannot parse as a bare data set ({}): {e}",
+            ts.name()
         ))
     })?;
     let sop_class =
@@ -143,11 +163,34 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
     let sop_instance = text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
     obj.with_meta(
         FileMetaTableBuilder::new()
-            .transfer_syntax(IMPLICIT_VR_LITTLE_ENDIAN.uid())
+            .transfer_syntax(ts.uid())
             .media_storage_sop_class_uid(sop_class)
             .media_storage_sop_instance_uid(sop_instance),
     )
     .map_err(|e| fail(format!("cannot parse: {e}")))
+}
+
+/// The encoding of a data set that starts at byte 0 without preamble or marker, told from its
+/// first element: a tag in group 0002 or 0008 (either byte order), then two VR letters
+/// (explicit) or a small length (implicit). `None`: not a data set.
+fn bare_encoding(head: &[u8]) -> Option<Enc> {
+    if head.len() < 8 {
+        return None;
+    }
+    let vr = head[4].is_ascii_uppercase() && head[5].is_ascii_uppercase();
+    let le = u16::from_le_bytes([head[0], head[1]]);
+    let be = u16::from_be_bytes([head[0], head[1]]);
+    if vr && matches!(le, 0x0002 | 0x0008) {
+        return Some(EXPLICIT_LE);
+    }
+    if vr && be == 0x0008 {
+        return Some(Enc {
+            explicit: true,
+            big: true,
+        });
+    }
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    (matches!(le, 0x0002 | 0x0008) && len < 1024).then_some(IMPLICIT_LE)
 }
 
 /// The PHI in a DICOM file's header, read again when it is to be shown (the results store
@@ -217,14 +260,9 @@ fn check_j2k_size(
     Ok(())
 }
 
-/// Does this look like a bare implicit-VR data set (first tag in groups 0002-0010)?
+/// Does this look like a DICOM data set without preamble and marker (see [`parse`])?
 pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
-    if head.len() < 8 {
-        return false;
-    }
-    let group = u16::from_le_bytes([head[0], head[1]]);
-    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    matches!(group, 0x0002 | 0x0008) && len < 1024
+    bare_encoding(head).is_some()
 }
 
 /// Decode the first frame and read the metadata.
@@ -258,6 +296,38 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         sop_uid: text(&obj, tags::SOP_INSTANCE_UID),
     };
 
+    // A structured report, an RT plan, a waveform, a DICOMDIR: a valid object, but no image.
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        let sop = text(&obj, tags::SOP_CLASS_UID)
+            .or_else(|| {
+                Some(
+                    obj.meta()
+                        .media_storage_sop_class_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
+                )
+            })
+            .filter(|s| !s.is_empty());
+        let name = sop.as_deref().map(|uid| {
+            use dicom_core::dictionary::UidDictionary;
+            dicom_dictionary_std::StandardSopClassDictionary
+                .by_uid(uid)
+                .map_or_else(|| format!("SOP class {uid}"), |e| e.name.to_string())
+        });
+        let name = if obj
+            .element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            "a DICOMDIR: the images it lists are files of their own".to_string()
+        } else {
+            name.unwrap_or_else(|| "no SOP class".into())
+        };
+        return Err(ImageError::Invalid(format!(
+            "no image in this DICOM ({name})"
+        )));
+    }
     // Check what the decoder would trust, so hostile headers give errors, not panics or OOM.
     let rows = int(&obj, tags::ROWS).ok_or_else(|| fail("missing Rows (0028,0010)"))?;
     let cols = int(&obj, tags::COLUMNS).ok_or_else(|| fail("missing Columns (0028,0011)"))?;
@@ -272,9 +342,9 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         });
     }
     let allocated = int(&obj, tags::BITS_ALLOCATED).unwrap_or(0);
-    if !matches!(allocated, 8 | 16) {
+    if !matches!(allocated, 1 | 8 | 16 | 32) {
         return Err(fail(format!(
-            "Bits Allocated {allocated} (supported: 8, 16)"
+            "Bits Allocated {allocated} (supported: 1, 8, 16, 32)"
         )));
     }
     if !(1..=allocated).contains(&(info.bits_stored as i64)) {
@@ -283,17 +353,22 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
             info.bits_stored
         )));
     }
-    if int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1
-        || !matches!(info.photometric.as_str(), "MONOCHROME1" | "MONOCHROME2")
-    {
-        return Err(fail(format!(
-            "photometric interpretation {} (supported: MONOCHROME1, MONOCHROME2)",
-            info.photometric
-        )));
-    }
-    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-        return Err(fail("no Pixel Data (7FE0,0010)"));
-    }
+    let samples = int(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let colour = match (samples, info.photometric.as_str()) {
+        (1, "MONOCHROME1" | "MONOCHROME2") => false,
+        (1, "PALETTE COLOR")
+        | (3, "RGB" | "YBR_FULL" | "YBR_FULL_422" | "YBR_RCT" | "YBR_ICT" | "YBR_PARTIAL_420") => {
+            true
+        }
+        _ => {
+            return Err(fail(format!(
+                "photometric interpretation {} with {samples} samples per pixel (supported: \
+                 MONOCHROME1, MONOCHROME2; colour as luminance: RGB, YBR_FULL, YBR_FULL_422, \
+                 YBR_RCT, YBR_ICT, PALETTE COLOR)",
+                info.photometric
+            )));
+        }
+    };
 
     if ts_uid.starts_with("1.2.840.10008.1.2.4.9") || ts_uid.starts_with("1.2.840.10008.1.2.4.20") {
         check_j2k_size(&obj, rows, cols, limits).map_err(|e| fail(format!("{ts_name}: {e}")))?;
@@ -303,6 +378,15 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     let pixels = obj
         .decode_pixel_data_frame(0)
         .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+    if colour {
+        let (values, max) = luminance(&obj, &pixels, (rows * cols) as usize)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        let out = values
+            .iter()
+            .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
+            .collect();
+        return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+    }
     let options = ConvertOptions::new()
         .with_modality_lut(ModalityLutOption::Default)
         .with_voi_lut(VoiLutOption::Identity);
@@ -384,6 +468,143 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         })
         .collect();
     Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info))
+}
+
+/// A colour image's luminance (Rec. 601: 0.299 R + 0.587 G + 0.114 B, which is what YBR's Y
+/// already holds) and the largest value it can take. Modality and VOI transforms do not apply
+/// to colour images (PS3.3 C.7.6.3.1.2).
+fn luminance(
+    obj: &DefaultDicomObject,
+    pixels: &dicom_pixeldata::DecodedPixelData<'_>,
+    n: usize,
+) -> Result<(Vec<f32>, f64), String> {
+    use dicom_pixeldata::{PhotometricInterpretation as Pi, PlanarConfiguration};
+    let luma = |r: f32, g: f32, b: f32| 0.299 * r + 0.587 * g + 0.114 * b;
+    if *pixels.photometric_interpretation() == Pi::PaletteColor {
+        let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+        let index: Vec<f32> = pixels
+            .to_vec_frame_with_options(0, &options)
+            .map_err(|e| e.to_string())?;
+        let (red, max) = palette(
+            obj,
+            tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        )?;
+        let (green, _) = palette(
+            obj,
+            tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        )?;
+        let (blue, _) = palette(
+            obj,
+            tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        )?;
+        let look = |lut: &Palette, v: f32| {
+            let i = (v as i64 - lut.first).clamp(0, lut.data.len() as i64 - 1) as usize;
+            lut.data[i] as f32
+        };
+        let values = index
+            .iter()
+            .map(|&v| luma(look(&red, v), look(&green, v), look(&blue, v)))
+            .collect();
+        return Ok((values, max));
+    }
+    let max = ((1u64 << pixels.bits_stored().clamp(1, 16)) - 1) as f64;
+    let samples: Vec<f32> = match pixels.bits_allocated() {
+        8 => pixels
+            .frame_data(0)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|&v| v as f32)
+            .collect(),
+        16 => pixels
+            .frame_data_ow(0)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|&v| v as f32)
+            .collect(),
+        b => return Err(format!("colour with Bits Allocated {b} (supported: 8, 16)")),
+    };
+    let pi = pixels.photometric_interpretation();
+    // Native YBR_FULL_422 keeps two Ys per Cb Cr pair: Y Y Cb Cr.
+    if *pi == Pi::YbrFull422 && samples.len() == n * 2 {
+        let values = samples.chunks_exact(4).flat_map(|c| [c[0], c[1]]).collect();
+        return Ok((values, max));
+    }
+    if samples.len() != n * 3 {
+        return Err(format!(
+            "pixel data has {} samples for {n} colour pixels",
+            samples.len()
+        ));
+    }
+    let planar = pixels.planar_configuration() == PlanarConfiguration::PixelFirst;
+    let at = |i: usize, c: usize| {
+        if planar {
+            samples[c * n + i]
+        } else {
+            samples[i * 3 + c]
+        }
+    };
+    let values = match pi {
+        Pi::Rgb => (0..n).map(|i| luma(at(i, 0), at(i, 1), at(i, 2))).collect(),
+        // Y is the luminance.
+        Pi::YbrFull | Pi::YbrFull422 | Pi::YbrPartial420 | Pi::YbrIct | Pi::YbrRct => {
+            (0..n).map(|i| at(i, 0)).collect()
+        }
+        other => return Err(format!("photometric interpretation {other} after decoding")),
+    };
+    Ok((values, max))
+}
+
+struct Palette {
+    first: i64,
+    data: Vec<u16>,
+}
+
+/// One palette colour table: descriptor (entries, first mapped value, bits) and data. Returns
+/// the table and the largest value an entry can hold.
+fn palette(obj: &DefaultDicomObject, descriptor: Tag, data: Tag) -> Result<(Palette, f64), String> {
+    let d = obj
+        .element_opt(descriptor)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_int::<i64>().ok())
+        .filter(|d| d.len() == 3)
+        .ok_or("PALETTE COLOR without a usable lookup table descriptor (segmented palettes are not read)")?;
+    let entries = if d[0] == 0 { 65536 } else { d[0] as usize };
+    let bits = d[2].clamp(1, 16) as u32;
+    let element = obj
+        .element_opt(data)
+        .ok()
+        .flatten()
+        .ok_or("PALETTE COLOR without lookup table data")?;
+    let bytes = element.to_bytes().map_err(|e| e.to_string())?;
+    let table: Vec<u16> = if bits <= 8 && bytes.len() == entries {
+        bytes.iter().map(|&b| b as u16).collect()
+    } else {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect()
+    };
+    if table.is_empty() {
+        return Err("PALETTE COLOR with an empty lookup table".into());
+    }
+    // Some writers declare 16 bits and store 8-bit values: scale by what the table holds.
+    let top = table.iter().copied().max().unwrap_or(0);
+    let max = if bits == 16 && top <= 255 {
+        255.0
+    } else {
+        ((1u32 << bits) - 1) as f64
+    };
+    Ok((
+        Palette {
+            first: d[1],
+            data: table,
+        },
+        max,
+    ))
 }
 
 /// How [`write_dicom`] writes a file.

@@ -13,13 +13,19 @@ const KNOWN_VRS: [&[u8; 2]; 34] = [
     b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
 ];
 
-#[derive(Clone, Copy)]
-struct Enc {
-    explicit: bool,
-    big: bool,
+/// How a data set is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enc {
+    pub explicit: bool,
+    pub big: bool,
 }
 
-const EXPLICIT_LE: Enc = Enc {
+pub const IMPLICIT_LE: Enc = Enc {
+    explicit: false,
+    big: false,
+};
+
+pub const EXPLICIT_LE: Enc = Enc {
     explicit: true,
     big: false,
 };
@@ -219,16 +225,10 @@ fn truncated() -> String {
 }
 
 /// Check a file whose `DICM` marker is at `bytes[0..4]` (meta group follows), or, with
-/// `bare`, a data set in implicit VR little endian from byte 0.
-pub fn check(bytes: &[u8], bare: bool) -> Result<(), String> {
-    if bare {
-        let r = Reader {
-            b: bytes,
-            enc: Enc {
-                explicit: false,
-                big: false,
-            },
-        };
+/// `bare`, a data set in that encoding from byte 0.
+pub fn check(bytes: &[u8], bare: Option<Enc>) -> Result<(), String> {
+    if let Some(enc) = bare {
+        let r = Reader { b: bytes, enc };
         return r.elements(0, bytes.len(), 0, false).map(drop);
     }
     // The meta group: explicit VR little endian, group 0002, and it names the transfer syntax.
@@ -290,12 +290,12 @@ mod tests {
     fn lengths_that_fit_pass_and_lengths_that_do_not_are_named() {
         let mut ok = implicit(0x0008, 0x0060, b"DX");
         ok.extend(implicit(0x0028, 0x0010, &16u16.to_le_bytes()));
-        assert_eq!(check(&ok, true), Ok(()));
+        assert_eq!(check(&ok, Some(IMPLICIT_LE)), Ok(()));
         let mut bad = ok.clone();
         bad.extend([0x28, 0x00, 0x02, 0x01]);
         bad.extend(0x6365_7073u32.to_le_bytes());
         bad.extend([0u8; 20]);
-        let err = check(&bad, true).unwrap_err();
+        let err = check(&bad, Some(IMPLICIT_LE)).unwrap_err();
         assert!(
             err.contains("(0028,0102) declares 1667592307 bytes but only 20"),
             "{err}"
@@ -307,7 +307,7 @@ mod tests {
         let mut b = implicit(0x0008, 0x0060, b"DX");
         b.extend(implicit(0x0000, 0x0000, b"abc"));
         b.extend([0u8; 16]);
-        let err = check(&b, true).unwrap_err();
+        let err = check(&b, Some(IMPLICIT_LE)).unwrap_err();
         assert!(err.contains("(0000,0000) has an odd length (3)"), "{err}");
     }
 
@@ -319,7 +319,7 @@ mod tests {
         b.extend(b"1.2.840.10008.1.2.1\0");
         b.extend([0x28, 0x00, 0x03, 0x01, b'$', b'S', 2, 0, 0, 0]);
         b.extend([0xE0, 0x7F, 0x10, 0x00]);
-        let err = check(&b, false).unwrap_err();
+        let err = check(&b, None).unwrap_err();
         assert!(err.contains("(0028,0103) has an unknown VR"), "{err}");
     }
 
@@ -331,14 +331,14 @@ mod tests {
         seq.extend(implicit(0x0008, 0x1150, b"1.2\0"));
         seq.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
         seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-        assert_eq!(check(&seq, true), Ok(()));
+        assert_eq!(check(&seq, Some(IMPLICIT_LE)), Ok(()));
         // 40 nested undefined-length sequences.
         let mut deep = Vec::new();
         for _ in 0..40 {
             deep.extend([0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF]);
             deep.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         }
-        let err = check(&deep, true).unwrap_err();
+        let err = check(&deep, Some(IMPLICIT_LE)).unwrap_err();
         assert!(err.contains("nested deeper"), "{err}");
     }
 }

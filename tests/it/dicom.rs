@@ -750,3 +750,97 @@ fn a_jpeg_2000_stream_must_match_rows_and_columns() {
         "{err}"
     );
 }
+
+/// Colour images (secondary captures, scanned films) become their luminance, 0.299 R + 0.587 G
+/// + 0.114 B, over the full 8-bit range; YBR_FULL's Y is that luminance already.
+#[test]
+fn colour_images_become_luminance() {
+    let spec = Spec {
+        photometric: "RGB",
+        ..Spec::eight_bit(16, 16)
+    };
+    let n = 16 * 16;
+    let rgb: Vec<u8> = (0..n)
+        .flat_map(|i| [(i % 256) as u8, 255 - (i % 256) as u8, 40])
+        .collect();
+    let mut obj = dataset(&spec);
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
+    obj.put(us(tags::PLANAR_CONFIGURATION, 0));
+    let bytes = file(
+        obj,
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(rgb.clone())),
+        EXPLICIT_LE,
+    );
+    let d = decode(&bytes).unwrap();
+    for i in [0, 17, 200, 255] {
+        let (r, g, b) = (
+            rgb[i * 3] as f64,
+            rgb[i * 3 + 1] as f64,
+            rgb[i * 3 + 2] as f64,
+        );
+        let y = (0.299 * r + 0.587 * g + 0.114 * b) / 255.0 * 65535.0;
+        assert!((d.image.pixels[i] as f64 - y).abs() < 2.0, "pixel {i}");
+    }
+    // Planar (RRR.. GGG.. BBB..) gives the same picture.
+    let planar: Vec<u8> = (0..3)
+        .flat_map(|c| (0..n).map(move |i| (i, c)))
+        .map(|(i, c)| rgb[i * 3 + c])
+        .collect();
+    let mut obj = dataset(&spec);
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
+    obj.put(us(tags::PLANAR_CONFIGURATION, 1));
+    let bytes = file(
+        obj,
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(planar)),
+        EXPLICIT_LE,
+    );
+    assert_eq!(decode(&bytes).unwrap().image.pixels, d.image.pixels);
+}
+
+/// The ways a DICOM file may start: a TIFF header in the preamble (dual-personality files) is
+/// still DICOM; the meta group with neither preamble nor marker; a bare explicit-VR data set.
+#[test]
+fn preambles_markers_and_bare_data_sets() {
+    let spec = Spec::eight_bit(16, 16);
+    let values = ramp(&spec, 255);
+    let good = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+    let expected = decode(&good).unwrap().image.pixels;
+    let mut tiff = good.clone();
+    tiff[..8].copy_from_slice(b"II*\0\x08\0\0\0");
+    assert_eq!(
+        cxr_triage::imaging::sniff(&tiff),
+        Some(Format::Dicom),
+        "DICM at 128 wins"
+    );
+    assert_eq!(decode(&tiff).unwrap().image.pixels, expected);
+    let no_preamble = &good[132..];
+    assert_eq!(decode(no_preamble).unwrap().image.pixels, expected);
+    // A bare explicit VR little endian data set: the part after the meta group.
+    let meta_len = u32::from_le_bytes(good[140..144].try_into().unwrap()) as usize;
+    let bare = &good[144 + meta_len..];
+    assert_eq!(decode(bare).unwrap().image.pixels, expected);
+}
+
+/// A structured report or any other object without pixel data says so, with its SOP class.
+#[test]
+fn objects_without_an_image_say_what_they_are() {
+    let spec = Spec::eight_bit(16, 16);
+    let mut obj = dataset(&spec);
+    obj.put(text(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.88.11",
+    ));
+    obj.remove_element(tags::ROWS);
+    let sr = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(EXPLICIT_LE)
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.88.11"),
+        )
+        .unwrap();
+    let mut bytes = Vec::new();
+    sr.write_all(&mut bytes).unwrap();
+    let err = decode(&bytes).unwrap_err().to_string();
+    assert_eq!(err, "no image in this DICOM (Basic Text SR Storage)");
+}

@@ -9,6 +9,7 @@ mod hostile;
 mod imaging;
 mod layers;
 mod model;
+mod pydicom;
 mod review;
 mod samples;
 mod scan;
