@@ -147,6 +147,8 @@ def main():
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also write each epoch's weights (OUT.eN.safetensors), to choose on val later")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -254,6 +256,8 @@ def main():
         if score > best[0]:
             best = (score, epoch + 1)
             export(args.out.with_suffix(".safetensors"))
+        if args.keep_epochs:
+            export(args.out.with_name(f"{args.out.name}.e{epoch + 1}.safetensors"))
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
                     "best": list(best), "history": history}, ckpt)
 
