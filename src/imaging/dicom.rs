@@ -373,28 +373,43 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     if ts_uid.starts_with("1.2.840.10008.1.2.4.9") || ts_uid.starts_with("1.2.840.10008.1.2.4.20") {
         check_j2k_size(&obj, rows, cols, limits).map_err(|e| fail(format!("{ts_name}: {e}")))?;
     }
-    // Only the first frame: a multi-frame file of small compressed fragments would otherwise be
-    // decoded whole, frames x rows x columns, whatever the file's size.
-    let pixels = obj
-        .decode_pixel_data_frame(0)
-        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-    if colour {
-        let (values, max) = luminance(&obj, &pixels, (rows * cols) as usize)
-            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-        let out = values
-            .iter()
-            .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
-            .collect();
-        return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
-    }
-    let options = ConvertOptions::new()
-        .with_modality_lut(ModalityLutOption::Default)
-        .with_voi_lut(VoiLutOption::Identity);
-    // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
-    let values: Vec<f32> = pixels
-        .to_vec_frame_with_options(0, &options)
-        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
     let n = (rows * cols) as usize;
+    // Bits Allocated 1 (segmentations, overlays as images) and 32 (RT dose, integer data):
+    // dicom-pixeldata reads neither, so native data is unpacked here, rescale applied.
+    let (pixels, values) = if matches!(allocated, 1 | 32) && !colour {
+        let values = native_samples(
+            &obj,
+            n,
+            allocated,
+            info.bits_stored,
+            ts_uid == "1.2.840.10008.1.2.2",
+        )
+        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        (None, values)
+    } else {
+        // Only the first frame: a multi-frame file of small compressed fragments would
+        // otherwise be decoded whole, frames x rows x columns, whatever the file's size.
+        let pixels = obj
+            .decode_pixel_data_frame(0)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        if colour {
+            let (values, max) =
+                luminance(&obj, &pixels, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
+            let out = values
+                .iter()
+                .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
+                .collect();
+            return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+        }
+        let options = ConvertOptions::new()
+            .with_modality_lut(ModalityLutOption::Default)
+            .with_voi_lut(VoiLutOption::Identity);
+        // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
+        let values: Vec<f32> = pixels
+            .to_vec_frame_with_options(0, &options)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        (Some(pixels), values)
+    };
     if values.len() != n {
         return Err(fail(format!(
             "pixel data has {} samples for {cols}x{rows}",
@@ -421,9 +436,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     let table = match window {
         Some(_) => None,
         None => pixels
-            .voi_lut_sequence()
-            .ok()
-            .flatten()
+            .as_ref()
+            .and_then(|p| p.voi_lut_sequence().ok().flatten())
             .and_then(|luts| luts.first())
             .filter(|lut| !lut.data.is_empty() && (1..=16).contains(&lut.bits_stored))
             .map(|lut| {
@@ -468,6 +482,93 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
         })
         .collect();
     Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info))
+}
+
+/// The first frame's samples of native (uncompressed) 1- or 32-bit monochrome pixel data, after
+/// the rescale. 1-bit data is packed little-endian bit first; 32-bit values follow the pixel
+/// representation and the byte order of the transfer syntax.
+fn native_samples(
+    obj: &DefaultDicomObject,
+    n: usize,
+    allocated: i64,
+    stored: u16,
+    big_endian: bool,
+) -> Result<Vec<f32>, String> {
+    use dicom_core::value::{DicomValueType, PrimitiveValue, Value};
+    let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let Value::Primitive(value) = element.value() else {
+        return Err(format!(
+            "compressed data with Bits Allocated {allocated} (only native data is read)"
+        ));
+    };
+    let signed = int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
+    let slope = float(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
+    let intercept = float(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+    let rescale = |v: f64| (v * slope + intercept) as f32;
+    Ok(if allocated == 1 {
+        let bytes: Vec<u8> = match value {
+            PrimitiveValue::U8(b) => b.to_vec(),
+            PrimitiveValue::U16(w) => w.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            other => return Err(format!("1-bit pixel data as {:?}", other.value_type())),
+        };
+        if bytes.len() * 8 < n {
+            return Err(format!(
+                "1-bit pixel data has {} bytes for {n} pixels",
+                bytes.len()
+            ));
+        }
+        (0..n)
+            .map(|i| rescale(((bytes[i / 8] >> (i % 8)) & 1) as f64))
+            .collect()
+    } else {
+        let words: Vec<u32> = match value {
+            PrimitiveValue::U32(v) => v.to_vec(),
+            PrimitiveValue::I32(v) => v.iter().map(|&x| x as u32).collect(),
+            PrimitiveValue::U8(b) => b
+                .chunks_exact(4)
+                .map(|c| {
+                    let c = [c[0], c[1], c[2], c[3]];
+                    if big_endian {
+                        u32::from_be_bytes(c)
+                    } else {
+                        u32::from_le_bytes(c)
+                    }
+                })
+                .collect(),
+            // Read as 16-bit words (OW) in the file's byte order: pair them back up.
+            PrimitiveValue::U16(w) => w
+                .chunks_exact(2)
+                .map(|c| {
+                    let (hi, lo) = if big_endian {
+                        (c[0], c[1])
+                    } else {
+                        (c[1], c[0])
+                    };
+                    ((hi as u32) << 16) | lo as u32
+                })
+                .collect(),
+            other => return Err(format!("32-bit pixel data as {:?}", other.value_type())),
+        };
+        if words.len() < n {
+            return Err(format!(
+                "pixel data has {} samples for {n} pixels",
+                words.len()
+            ));
+        }
+        let shift = 32 - stored.clamp(1, 32) as u32;
+        words[..n]
+            .iter()
+            .map(|&w| {
+                // Keep Bits Stored, sign-extended when signed.
+                let w = w << shift;
+                rescale(if signed {
+                    ((w as i32) >> shift) as f64
+                } else {
+                    (w >> shift) as f64
+                })
+            })
+            .collect()
+    })
 }
 
 /// A colour image's luminance (Rec. 601: 0.299 R + 0.587 G + 0.114 B, which is what YBR's Y

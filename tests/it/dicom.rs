@@ -844,3 +844,53 @@ fn objects_without_an_image_say_what_they_are() {
     let err = decode(&bytes).unwrap_err().to_string();
     assert_eq!(err, "no image in this DICOM (Basic Text SR Storage)");
 }
+
+/// Bits Allocated 32 (RT dose, integer data) and 1 (segmentations): unpacked natively, in both
+/// byte orders for 32 bits, then windowed like any monochrome image.
+#[test]
+fn one_and_thirty_two_bit_pixels_decode() {
+    let mut spec = Spec::eight_bit(16, 16);
+    spec.allocated = 32;
+    spec.stored = 32;
+    let n = 16 * 16;
+    let values: Vec<u32> = (0..n as u32).map(|i| i * 100_000).collect();
+    for (ts, big) in [(EXPLICIT_LE, false), (EXPLICIT_BE, true)] {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| {
+                if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                }
+            })
+            .collect();
+        let pixels = DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bytes));
+        let d = decode(&file(dataset(&spec), pixels, ts)).unwrap();
+        assert_eq!(d.image.pixels[0], 0, "{ts}");
+        assert_eq!(d.image.pixels[n - 1], 65535, "{ts}");
+        let mid = (128.0 * 100_000.0 / (255.0 * 100_000.0) * 65535.0f64).round() as u16;
+        assert!(
+            d.image.pixels[128].abs_diff(mid) <= 1,
+            "{ts}: {}",
+            d.image.pixels[128]
+        );
+    }
+    let mut spec = Spec::eight_bit(16, 16);
+    spec.allocated = 1;
+    spec.stored = 1;
+    // Pixel i is set when i is odd: bits 1, 3, 5, 7 of every byte (least significant first).
+    let pixels = DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::from(vec![0xAAu8; n / 8]),
+    );
+    let d = decode(&file(dataset(&spec), pixels, EXPLICIT_LE)).unwrap();
+    assert!(
+        d.image
+            .pixels
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == if i % 2 == 1 { 65535 } else { 0 })
+    );
+}
