@@ -376,6 +376,23 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     let n = (rows * cols) as usize;
     // Bits Allocated 1 (segmentations, overlays as images) and 32 (RT dose, integer data):
     // dicom-pixeldata reads neither, so native data is unpacked here, rescale applied.
+    // Native YBR_FULL_422 stores Y Y Cb Cr for each pair of pixels (2 bytes a pixel), which
+    // dicom-pixeldata sizes as 3: its luminance is every Y.
+    if colour && info.photometric == "YBR_FULL_422" && allocated == 8 {
+        use dicom_core::value::{PrimitiveValue, Value};
+        if let Ok(element) = obj.element(tags::PIXEL_DATA)
+            && let Value::Primitive(PrimitiveValue::U8(bytes)) = element.value()
+            && bytes.len() >= n * 2
+            && n.is_multiple_of(2)
+        {
+            let out = bytes[..n * 2]
+                .chunks_exact(4)
+                .flat_map(|c| [c[0], c[1]])
+                .map(|y| y as u16 * 257)
+                .collect();
+            return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+        }
+    }
     let (pixels, values) = if matches!(allocated, 1 | 32) && !colour {
         let values = native_samples(
             &obj,

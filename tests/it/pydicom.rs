@@ -27,10 +27,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "unknown VR in the data set: refused by the pre-parse check",
     ),
     (
-        "SC_ybr_full_422_uncompressed.dcm",
-        "native YBR_FULL_422: frame size",
-    ),
-    (
         "SC_jpeg_no_color_transform.dcm",
         "wrong picture: jpeg-decoder applies a YCbCr transform to RGB components",
     ),
