@@ -204,6 +204,18 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Run one migration's SQL (a transaction that ends by setting `user_version` to `to`). On
+/// failure it is rolled back, and it is no failure when another opener has migrated the store
+/// in the meantime.
+fn migrate(conn: &Connection, sql: &str, to: i64) -> rusqlite::Result<()> {
+    let Err(e) = conn.execute_batch(sql) else {
+        return Ok(());
+    };
+    let _ = conn.execute_batch("ROLLBACK");
+    let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if now < to { Err(e) } else { Ok(()) }
+}
+
 /// Check the schema version, switch to WAL, create the tables: every step may run again.
 fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let sql = |source| StoreError::Sqlite {
@@ -232,28 +244,23 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql)?;
     // Version 1 stores lack the unusual-input score; their rows stay valid (no score).
-    if found == 1
-        && let Err(e) = conn.execute_batch(
+    if found == 1 {
+        migrate(
+            conn,
             "BEGIN IMMEDIATE;
              ALTER TABLE results ADD COLUMN unusual REAL;
              PRAGMA user_version = 2;
              COMMIT;",
+            2,
         )
-    {
-        let _ = conn.execute_batch("ROLLBACK");
-        // Another opener may have migrated it in the meantime.
-        let now: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(sql)?;
-        if now < 2 {
-            return Err(sql(e));
-        }
+        .map_err(sql)?;
     }
     // Versions 1 and 2 kept DICOM patient IDs in `info`: remove them, overwriting the freed
     // bytes (secure_delete), rewrite the file and fold the WAL back so that no old page or
     // frame keeps them either.
     if (1..3).contains(&found) {
-        let scrub = conn.execute_batch(
+        migrate(
+            conn,
             "PRAGMA secure_delete = ON;
              BEGIN IMMEDIATE;
              UPDATE results SET info = json_set(info, '$.dicom.patient_id', NULL)
@@ -261,16 +268,9 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              PRAGMA user_version = 3;
              COMMIT;
              PRAGMA secure_delete = OFF;",
-        );
-        if let Err(e) = scrub {
-            let _ = conn.execute_batch("ROLLBACK");
-            let now: i64 = conn
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(sql)?;
-            if now < 3 {
-                return Err(sql(e));
-            }
-        }
+            3,
+        )
+        .map_err(sql)?;
         // Free space inside pages (a leaf that became an interior page, a replaced row) still
         // holds old bytes: VACUUM rewrites every page. Best effort, like the checkpoint (another
         // process may be reading the store now): the rows are clean either way.
