@@ -589,7 +589,11 @@ mod tests {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let mut net = EfficientNetLite::lite0(1, 3, vb)?;
-        for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
+        // Sorted: the VarMap is a HashMap, and its order would give each run other weights.
+        let vars = varmap.data().lock().unwrap();
+        let mut vars: Vec<_> = vars.iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(b.0));
+        for (i, (name, var)) in vars.into_iter().enumerate() {
             let shape = var.shape().dims().to_vec();
             let r = rand(&shape, 100 + i as u64);
             let v = if name.ends_with("running_var") {
