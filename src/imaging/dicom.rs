@@ -119,7 +119,7 @@ fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
 /// files carry a TIFF header there), with the `DICM` marker at offset 0, with the meta group
 /// but neither preamble nor marker, or a bare data set (implicit VR little endian as old
 /// scanners write them, or explicit VR in either byte order).
-fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
+fn parse(bytes: &[u8], limits: &Limits) -> Result<DefaultDicomObject, ImageError> {
     let with_meta = |bytes: &[u8]| {
         OpenFileOptions::new()
             .read_preamble(ReadPreamble::Never)
@@ -127,7 +127,8 @@ fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, ImageError> {
             .map_err(|e| fail(format!("cannot parse: {e}")))
     };
     let checked = |bytes: &[u8], bare: Option<Enc>| {
-        super::dicom_check::check(bytes, bare).map_err(|e| fail(format!("cannot parse: {e}")))
+        super::dicom_check::check(bytes, bare, limits.max_bytes)
+            .map_err(|e| fail(format!("cannot parse: {e}")))
     };
     if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
         checked(&bytes[128..], None)?;
@@ -199,7 +200,7 @@ pub fn read_phi(path: &std::path::Path, limits: &Limits) -> Phi {
     let Ok((bytes, _)) = super::decode::read_file(path, limits) else {
         return Phi::default();
     };
-    match parse(&bytes) {
+    match parse(&bytes, limits) {
         Ok(obj) => Phi {
             patient_id: text(&obj, tags::PATIENT_ID),
             accession_number: text(&obj, tags::ACCESSION_NUMBER),
@@ -270,7 +271,7 @@ pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
 /// Long on purpose: one checklist over the data set's attributes in the order a reader meets them;
 /// each step needs the ones before.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), ImageError> {
-    let obj = parse(bytes)?;
+    let obj = parse(bytes, limits)?;
     let ts_uid = obj
         .meta()
         .transfer_syntax()
