@@ -646,11 +646,6 @@ fn luminance(
         b => return Err(format!("colour with Bits Allocated {b} (supported: 8, 16)")),
     };
     let pi = pixels.photometric_interpretation();
-    // Native YBR_FULL_422 keeps two Ys per Cb Cr pair: Y Y Cb Cr.
-    if *pi == Pi::YbrFull422 && samples.len() == n * 2 {
-        let values = samples.chunks_exact(4).flat_map(|c| [c[0], c[1]]).collect();
-        return Ok((values, max));
-    }
     if samples.len() != n * 3 {
         return Err(format!(
             "pixel data has {} samples for {n} colour pixels",
