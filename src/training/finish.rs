@@ -138,7 +138,9 @@ pub(super) fn calibrate_temperature(logits: &Tensor, truth: &[usize]) -> candle_
 }
 
 /// The highest threshold on `class`'s probability that keeps sensitivity on these images at
-/// or above `target`, rounded down to 0.01 (so the images that set it stay flagged).
+/// or above `target`, rounded down to 0.001 (so the images that set it stay flagged; a coarser
+/// step costs specificity where the threshold is small: 0.089 rounded to 0.08 flags every image
+/// between them).
 pub fn operating_point(probs: &[Vec<f32>], truth: &[usize], class: usize, target: f64) -> f32 {
     let mut pos: Vec<f32> = probs
         .iter()
@@ -151,5 +153,30 @@ pub fn operating_point(probs: &[Vec<f32>], truth: &[usize], class: usize, target
     }
     pos.sort_by(|a, b| b.total_cmp(a));
     let needed = ((target * pos.len() as f64).ceil() as usize).clamp(1, pos.len());
-    ((pos[needed - 1] * 100.0).floor() / 100.0).clamp(0.01, 0.99)
+    ((pos[needed - 1] * 1000.0).floor() / 1000.0).clamp(0.001, 0.999)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operating_point_keeps_the_target_without_flagging_more_than_it_needs() {
+        // 20 positives at 0.0895..0.99: 95 % sensitivity needs the 19th highest, 0.0895.
+        let mut probs: Vec<Vec<f32>> = (0..19).map(|i| vec![0.99 - i as f32 * 0.01, 0.0]).collect();
+        probs[18][0] = 0.0895;
+        probs.push(vec![0.02, 0.0]);
+        let mut truth = vec![0; 20];
+        // Negatives between 0.080 and 0.089: none should be flagged.
+        for i in 0..9 {
+            probs.push(vec![0.080 + i as f32 * 0.001, 0.0]);
+            truth.push(1);
+        }
+        let t = operating_point(&probs, &truth, 0, 0.95);
+        assert!((0.089..=0.0895).contains(&t), "{t}");
+        let flagged_pos = (0..20).filter(|&i| probs[i][0] >= t).count();
+        assert_eq!(flagged_pos, 19);
+        let flagged_neg = (20..29).filter(|&i| probs[i][0] >= t).count();
+        assert_eq!(flagged_neg, 0);
+    }
 }
