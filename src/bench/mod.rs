@@ -1,6 +1,7 @@
 //! `cxr-triage bench`: speed figures on inputs the benchmark makes itself. Medians of repeated
 //! runs; nothing here is asserted by tests.
 
+pub mod merge;
 pub mod tui;
 
 use std::io::Cursor;

@@ -2,6 +2,7 @@
 
 pub mod dataset;
 mod natural;
+pub mod shard;
 
 pub use natural::natural_cmp;
 

@@ -28,7 +28,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     if part(BenchPart::Store) {
         store(&args, &model)?;
     }
+    if part(BenchPart::Merge) {
+        merge(&args, &model)?;
+    }
     Ok(Exit::Ok)
+}
+
+fn merge(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cxr-triage-bench-merge-{}", std::process::id()));
+    let runs = args.runs.min(3);
+    let figures = crate::bench::merge::merge_figures(
+        &dir,
+        &model.manifest,
+        args.model.model.as_deref(),
+        args.merge_rows,
+        8,
+        runs,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = figures?;
+    println!(
+        "\nmerge of {} rows in {} CSV parts ({:.0} MiB), median of {runs} runs",
+        f.rows,
+        f.shards,
+        f.bytes as f64 / (1 << 20) as f64
+    );
+    let median = crate::bench::median(f.seconds.clone());
+    println!(
+        "  time {median:>8.2} s ({:.0} rows/s), peak memory {:.0} MiB (the model included)",
+        f.rows as f64 / median,
+        f.peak_mib,
+    );
+    Ok(())
 }
 
 fn store(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {

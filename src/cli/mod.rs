@@ -3,6 +3,7 @@
 
 mod bench;
 mod eval;
+mod merge;
 mod scan;
 mod train;
 mod values;
@@ -181,8 +182,38 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure decode, thumbnail, inference, scan and UI speed on images the benchmark makes.
     Bench(BenchArgs),
-    /// Show or clear the results store (stored outcomes of earlier runs).
+    /// Join the parts of a sharded scan (`scan --shard K/N`) into one result, checked and in
+    /// the order a single scan writes.
+    Merge(MergeArgs),
+    /// Show, clear or import into the results store (stored outcomes of earlier runs).
     Cache(CacheCommandArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each part is a results file (CSV, JSON or JSON Lines, in any mix) written by `scan --shard K/N --out FILE`, with the FILE.shard.json that scan writes beside it when the shard finishes. merge checks that the parts come from one scan (same folder, model, options and N) and cover shards 1..N exactly once: a missing, unfinished or doubled shard is an error that names it. The rows come out in the order one `scan` of the folder writes them, followed by the same summary, and, where rows have true labels, the same figures as `eval`. An existing output is never overwritten.
+
+Examples:
+  cxr-triage merge --out results.csv parts/part-*.csv
+  cxr-triage merge parts/*.jsonl --format jsonl > all.jsonl
+
+Cluster jobs: deploy/slurm/ and the README's \"Clusters\" section."
+)]
+pub struct MergeArgs {
+    /// The parts (results files of `scan --shard`).
+    #[arg(required = true, value_name = "PART")]
+    pub parts: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The model the scan used (checked against the parts). Default: the one the parts name.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Bootstrap resamples for the 95 % intervals of the label figures.
+    #[arg(long, default_value_t = 200)]
+    pub resamples: usize,
+    /// No summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -190,7 +221,8 @@ pub enum Command {
     after_help = "The store keeps every outcome by file content hash and model, so reopening a \
 folder or scanning it again only scores what is new or changed. It lives in \
 $XDG_CACHE_HOME/cxr-triage/ (or ~/.cache/cxr-triage/) unless --cache says otherwise.\n\n\
-Examples:\n  cxr-triage cache info\n  cxr-triage cache clear\n  cxr-triage scan /data/xrays --no-cache"
+Examples:\n  cxr-triage cache info\n  cxr-triage cache clear\n  cxr-triage scan /data/xrays --no-cache\n  \
+cxr-triage cache import results/store-*.sqlite3    (each cluster shard's --cache)"
 )]
 pub struct CacheCommandArgs {
     #[command(subcommand)]
@@ -203,6 +235,18 @@ pub enum CacheAction {
     Info(StorePath),
     /// Delete the store (every model's results).
     Clear(StorePath),
+    /// Copy the results of other stores (e.g. each shard's `--cache` on a cluster) into this
+    /// one, so the UI on the login node shows them all. The other stores are only read.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Stores to import from.
+    #[arg(required = true, value_name = "STORE")]
+    pub from: Vec<PathBuf>,
+    #[command(flatten)]
+    pub into: StorePath,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +290,9 @@ pub struct BenchArgs {
     /// Key presses per UI latency figure.
     #[arg(long, default_value_t = 500)]
     pub keys: usize,
+    /// Rows for the merge figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub merge_rows: usize,
 }
 
 /// Parts of `bench`.
@@ -262,6 +309,8 @@ pub enum BenchPart {
     /// The results store: reopening a folder of --tui-files stored results, and scan
     /// throughput with the store off, empty and full.
     Store,
+    /// `merge` of --merge-rows generated rows in 8 shards: time and peak memory.
+    Merge,
 }
 
 #[derive(Debug, Args)]
@@ -369,6 +418,26 @@ pub struct TrainArgs {
     pub limit: Option<usize>,
 }
 
+/// Where rows go: shared by `scan` and `merge`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Write results here; the format follows the extension (.csv, .json, .jsonl). Default: stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format (default: from --out's extension, CSV on stdout).
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
+}
+
+impl OutputArgs {
+    /// `--format`, else `--out`'s extension, else CSV.
+    pub fn format(&self) -> ExportFormat {
+        self.format
+            .or(self.out.as_deref().map(ExportFormat::from_path))
+            .unwrap_or(ExportFormat::Csv)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Model manifest (JSON) with its safetensors weights beside it. Default: the built-in
@@ -393,12 +462,8 @@ cxr-triage scan /data/set --duplicates\n  cxr-triage scan /data/set --by-folder"
 pub struct ScanArgs {
     /// Folder to scan recursively (or a single image file).
     pub path: PathBuf,
-    /// Write results here; the format follows the extension (.csv, .json, .jsonl). Default: stdout.
-    #[arg(short, long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Output format (default: from --out's extension, CSV on stdout).
-    #[arg(long, value_enum)]
-    pub format: Option<ExportFormat>,
+    #[command(flatten)]
+    pub output: OutputArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Largest inference batch.
@@ -430,6 +495,13 @@ pub struct ScanArgs {
     /// Bootstrap resamples for the 95 % intervals of the label metrics.
     #[arg(long, default_value_t = 200)]
     pub resamples: usize,
+    /// Score only shard K of N (K from 1), for a cluster job array: the images are split by a
+    /// hash of their path under PATH, so N shards cover each image once, whatever the machine.
+    /// Needs --out; a `FILE.shard.json` beside it, written when the shard finishes, lets
+    /// `merge` check the parts. Slurm: --array=1-N, --shard
+    /// $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (deploy/slurm/).
+    #[arg(long, value_name = "K/N", requires = "out", conflicts_with_all = ["disagreements", "duplicates", "by_folder"])]
+    pub shard: Option<crate::catalog::shard::Shard>,
     /// No progress bar or summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -445,6 +517,7 @@ pub fn main() -> ExitCode {
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Merge(args)) => merge::run(args),
         Some(Command::Cache(args)) => cache(args),
     };
     match result {
@@ -534,7 +607,9 @@ fn samples(args: SamplesArgs) -> anyhow::Result<Exit> {
 
 fn cache(args: CacheCommandArgs) -> anyhow::Result<Exit> {
     use crate::results::store;
-    let (CacheAction::Info(p) | CacheAction::Clear(p)) = &args.action;
+    let (CacheAction::Info(p)
+    | CacheAction::Clear(p)
+    | CacheAction::Import(ImportArgs { into: p, .. })) = &args.action;
     let Some(path) = p.cache.clone().or_else(store::default_path) else {
         return Err(UsageError("no store path: set --cache, XDG_CACHE_HOME or HOME".into()).into());
     };
@@ -554,6 +629,27 @@ fn cache(args: CacheCommandArgs) -> anyhow::Result<Exit> {
             );
             for (model, n) in stats.models {
                 println!("  {model}: {n} results");
+            }
+        }
+        CacheAction::Import(import) => {
+            let mut failed = false;
+            for from in &import.from {
+                match store::import(&path, from) {
+                    Ok(n) => println!(
+                        "{}: {} new results, {} files imported into {}",
+                        from.display(),
+                        n.results,
+                        n.files,
+                        path.display()
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(Exit::SomeFailed);
             }
         }
         CacheAction::Clear(_) => {

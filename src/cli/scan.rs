@@ -9,8 +9,8 @@ use super::{Exit, ScanArgs, UsageError, load_model};
 use crate::catalog::dataset::Split;
 use crate::catalog::walk;
 use crate::imaging::dhash::DHash;
-use crate::results::Outcome;
 use crate::results::{ExportFormat, Row, RowWriter, Status, Tally};
+use crate::results::{Outcome, parts};
 use crate::review::{Candidate, by_folder, folders::write_folders, groups};
 use crate::scoring::{PipelineOptions, score_all_stored};
 
@@ -137,6 +137,14 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         eprintln!("warning: {problem}");
     }
 
+    if let Some(out) = args.output.out.as_deref().filter(|_| args.shard.is_some()) {
+        parts::forget_record(out).with_context(|| {
+            format!(
+                "cannot remove the earlier record {}",
+                parts::record_path(out).display()
+            )
+        })?;
+    }
     let (entries, progress) = find_images(&args);
 
     let (format, out) = open_output(&args)?;
@@ -222,6 +230,30 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     if let Some(w) = writer {
         w.finish().context("cannot write results")?;
     }
+    if let (Some(shard), Some(out)) = (args.shard, &args.output.out) {
+        let record = parts::ShardRecord {
+            version: parts::RECORD_VERSION,
+            shard,
+            root: args
+                .path
+                .canonicalize()
+                .unwrap_or_else(|_| args.path.clone()),
+            model: crate::results::store::model_id(&model.manifest),
+            model_manifest: args
+                .model
+                .model
+                .as_ref()
+                .map(|m| m.canonicalize().unwrap_or_else(|_| m.clone())),
+            options: scan_options(&args),
+            format,
+            images: summary.total,
+            errors: summary.tally.errors,
+            seconds: elapsed,
+            written_by: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        parts::write_record(out, &record)
+            .with_context(|| format!("cannot write {}", parts::record_path(out).display()))?;
+    }
     if let Some(out) = out.take() {
         let review =
             write_review(&args, &labels, kept, out, format).context("cannot write results")?;
@@ -239,7 +271,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
             &scored_truth,
         );
         eprintln!("{}", summary.line(&model.manifest, elapsed));
-        if let Some(path) = &args.out {
+        if let Some(path) = &args.output.out {
             eprintln!("results written to {}", path.display());
         }
     }
@@ -250,15 +282,16 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     })
 }
 
-struct Summary {
-    total: usize,
+/// The counts behind the summary line (shared with `merge`).
+pub(super) struct Summary {
+    pub(super) total: usize,
     /// Outcomes taken from the results store.
     stored: usize,
-    tally: Tally,
+    pub(super) tally: Tally,
 }
 
 impl Summary {
-    fn new(manifest: &crate::model::Manifest) -> Self {
+    pub(super) fn new(manifest: &crate::model::Manifest) -> Self {
         Self {
             total: 0,
             stored: 0,
@@ -266,7 +299,7 @@ impl Summary {
         }
     }
 
-    fn add(&mut self, row: &Row, manifest: &crate::model::Manifest) {
+    pub(super) fn add(&mut self, row: &Row, manifest: &crate::model::Manifest) {
         self.total += 1;
         match row.status {
             Status::Error => self.tally.errors += 1,
@@ -288,6 +321,17 @@ impl Summary {
     }
 
     fn line(&self, manifest: &crate::model::Manifest, secs: f64) -> String {
+        format!(
+            "{} images in {:.1} s ({:.1}/s): {}",
+            self.total,
+            secs,
+            self.total as f64 / secs.max(1e-9),
+            self.counts(manifest)
+        )
+    }
+
+    /// Per label, flagged, unusual, out of scope, errors (and from the store).
+    pub(super) fn counts(&self, manifest: &crate::model::Manifest) -> String {
         let multi = self.tally.multi_label;
         let mut counts: Vec<(usize, String)> = (self.tally.per_label.iter().copied())
             .enumerate()
@@ -315,15 +359,24 @@ impl Summary {
             String::new()
         };
         format!(
-            "{} images in {:.1} s ({:.1}/s): {} · flagged {}{unusual} · out of scope {} · errors {}{stored}",
-            self.total,
-            secs,
-            self.total as f64 / secs.max(1e-9),
-            counts,
-            self.tally.flagged,
-            self.tally.out_of_scope,
-            self.tally.errors
+            "{} · flagged {}{unusual} · out of scope {} · errors {}{stored}",
+            counts, self.tally.flagged, self.tally.out_of_scope, self.tally.errors
         )
+    }
+}
+
+/// The options a shard's parts must share.
+fn scan_options(args: &ScanArgs) -> parts::ScanOptions {
+    parts::ScanOptions {
+        follow_links: args.input.follow_links,
+        hidden: args.input.hidden,
+        force: args.input.force,
+        show_phi: args.input.show_phi,
+        labels: args
+            .review
+            .labels
+            .as_ref()
+            .map(|l| l.canonicalize().unwrap_or_else(|_| l.clone())),
     }
 }
 
@@ -343,6 +396,7 @@ fn find_images(args: &ScanArgs) -> (Vec<crate::catalog::Entry>, ProgressBar) {
     let walk_options = args.input.walk_options();
     let entries: Vec<_> = walk(&args.path, &walk_options)
         .inspect(|_| progress.tick())
+        .filter(|e| args.shard.is_none_or(|s| s.contains(&e.rel)))
         .collect();
     if entries.is_empty() {
         progress.finish_and_clear();
@@ -361,11 +415,8 @@ fn find_images(args: &ScanArgs) -> (Vec<crate::catalog::Entry>, ProgressBar) {
 
 /// The results file (or stdout) and its format: `--format`, else the extension, else CSV.
 fn open_output(args: &ScanArgs) -> anyhow::Result<(ExportFormat, BufWriter<Box<dyn Write>>)> {
-    let format = args
-        .format
-        .or(args.out.as_deref().map(ExportFormat::from_path))
-        .unwrap_or(ExportFormat::Csv);
-    let out: Box<dyn Write> = match &args.out {
+    let format = args.output.format();
+    let out: Box<dyn Write> = match &args.output.out {
         Some(path) => Box::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,

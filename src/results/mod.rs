@@ -3,6 +3,7 @@
 
 mod export;
 mod outcome;
+pub mod parts;
 pub mod store;
 mod tally;
 pub use export::{default_export_path, export_rows};
@@ -151,7 +152,8 @@ impl Row {
 }
 
 /// Export formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Csv,
     Json,

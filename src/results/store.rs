@@ -67,6 +67,15 @@ pub enum StoreError {
     Newer { path: PathBuf, found: i64 },
     #[error("results store {}: inside the image folder, which cxr-triage never writes to", .0.display())]
     InsideImages(PathBuf),
+    #[error(
+        "results store {}: schema {found}, not {SCHEMA_VERSION}: open it once with this \
+         cxr-triage (`cxr-triage cache info --cache {}`) to bring it up to date",
+        path.display(),
+        path.display()
+    )]
+    OtherSchema { path: PathBuf, found: i64 },
+    #[error("results store {}: cannot import a store into itself", .0.display())]
+    SameStore(PathBuf),
 }
 
 /// Where a file was seen: absolute path, size and modification time.
@@ -718,6 +727,100 @@ pub fn stats(path: &Path) -> Result<StoreStats, StoreError> {
         models,
         bytes,
     })
+}
+
+/// What [`import`] added.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Results the store did not have yet (same model, same file content: the same result).
+    pub results: usize,
+    /// File records that were new or newer than the store's own.
+    pub files: usize,
+}
+
+/// Copy the results and file records of the store at `from` (only read) into the store at
+/// `into` (created when needed). Results already there stay; a file record replaces an older
+/// one for the same path.
+pub fn import(into: &Path, from: &Path) -> Result<Imported, StoreError> {
+    let src_err = |source| StoreError::Sqlite {
+        path: from.to_path_buf(),
+        source,
+    };
+    if let (Ok(a), Ok(b)) = (into.canonicalize(), from.canonicalize())
+        && a == b
+    {
+        return Err(StoreError::SameStore(from.to_path_buf()));
+    }
+    let src = Connection::open_with_flags(
+        from,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(src_err)?;
+    src.busy_timeout(Duration::from_secs(5)).map_err(src_err)?;
+    let found: i64 = src
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(src_err)?;
+    if found != SCHEMA_VERSION {
+        return Err(StoreError::OtherSchema {
+            path: from.to_path_buf(),
+            found,
+        });
+    }
+    create_private(into)?;
+    let mut conn = open_connection(into)?;
+    let dst_err = |source| StoreError::Sqlite {
+        path: into.to_path_buf(),
+        source,
+    };
+    let tx = conn.transaction().map_err(dst_err)?;
+    let mut added = Imported::default();
+    {
+        let mut read = src
+            .prepare("SELECT path, size, mtime_ns, hash, seen FROM files")
+            .map_err(src_err)?;
+        let mut write = tx
+            .prepare(
+                "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (path) DO UPDATE SET size = excluded.size,
+                     mtime_ns = excluded.mtime_ns, hash = excluded.hash, seen = excluded.seen
+                 WHERE excluded.seen > files.seen",
+            )
+            .map_err(dst_err)?;
+        let mut rows = read.query([]).map_err(src_err)?;
+        while let Some(r) = rows.next().map_err(src_err)? {
+            let values: [rusqlite::types::Value; 5] = [
+                r.get(0).map_err(src_err)?,
+                r.get(1).map_err(src_err)?,
+                r.get(2).map_err(src_err)?,
+                r.get(3).map_err(src_err)?,
+                r.get(4).map_err(src_err)?,
+            ];
+            added.files += write
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(dst_err)?;
+        }
+        let columns = "model, hash, status, error, info, probs, dhash, version, created, unusual";
+        let mut read = src
+            .prepare(&format!("SELECT {columns} FROM results"))
+            .map_err(src_err)?;
+        let mut write = tx
+            .prepare(&format!(
+                "INSERT OR IGNORE INTO results ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))
+            .map_err(dst_err)?;
+        let mut rows = read.query([]).map_err(src_err)?;
+        while let Some(r) = rows.next().map_err(src_err)? {
+            let values: Vec<rusqlite::types::Value> = (0..10)
+                .map(|i| r.get(i))
+                .collect::<Result<_, _>>()
+                .map_err(src_err)?;
+            added.results += write
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(dst_err)?;
+        }
+    }
+    tx.commit().map_err(dst_err)?;
+    Ok(added)
 }
 
 /// Delete the store at `path` (and its WAL files); returns whether there was one.

@@ -13,6 +13,8 @@ mod pydicom;
 mod review;
 mod samples;
 mod scan;
+mod shard;
+mod slurm;
 mod store;
 mod train;
 mod tui;
