@@ -49,7 +49,8 @@ research and workflow support only.",
 cxr-triage samples                          the same on the images shipped with the project\n  \
 cxr-triage scan /data/xrays --out results.csv\n  \
 cxr-triage scan /data/xrays --format jsonl > results.jsonl\n  \
-cxr-triage eval --data ../shared/data/cxr3 --split test"
+cxr-triage eval --data ../shared/data/cxr3 --split test\n  \
+sbatch --array=1-8 deploy/slurm/scan.sbatch /data/xrays   a Slurm job array, merged at the end"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -457,7 +458,8 @@ Results are kept in the results store: a second scan of the same files takes the
 (see `cxr-triage cache --help`).\n\nExit status: 0 every file was read, 1 some files failed (all \
 rows are still written), 2 usage error.\n\nExamples:\n  cxr-triage scan /data/xrays --out results.csv\n  \
 cxr-triage scan /data/set --disagreements --out check.csv\n  \
-cxr-triage scan /data/set --duplicates\n  cxr-triage scan /data/set --by-folder"
+cxr-triage scan /data/set --duplicates\n  cxr-triage scan /data/set --by-folder\n  \
+cxr-triage scan /data/set --shard 3/8 --out part-3.csv   (one of 8 cluster tasks; then `merge`)"
 )]
 pub struct ScanArgs {
     /// Folder to scan recursively (or a single image file).
