@@ -13,7 +13,7 @@ use super::scan::Summary;
 use super::{Exit, MergeArgs, UsageError, load_model};
 use crate::catalog::shard::{Shard, walk_order};
 use crate::results::parts::{RowReader, ShardRecord, read_record, row_reader};
-use crate::results::{ExportFormat, Row, RowWriter, Status};
+use crate::results::{ExportFormat, Row, RowWriter, create_export};
 
 pub fn run(args: MergeArgs) -> anyhow::Result<Exit> {
     let records: Vec<(PathBuf, ShardRecord)> = args
@@ -45,49 +45,17 @@ pub fn run(args: MergeArgs) -> anyhow::Result<Exit> {
     check_coverage(&records, first.shard.count).map_err(UsageError)?;
 
     let out_path = args.output.out.as_deref();
-    if let Some(out) = out_path {
-        if out.exists() {
-            return Err(UsageError(format!(
-                "{} exists; merge never overwrites: choose another name",
-                out.display()
-            ))
-            .into());
-        }
-        if crate::catalog::is_inside(out, &first.root) {
-            return Err(UsageError(format!(
-                "{}: inside the scanned folder, which cxr-triage never writes to",
-                out.display()
-            ))
-            .into());
-        }
-    }
-
     let format = args.output.format();
     let mut summary = Summary::new(&model.manifest);
-    let (mut probs, mut truth) = (Vec::new(), Vec::new());
     let mut parts = Parts::open(&records, &labels).map_err(UsageError)?;
-    let mut on_row = |row: &Row| {
-        summary.add(row, &model.manifest);
-        let label = row
-            .label
-            .as_ref()
-            .and_then(|l| labels.iter().position(|m| m == l));
-        if let (Some(t), Status::Done) = (label, row.status) {
-            probs.push(row.probabilities.clone());
-            truth.push(t);
-        }
-    };
+    let mut on_row = |row: &Row| summary.add(row, &model.manifest);
     match out_path {
         None => {
             let out = BufWriter::new(std::io::stdout().lock());
             parts.merge_into(out, format, &labels, &mut on_row)?;
         }
         Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
+            let file = create_export(path, &first.root).map_err(UsageError)?;
             // A merge that stops half way leaves no half-written output behind.
             if let Err(e) = parts.merge_into(BufWriter::new(file), format, &labels, &mut on_row) {
                 let _ = std::fs::remove_file(path);
@@ -97,17 +65,9 @@ pub fn run(args: MergeArgs) -> anyhow::Result<Exit> {
     }
 
     if !args.quiet {
-        if !probs.is_empty() {
-            let report = crate::evaluation::report(
-                &model.manifest,
-                &first.root.display().to_string(),
-                None,
-                &probs,
-                &truth,
-                Vec::new(),
-                args.resamples,
-            );
-            eprintln!("{}", report.render());
+        let name = first.root.display().to_string();
+        if let Some(report) = summary.label_report(&model.manifest, &name, args.resamples) {
+            eprintln!("{report}");
         }
         let seconds: f64 = records.iter().map(|(_, r)| r.seconds).sum();
         eprintln!(

@@ -9,8 +9,8 @@ use super::{Exit, ScanArgs, UsageError, load_model};
 use crate::catalog::dataset::Split;
 use crate::catalog::walk;
 use crate::imaging::dhash::DHash;
+use crate::results::parts;
 use crate::results::{ExportFormat, Row, RowWriter, Status, Tally};
-use crate::results::{Outcome, parts};
 use crate::review::{Candidate, by_folder, folders::write_folders, groups};
 use crate::scoring::{PipelineOptions, score_all_stored};
 
@@ -156,8 +156,6 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         (Some(RowWriter::new(out, format, &labels)?), None)
     };
     let mut kept: Vec<Kept> = Vec::new();
-    let mut scored_probs: Vec<Vec<f32>> = Vec::new();
-    let mut scored_truth: Vec<usize> = Vec::new();
     let mut labelled_entries: Vec<crate::catalog::Entry> = Vec::new();
 
     let options = PipelineOptions {
@@ -189,10 +187,6 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
             row.label = truth_index.map(|i| labels[i].clone());
             if truth.name_of(&scored.entry).is_some() {
                 labelled_entries.push(scored.entry.clone());
-            }
-            if let (Some(t), Outcome::Scored { probs, .. }) = (truth_index, &scored.outcome) {
-                scored_probs.push(probs.clone());
-                scored_truth.push(t);
             }
             summary.add(&row, &model.manifest);
             summary.stored += usize::from(scored.cached);
@@ -262,14 +256,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         }
     }
     if !args.quiet {
-        print_label_figures(
-            &args,
-            &model.manifest,
-            &truth,
-            &labelled_entries,
-            &scored_probs,
-            &scored_truth,
-        );
+        print_label_figures(&args, &model.manifest, &truth, &labelled_entries, &summary);
         eprintln!("{}", summary.line(&model.manifest, elapsed));
         if let Some(path) = &args.output.out {
             eprintln!("results written to {}", path.display());
@@ -288,6 +275,8 @@ pub(super) struct Summary {
     /// Outcomes taken from the results store.
     stored: usize,
     pub(super) tally: Tally,
+    /// Probabilities and true label (index) of each scored image that has one.
+    labelled: (Vec<Vec<f32>>, Vec<usize>),
 }
 
 impl Summary {
@@ -296,6 +285,7 @@ impl Summary {
             total: 0,
             stored: 0,
             tally: Tally::new(manifest),
+            labelled: Default::default(),
         }
     }
 
@@ -305,6 +295,14 @@ impl Summary {
             Status::Error => self.tally.errors += 1,
             Status::OutOfScope => self.tally.out_of_scope += 1,
             Status::Done => {
+                if let Some(t) = row
+                    .label
+                    .as_ref()
+                    .and_then(|l| manifest.labels.iter().position(|m| m == l))
+                {
+                    self.labelled.0.push(row.probabilities.clone());
+                    self.labelled.1.push(t);
+                }
                 let predicted = row
                     .predicted
                     .as_ref()
@@ -328,6 +326,20 @@ impl Summary {
             self.total as f64 / secs.max(1e-9),
             self.counts(manifest)
         )
+    }
+
+    /// `eval`'s report on the scored images that have a true label; `None` without any.
+    pub(super) fn label_report(
+        &self,
+        manifest: &crate::model::Manifest,
+        name: &str,
+        resamples: usize,
+    ) -> Option<String> {
+        let (probs, truth) = &self.labelled;
+        (!probs.is_empty()).then(|| {
+            crate::evaluation::report(manifest, name, None, probs, truth, Vec::new(), resamples)
+                .render()
+        })
     }
 
     /// Per label, flagged, unusual, out of scope, errors (and from the store).
@@ -433,8 +445,7 @@ fn print_label_figures(
     manifest: &crate::model::Manifest,
     truth: &crate::review::Truth,
     labelled_entries: &[crate::catalog::Entry],
-    scored_probs: &[Vec<f32>],
-    scored_truth: &[usize],
+    summary: &Summary,
 ) {
     let unmatched = truth.unmatched(labelled_entries);
     if !unmatched.is_empty() {
@@ -448,16 +459,9 @@ fn print_label_figures(
             list.join(", ")
         );
     }
-    if !scored_probs.is_empty() {
-        let report = crate::evaluation::report(
-            manifest,
-            &args.path.display().to_string(),
-            None,
-            scored_probs,
-            scored_truth,
-            Vec::new(),
-            args.resamples,
-        );
-        eprintln!("{}", report.render());
+    if let Some(report) =
+        summary.label_report(manifest, &args.path.display().to_string(), args.resamples)
+    {
+        eprintln!("{report}");
     }
 }

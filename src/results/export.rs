@@ -41,21 +41,15 @@ pub fn default_export_path(root: &Path) -> String {
     }
 }
 
-/// Write rows to a new file (never over an existing one, never inside the image folder).
-pub fn export_rows(
-    path: &Path,
-    root: &Path,
-    format: ExportFormat,
-    labels: &[String],
-    rows: &[Row],
-) -> Result<String, String> {
+/// A new file for results: never over an existing one, never inside the image folder `root`.
+pub fn create_export(path: &Path, root: &Path) -> Result<std::fs::File, String> {
     if is_inside(path, root) {
         return Err(format!(
             "{}: inside the image folder, which cxr-triage never writes to; choose another place",
             path.display()
         ));
     }
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
@@ -64,7 +58,18 @@ pub fn export_rows(
                 format!("{} exists; choose another name", path.display())
             }
             _ => format!("{}: {e}", path.display()),
-        })?;
+        })
+}
+
+/// Write rows to a new file (never over an existing one, never inside the image folder).
+pub fn export_rows(
+    path: &Path,
+    root: &Path,
+    format: ExportFormat,
+    labels: &[String],
+    rows: &[Row],
+) -> Result<String, String> {
+    let file = create_export(path, root)?;
     let write = || -> std::io::Result<()> {
         let mut w = RowWriter::new(std::io::BufWriter::new(file), format, labels)?;
         for row in rows {

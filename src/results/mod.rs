@@ -6,7 +6,7 @@ mod outcome;
 pub mod parts;
 pub mod store;
 mod tally;
-pub use export::{default_export_path, export_rows};
+pub use export::{create_export, default_export_path, export_rows};
 pub use outcome::{ImageInfo, Outcome, Scored};
 pub use tally::Tally;
 

@@ -36,7 +36,7 @@ pub struct ShardRecord {
 }
 
 /// The scan options every part of one result must share.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanOptions {
     pub follow_links: bool,
     pub hidden: bool,
@@ -175,22 +175,26 @@ fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
 
 /// Where a CSV's columns are.
 struct CsvColumns {
-    names: Vec<String>,
-    path: usize,
-    status: usize,
+    index: std::collections::HashMap<String, usize>,
     probs: Vec<usize>,
 }
 
 impl CsvColumns {
     fn new(header: &csv::StringRecord, labels: &[String]) -> Result<Self, String> {
-        let names: Vec<String> = header.iter().map(str::to_string).collect();
-        let column = |name: &str| names.iter().position(|h| h == name);
-        let required = |name: &str| column(name).ok_or_else(|| format!("no {name:?} column"));
-        let (path, status) = (required("path")?, required("status")?);
+        let index: std::collections::HashMap<String, usize> = header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.to_string(), i))
+            .collect();
+        for name in ["path", "status"] {
+            if !index.contains_key(name) {
+                return Err(format!("no {name:?} column"));
+            }
+        }
         let probs = labels
             .iter()
             .map(|l| {
-                column(&format!("p_{l}")).ok_or_else(|| {
+                index.get(&format!("p_{l}")).copied().ok_or_else(|| {
                     format!(
                         "no p_{l} column: written for another model than the one with labels {}",
                         labels.join(", ")
@@ -198,76 +202,36 @@ impl CsvColumns {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            names,
-            path,
-            status,
-            probs,
-        })
+        Ok(Self { index, probs })
     }
 
     fn row(&self, record: &csv::StringRecord, labels: &[String]) -> Result<Row, String> {
         let get = |name: &str| {
-            self.names
-                .iter()
-                .position(|h| h == name)
-                .and_then(|c| record.get(c))
+            self.index
+                .get(name)
+                .and_then(|&c| record.get(c))
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         };
-        let parse_opt = |name: &str| -> Result<Option<u32>, String> {
-            get(name).map(|v| number(name, &v)).transpose()
-        };
-        let status = status_of(record.get(self.status).unwrap_or_default())?;
-        let probabilities = if status == Status::Done {
+        row_from_fields(get, || {
             self.probs
                 .iter()
                 .zip(labels)
                 .map(|(&c, l)| number::<f32>(&format!("p_{l}"), record.get(c).unwrap_or_default()))
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            Vec::new()
-        };
-        Ok(Row {
-            path: record.get(self.path).unwrap_or_default().to_string(),
-            status,
-            error: get("error"),
-            folder_label: get("folder_label"),
-            label: get("label"),
-            format: get("format"),
-            width: parse_opt("width")?,
-            height: parse_opt("height")?,
-            bit_depth: parse_opt("bit_depth")?.map(|v| v.min(255) as u8),
-            modality: get("modality"),
-            view_position: get("view_position"),
-            body_part: get("body_part"),
-            photometric: get("photometric"),
-            study_date: get("study_date"),
-            patient_id: get("patient_id"),
-            study_instance_uid: get("study_instance_uid"),
-            series_instance_uid: get("series_instance_uid"),
-            sop_instance_uid: get("sop_instance_uid"),
-            accession_number: get("accession_number"),
-            probabilities,
-            predicted: get("predicted"),
-            flagged: get("flagged").map(|v| v == "yes"),
-            typicality: get("typicality").map(|v| typicality_of(&v)).transpose()?,
-            unusual_score: get("unusual_score")
-                .map(|v| number("unusual_score", &v))
-                .transpose()?,
+                .collect()
         })
     }
 }
 
 fn row_from_json(v: &serde_json::Value, labels: &[String]) -> Result<Row, String> {
-    let text = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_string);
-    let int = |name: &str| {
-        v.get(name)
-            .and_then(|x| x.as_u64())
-            .map(|x| x.min(u64::from(u32::MAX)) as u32)
+    // Each field as the CSV writes it, so that both formats share one reading.
+    let get = |name: &str| match v.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(if *b { "yes" } else { "no" }.to_string()),
+        _ => None,
     };
-    let status = status_of(&text("status").ok_or("no status")?)?;
-    let probabilities = if status == Status::Done {
+    row_from_fields(get, || {
         let map = v
             .get("probabilities")
             .and_then(|p| p.as_object())
@@ -280,38 +244,51 @@ fn row_from_json(v: &serde_json::Value, labels: &[String]) -> Result<Row, String
                     .map(|p| p as f32)
                     .ok_or_else(|| format!("no probability for {l}: written for another model"))
             })
-            .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
+            .collect()
+    })
+}
+
+/// A row from its fields' text as the CSV writes them (`get`: none for an empty field) and,
+/// for a scored image, its probabilities.
+fn row_from_fields(
+    get: impl Fn(&str) -> Option<String>,
+    probabilities: impl FnOnce() -> Result<Vec<f32>, String>,
+) -> Result<Row, String> {
+    let int = |name: &str| -> Result<Option<u32>, String> {
+        get(name).map(|v| number(name, &v)).transpose()
     };
+    let status = status_of(&get("status").ok_or("no status")?)?;
     Ok(Row {
-        path: text("path").ok_or("no path")?,
+        path: get("path").ok_or("no path")?,
         status,
-        error: text("error"),
-        folder_label: text("folder_label"),
-        label: text("label"),
-        format: text("format"),
-        width: int("width"),
-        height: int("height"),
-        bit_depth: int("bit_depth").map(|b| b.min(255) as u8),
-        modality: text("modality"),
-        view_position: text("view_position"),
-        body_part: text("body_part"),
-        photometric: text("photometric"),
-        study_date: text("study_date"),
-        patient_id: text("patient_id"),
-        study_instance_uid: text("study_instance_uid"),
-        series_instance_uid: text("series_instance_uid"),
-        sop_instance_uid: text("sop_instance_uid"),
-        accession_number: text("accession_number"),
-        probabilities,
-        predicted: text("predicted"),
-        flagged: v.get("flagged").and_then(|f| f.as_bool()),
-        typicality: text("typicality").map(|t| typicality_of(&t)).transpose()?,
-        unusual_score: v
-            .get("unusual_score")
-            .and_then(|x| x.as_f64())
-            .map(|x| x as f32),
+        error: get("error"),
+        folder_label: get("folder_label"),
+        label: get("label"),
+        format: get("format"),
+        width: int("width")?,
+        height: int("height")?,
+        bit_depth: int("bit_depth")?.map(|v| v.min(255) as u8),
+        modality: get("modality"),
+        view_position: get("view_position"),
+        body_part: get("body_part"),
+        photometric: get("photometric"),
+        study_date: get("study_date"),
+        patient_id: get("patient_id"),
+        study_instance_uid: get("study_instance_uid"),
+        series_instance_uid: get("series_instance_uid"),
+        sop_instance_uid: get("sop_instance_uid"),
+        accession_number: get("accession_number"),
+        probabilities: if status == Status::Done {
+            probabilities()?
+        } else {
+            Vec::new()
+        },
+        predicted: get("predicted"),
+        flagged: get("flagged").map(|v| v == "yes"),
+        typicality: get("typicality").map(|v| typicality_of(&v)).transpose()?,
+        unusual_score: get("unusual_score")
+            .map(|v| number("unusual_score", &v))
+            .transpose()?,
     })
 }
 

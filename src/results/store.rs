@@ -773,52 +773,40 @@ pub fn import(into: &Path, from: &Path) -> Result<Imported, StoreError> {
         source,
     };
     let tx = conn.transaction().map_err(dst_err)?;
-    let mut added = Imported::default();
-    {
-        let mut read = src
-            .prepare("SELECT path, size, mtime_ns, hash, seen FROM files")
-            .map_err(src_err)?;
-        let mut write = tx
-            .prepare(
-                "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (path) DO UPDATE SET size = excluded.size,
-                     mtime_ns = excluded.mtime_ns, hash = excluded.hash, seen = excluded.seen
-                 WHERE excluded.seen > files.seen",
-            )
-            .map_err(dst_err)?;
+    // Each row of `select` on the source goes through `insert` (same columns) on the store;
+    // returns the rows the store took.
+    let copy = |select: &str, insert: &str| -> Result<usize, StoreError> {
+        let mut read = src.prepare(select).map_err(src_err)?;
+        let columns = read.column_count();
+        let mut write = tx.prepare(insert).map_err(dst_err)?;
         let mut rows = read.query([]).map_err(src_err)?;
+        let mut taken = 0;
         while let Some(r) = rows.next().map_err(src_err)? {
-            let values: [rusqlite::types::Value; 5] = [
-                r.get(0).map_err(src_err)?,
-                r.get(1).map_err(src_err)?,
-                r.get(2).map_err(src_err)?,
-                r.get(3).map_err(src_err)?,
-                r.get(4).map_err(src_err)?,
-            ];
-            added.files += write
-                .execute(rusqlite::params_from_iter(values))
-                .map_err(dst_err)?;
-        }
-        let columns = "model, hash, status, error, info, probs, dhash, version, created, unusual";
-        let mut read = src
-            .prepare(&format!("SELECT {columns} FROM results"))
-            .map_err(src_err)?;
-        let mut write = tx
-            .prepare(&format!(
-                "INSERT OR IGNORE INTO results ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-            ))
-            .map_err(dst_err)?;
-        let mut rows = read.query([]).map_err(src_err)?;
-        while let Some(r) = rows.next().map_err(src_err)? {
-            let values: Vec<rusqlite::types::Value> = (0..10)
+            let values: Vec<rusqlite::types::Value> = (0..columns)
                 .map(|i| r.get(i))
                 .collect::<Result<_, _>>()
                 .map_err(src_err)?;
-            added.results += write
+            taken += write
                 .execute(rusqlite::params_from_iter(values))
                 .map_err(dst_err)?;
         }
-    }
+        Ok(taken)
+    };
+    let files = copy(
+        "SELECT path, size, mtime_ns, hash, seen FROM files",
+        "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (path) DO UPDATE SET size = excluded.size,
+             mtime_ns = excluded.mtime_ns, hash = excluded.hash, seen = excluded.seen
+         WHERE excluded.seen > files.seen",
+    )?;
+    let columns = "model, hash, status, error, info, probs, dhash, version, created, unusual";
+    let results = copy(
+        &format!("SELECT {columns} FROM results"),
+        &format!(
+            "INSERT OR IGNORE INTO results ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+    )?;
+    let added = Imported { results, files };
     tx.commit().map_err(dst_err)?;
     Ok(added)
 }
