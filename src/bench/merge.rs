@@ -51,6 +51,7 @@ fn row(i: usize, labels: &[String]) -> Row {
         probabilities: probs,
         typicality: Some(Typicality::Typical),
         unusual_score: Some(0.5),
+        border_attention: Some(0.25),
     }
 }
 

@@ -185,17 +185,62 @@ pub fn scan_figures(
     })
 }
 
-/// Inference images/s at a given batch size on preprocessed planes (median of `runs`).
-pub fn inference_figure(model: &Model, batch: usize, runs: usize) -> f64 {
+/// The inference benches' input: a synthetic 16-bit film through the PNG decoder and
+/// [`preprocess`].
+fn bench_plane(model: &Model) -> Vec<f32> {
     let img = DynamicImage::ImageLuma16(synthetic_xray(512, 3));
     let decoded = imaging::decode_bytes(&encode(&img, ImageFormat::Png), &Limits::default())
         .expect("decodes");
-    let plane = preprocess(&decoded.image, &model.manifest.input).expect("preprocess");
-    let planes = vec![plane; batch];
+    preprocess(&decoded.image, &model.manifest.input).expect("preprocess")
+}
+
+/// Inference images/s at a given batch size on preprocessed planes (median of `runs`).
+pub fn inference_figure(model: &Model, batch: usize, runs: usize) -> f64 {
+    let planes = vec![bench_plane(model); batch];
     let ms = time_ms(runs, || {
         model.predict(&planes).expect("inference");
     });
     batch as f64 / (ms / 1000.0)
+}
+
+/// Milliseconds per batch (medians, the three taken in turn in each run so that the machine's
+/// noise hits them alike): inference alone, inference with the predicted label's Grad-CAM (what
+/// `scan` does for `border_attention`), and the heatmap of a chosen label (what the UI's `<` `>`
+/// ask for).
+#[derive(Clone, Copy, Debug)]
+pub struct HeatmapFigures {
+    pub batch: usize,
+    pub infer_ms: f64,
+    pub with_heatmap_ms: f64,
+    pub chosen_label_ms: f64,
+}
+
+pub fn heatmap_figures(model: &Model, batch: usize, runs: usize) -> HeatmapFigures {
+    let planes = vec![bench_plane(model); batch];
+    let last = model.labels().len().saturating_sub(1);
+    let timed = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..=runs.max(1) {
+        let ta = timed(&mut || drop(model.predict(&planes).expect("inference")));
+        let tb = timed(&mut || drop(model.predict_full(&planes).expect("inference")));
+        let tc = timed(&mut || drop(model.heatmaps(&planes, last).expect("heatmap")));
+        // The first round warms up.
+        if run > 0 {
+            a.push(ta);
+            b.push(tb);
+            c.push(tc);
+        }
+    }
+    HeatmapFigures {
+        batch,
+        infer_ms: median(a),
+        with_heatmap_ms: median(b),
+        chosen_label_ms: median(c),
+    }
 }
 
 /// Probabilities for a fixed input (a ramp from 0 to 1 over the plane, row-major), the same

@@ -262,6 +262,7 @@ pub fn reopen_figures(
                 },
                 probs: vec![0.2, 0.3, 0.5],
                 unusual: Some(0.5),
+                border: Some(0.2),
             };
             store.put(key, i as u128 + 1, &outcome, Some([i as u64; 4]));
         }

@@ -31,7 +31,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     if part(BenchPart::Merge) {
         merge(&args, &model)?;
     }
+    if part(BenchPart::Heatmap) {
+        heatmap(&args, &model);
+    }
     Ok(Exit::Ok)
+}
+
+fn heatmap(args: &BenchArgs, model: &crate::model::Model) {
+    println!(
+        "\nheatmaps (Grad-CAM), ms per batch, median of {} runs taken in turn",
+        args.runs
+    );
+    for batch in [1, 8] {
+        let f = crate::bench::heatmap_figures(model, batch, args.runs);
+        println!(
+            "  batch {batch}: inference {:>7.1} · with the predicted label's heatmap {:>7.1} ({:.2}x) \
+             · a chosen label's heatmap {:>7.1} ({:.2}x)",
+            f.infer_ms,
+            f.with_heatmap_ms,
+            f.with_heatmap_ms / f.infer_ms,
+            f.chosen_label_ms,
+            f.chosen_label_ms / f.infer_ms,
+        );
+    }
 }
 
 fn merge(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {

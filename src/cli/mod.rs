@@ -312,6 +312,8 @@ pub enum BenchPart {
     Store,
     /// `merge` of --merge-rows generated rows in 8 shards: time and peak memory.
     Merge,
+    /// Grad-CAM heatmaps: time per image against inference alone, batch 1 and 8.
+    Heatmap,
 }
 
 #[derive(Debug, Args)]
@@ -452,14 +454,17 @@ pub struct ModelArgs {
     after_help = "Output columns: path, status (done/error/out of scope), error, folder_label, \
 label (the true label, when the folder or --labels gives one), format, width, height, bit_depth, \
 DICOM fields, p_<label> for each model label, predicted, flagged (yes/no against the manifest's \
-operating points).\n\nWhen images have labels, accuracy, per-class sensitivity, specificity, PPV, \
+operating points), typicality and unusual_score (the unusual-input score), border_attention (the \
+share of the predicted label's heatmap in the outer 10 % band of the image: about 0.36 when spread \
+evenly, near 1 when the score came from borders, corners and the markers printed there).\n\nWhen images have labels, accuracy, per-class sensitivity, specificity, PPV, \
 ROC AUC and the confusion matrix are printed on stderr (the same figures as `eval`).\n\n\
 Results are kept in the results store: a second scan of the same files takes them from there \
 (see `cxr-triage cache --help`).\n\nExit status: 0 every file was read, 1 some files failed (all \
 rows are still written), 2 usage error.\n\nExamples:\n  cxr-triage scan /data/xrays --out results.csv\n  \
 cxr-triage scan /data/set --disagreements --out check.csv\n  \
 cxr-triage scan /data/set --duplicates\n  cxr-triage scan /data/set --by-folder\n  \
-cxr-triage scan /data/set --shard 3/8 --out part-3.csv   (one of 8 cluster tasks; then `merge`)"
+cxr-triage scan /data/set --shard 3/8 --out part-3.csv   (one of 8 cluster tasks; then `merge`)\n  \
+cxr-triage scan /data/set --heatmaps /tmp/heatmaps --out results.csv"
 )]
 pub struct ScanArgs {
     /// Folder to scan recursively (or a single image file).
@@ -504,6 +509,13 @@ pub struct ScanArgs {
     /// $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (deploy/slurm/).
     #[arg(long, value_name = "K/N", requires = "out", conflicts_with_all = ["disagreements", "duplicates", "by_folder"])]
     pub shard: Option<crate::catalog::shard::Shard>,
+    /// Write one PNG per scored image into DIR (created if missing, never inside PATH): the
+    /// image in gray (longer side at most 1024 px) with the predicted label's Grad-CAM
+    /// heatmap blended over it, named `<image>.<label>-<P>.png` in the image's subfolder.
+    /// Existing files are never overwritten. Every image is decoded again (none is taken
+    /// from the results store). A hint of where the model looked, not a localisation.
+    #[arg(long, value_name = "DIR")]
+    pub heatmaps: Option<PathBuf>,
     /// No progress bar or summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,

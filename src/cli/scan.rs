@@ -147,6 +147,13 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
     }
     let (entries, progress) = find_images(&args);
 
+    let mut overlays = match &args.heatmaps {
+        Some(dir) => Some(
+            crate::results::overlays::OverlayWriter::new(dir, &args.path, &labels)
+                .map_err(|e| UsageError(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     let (format, out) = open_output(&args)?;
     // Review outputs need every row before the first is written; plain scans stream.
     let collect = args.disagreements || args.duplicates || args.by_folder;
@@ -164,6 +171,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
             .jobs
             .map_or(PipelineOptions::default().decoders, |j| j as usize),
         force: args.input.force,
+        overlays: args.heatmaps.is_some(),
     };
     let started = Instant::now();
     let mut summary = Summary::new(&model.manifest);
@@ -190,6 +198,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
             }
             summary.add(&row, &model.manifest);
             summary.stored += usize::from(scored.cached);
+            if let Some(o) = &mut overlays {
+                o.write(&scored, &row.probabilities);
+            }
             #[cfg(debug_assertions)]
             if let Some(pause) = slow {
                 std::thread::sleep(pause);
@@ -260,6 +271,20 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Exit> {
         eprintln!("{}", summary.line(&model.manifest, elapsed));
         if let Some(path) = &args.output.out {
             eprintln!("results written to {}", path.display());
+        }
+    }
+    if let (Some(o), Some(dir)) = (&overlays, &args.heatmaps) {
+        for s in o.skipped.iter().take(10) {
+            eprintln!("warning: heatmap not written: {s}");
+        }
+        if o.skipped.len() > 10 {
+            eprintln!(
+                "warning: {} more heatmaps not written",
+                o.skipped.len() - 10
+            );
+        }
+        if !args.quiet {
+            eprintln!("{} heatmaps written to {}", o.written, dir.display());
         }
     }
     Ok(if summary.tally.errors > 0 {

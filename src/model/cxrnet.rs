@@ -151,11 +151,17 @@ impl CxrNet {
     /// Pooled features `(n, widths.last())`; training applies its own dropout between these
     /// and [`CxrNet::head`].
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.stage_t(x, train)?.mean((2, 3))
+    }
+
+    /// The last convolutional stage (the last block's output): what the pool averages and
+    /// Grad-CAM weighs, `(n, widths.last(), h', w')`.
+    pub fn stage_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = self.stem.forward_t(x, train)?.relu()?;
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }
-        x.mean((2, 3))
+        Ok(x)
     }
 
     /// The linear classifier on pooled features: logits `(n, labels)`.

@@ -168,6 +168,12 @@ impl DenseNet {
 
     /// Pooled features `(n, num_features)`: everything before the classifier.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.stage_t(x, train)?.mean((2, 3))
+    }
+
+    /// The last convolutional stage (the last dense block after `norm5` and its ReLU): what the
+    /// pool averages and Grad-CAM weighs, `(n, num_features, h / 32, w / 32)`.
+    pub fn stage_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = x.conv2d(&self.conv0, 3, 2, 1, 1)?;
         let x = self.norm0.forward_t(&x, train)?.relu()?;
         let mut x = if train {
@@ -192,7 +198,7 @@ impl DenseNet {
                 x = y.avg_pool2d(2)?;
             }
         }
-        self.norm5.forward_t(&x, train)?.relu()?.mean((2, 3))
+        self.norm5.forward_t(&x, train)?.relu()
     }
 
     /// The classifier on pooled features: logits `(n, outputs)`.

@@ -15,7 +15,7 @@
 //! ReLU6 folded in) and as a sum of shifted slices when training (candle's own grouped
 //! convolution would run one convolution per channel).
 
-use candle_core::{D, DType, Module, ModuleT, Result, Tensor};
+use candle_core::{DType, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
 use gemm::Parallelism;
 
@@ -339,9 +339,16 @@ impl EfficientNetLite {
         names
     }
 
-    /// Pooled features `(n, 1280)`. A folded network at inference runs the buffer kernels
-    /// ([`kernels`]); otherwise candle's operations (training, and eval passes during it).
+    /// Pooled features `(n, 1280)`: the mean of [`EfficientNetLite::stage_t`]'s map.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.stage_t(x, train)?.mean((2, 3))
+    }
+
+    /// The last convolutional stage (the head convolution after its batch norm and ReLU6):
+    /// `(n, 1280, h / 32, w / 32)`, what the pool averages and Grad-CAM weighs. A folded
+    /// network at inference runs the buffer kernels ([`kernels`]); otherwise candle's
+    /// operations (training, and eval passes during it).
+    pub fn stage_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let (Some(folded), false) = (&self.folded, train) {
             return self.infer(folded, x);
         }
@@ -352,12 +359,11 @@ impl EfficientNetLite {
             }
             x = block.forward_t(&x, train)?;
         }
-        let x = relu6(
+        relu6(
             &self
                 .bn1
                 .forward_t(&pointwise(&x, &self.conv_head)?, train)?,
-        )?;
-        x.flatten_from(2)?.mean(D::Minus1)
+        )
     }
 
     /// The folded network over a batch: images in parallel (one thread each, single-threaded
@@ -365,7 +371,7 @@ impl EfficientNetLite {
     fn infer(&self, (stem, head): &(Folded, Folded), x: &Tensor) -> Result<Tensor> {
         let (n, cin, h, w) = x.dims4()?;
         let data = x.flatten_all()?.to_vec1::<f32>()?;
-        let one = |img: &[f32], par: Parallelism, threads: usize| -> Vec<f32> {
+        let one = |img: &[f32], par: Parallelism, threads: usize| -> (Vec<f32>, usize, usize) {
             let (mut y, mut oh, mut ow) = kernels::conv_dense(
                 img,
                 &stem.weight,
@@ -390,34 +396,36 @@ impl EfficientNetLite {
                 None,
                 par,
             );
-            y.chunks(oh * ow)
-                .map(|p| p.iter().sum::<f32>() / (oh * ow) as f32)
-                .collect()
+            (y, oh, ow)
         };
+        // TF-SAME halves each side rounding up, five times.
+        let (oh, ow) = (h.div_ceil(32).max(1), w.div_ceil(32).max(1));
+        let map = FEATURES * oh * ow;
         let threads = kernels::threads();
         let per = cin * h * w;
-        let mut out = vec![0f32; n * FEATURES];
+        let mut out = vec![0f32; n * map];
+        let put = |d: &mut [f32], (y, yh, yw): (Vec<f32>, usize, usize)| {
+            assert_eq!((yh, yw), (oh, ow), "TF-SAME map size");
+            d.copy_from_slice(&y);
+        };
         if n >= threads && threads > 1 {
             let images = n.div_ceil(threads);
             std::thread::scope(|scope| {
-                for (dst, src) in out
-                    .chunks_mut(images * FEATURES)
-                    .zip(data.chunks(images * per))
-                {
-                    let one = &one;
+                for (dst, src) in out.chunks_mut(images * map).zip(data.chunks(images * per)) {
+                    let (one, put) = (&one, &put);
                     scope.spawn(move || {
-                        for (d, img) in dst.chunks_mut(FEATURES).zip(src.chunks(per)) {
-                            d.copy_from_slice(&one(img, Parallelism::None, 1));
+                        for (d, img) in dst.chunks_mut(map).zip(src.chunks(per)) {
+                            put(d, one(img, Parallelism::None, 1));
                         }
                     });
                 }
             });
         } else {
-            for (d, img) in out.chunks_mut(FEATURES).zip(data.chunks(per)) {
-                d.copy_from_slice(&one(img, Parallelism::Rayon(threads), threads));
+            for (d, img) in out.chunks_mut(map).zip(data.chunks(per)) {
+                put(d, one(img, Parallelism::Rayon(threads), threads));
             }
         }
-        Tensor::from_vec(out, (n, FEATURES), x.device())
+        Tensor::from_vec(out, (n, FEATURES, oh, ow), x.device())
     }
 
     /// The linear classifier on pooled features: logits `(n, labels)`.

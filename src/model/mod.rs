@@ -3,13 +3,14 @@
 pub mod cxrnet;
 pub mod densenet;
 pub mod efficientnet;
+pub mod heatmap;
 mod kernels;
 mod manifest;
 mod preprocess;
 pub mod unusual;
 
 pub use manifest::{ARCHITECTURES, CropMode, InputSpec, Intensity, Manifest, Output};
-pub use preprocess::{MIN_SIDE, equalize, preprocess, preprocess_region, to_scale};
+pub use preprocess::{MIN_SIDE, equalize, input_crop, preprocess, preprocess_region, to_scale};
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use thiserror::Error;
 use cxrnet::CxrNet;
 use densenet::DenseNet;
 use efficientnet::EfficientNetLite;
+use heatmap::Heatmap;
 use unusual::Unusual;
 
 #[derive(Debug, Error)]
@@ -68,6 +70,8 @@ pub struct Prediction {
     /// Unusual-input score as a multiple of the manifest's threshold (above 1: unusual);
     /// `None` for a model without one.
     pub unusual: Option<f32>,
+    /// Grad-CAM of the predicted label (see [`heatmap`]); `None` from [`Model::predict`].
+    pub heatmap: Option<Heatmap>,
 }
 
 impl std::fmt::Debug for Model {
@@ -131,18 +135,24 @@ impl Model {
     /// Probabilities for a batch of planes from [`preprocess`]: one row per plane.
     pub fn predict(&self, planes: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, ModelError> {
         Ok(self
-            .predict_full(planes)?
+            .run(planes, false)?
             .into_iter()
             .map(|p| p.probs)
             .collect())
     }
 
-    /// Probabilities and the unusual-input score for a batch of planes: one per plane.
+    /// Probabilities, the unusual-input score and the predicted label's heatmap for a batch
+    /// of planes: one per plane.
     pub fn predict_full(&self, planes: &[Vec<f32>]) -> Result<Vec<Prediction>, ModelError> {
+        self.run(planes, true)
+    }
+
+    fn run(&self, planes: &[Vec<f32>], heatmaps: bool) -> Result<Vec<Prediction>, ModelError> {
         if planes.is_empty() {
             return Ok(Vec::new());
         }
-        let features = self.features(planes)?;
+        let map = self.stage(planes)?;
+        let features = map.mean((2, 3))?;
         let logits = self.net.head(&features)?;
         let probs = probabilities(&logits, &self.manifest)?.to_vec2::<f32>()?;
         let unusual = match (&self.unusual, &self.manifest.unusual) {
@@ -153,11 +163,45 @@ impl Model {
                 .collect(),
             _ => vec![None; probs.len()],
         };
+        let heatmaps: Vec<Option<Heatmap>> = if heatmaps {
+            let predicted: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
+            heatmap::grad_cam(&map, |m| self.net.from_stage(m), &predicted)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None; probs.len()]
+        };
         Ok(probs
             .into_iter()
             .zip(unusual)
-            .map(|(probs, unusual)| Prediction { probs, unusual })
+            .zip(heatmaps)
+            .map(|((probs, unusual), heatmap)| Prediction {
+                probs,
+                unusual,
+                heatmap,
+            })
             .collect())
+    }
+
+    /// Grad-CAM of `label` for each plane (see [`heatmap`]).
+    pub fn heatmaps(&self, planes: &[Vec<f32>], label: usize) -> Result<Vec<Heatmap>, ModelError> {
+        if planes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let map = self.stage(planes)?;
+        let labels = vec![label; planes.len()];
+        Ok(heatmap::grad_cam(
+            &map,
+            |m| self.net.from_stage(m),
+            &labels,
+        )?)
+    }
+
+    /// The last convolutional stage's map for a batch of planes: `(n, channels, h', w')`.
+    fn stage(&self, planes: &[Vec<f32>]) -> Result<Tensor, ModelError> {
+        let x = input_tensor(planes, &self.manifest.input, &self.device)?;
+        Ok(self.net.stage_t(&x, false)?)
     }
 
     /// Pooled features (the classifier's input) for a batch of planes: `(n, d)`.
@@ -199,11 +243,22 @@ impl Net {
 
     /// Pooled features, before the classifier (training puts its dropout between the two).
     pub fn features_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.stage_t(x, train)?.mean((2, 3))
+    }
+
+    /// The last convolutional stage, before the pool: `(n, channels, h', w')`.
+    pub fn stage_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
-            Net::CxrNet(n) => n.features_t(x, train),
-            Net::DenseNet(n) => n.features_t(x, train),
-            Net::EfficientNet(n) => n.features_t(x, train),
+            Net::CxrNet(n) => n.stage_t(x, train),
+            Net::DenseNet(n) => n.stage_t(x, train),
+            Net::EfficientNet(n) => n.stage_t(x, train),
         }
+    }
+
+    /// Logits from the last stage's map: the pool, then [`Net::head`]. Differentiable, so
+    /// Grad-CAM can ask how each map position moves a logit.
+    pub fn from_stage(&self, map: &Tensor) -> candle_core::Result<Tensor> {
+        self.head(&map.mean((2, 3))?)
     }
 
     /// The classifier on pooled features: logits.

@@ -11,11 +11,15 @@ pub const MIN_SIDE: u32 = 16;
 /// Turn a decoded image into one `size * size` plane, mapped onto `spec.scale`.
 /// Per-channel `mean`/`std` are applied by [`super::input_tensor`] when planes become a batch.
 pub fn preprocess(img: &GrayImage, spec: &InputSpec) -> Result<Vec<f32>, ModelError> {
-    let crop = match spec.crop {
+    preprocess_region(img, input_crop(img, spec), spec)
+}
+
+/// The region of the image the model sees (what a heatmap covers).
+pub fn input_crop(img: &GrayImage, spec: &InputSpec) -> Crop {
+    match spec.crop {
         CropMode::CenterSquare => Crop::center_square(img),
         CropMode::Stretch => Crop::full(img),
-    };
-    preprocess_region(img, crop, spec)
+    }
 }
 
 /// [`preprocess`] on a chosen region of the image: training's random crops use this, so

@@ -3,6 +3,7 @@
 
 mod export;
 mod outcome;
+pub mod overlays;
 pub mod parts;
 pub mod store;
 mod tally;
@@ -61,6 +62,10 @@ pub struct Row {
     pub typicality: Option<Typicality>,
     /// The unusual-input score as a multiple of the model's threshold (above 1: unusual).
     pub unusual_score: Option<f32>,
+    /// Share of the predicted label's heatmap in the outer 10 % band of the image (0 to 1;
+    /// about 0.36 for attention spread evenly): high values mean the score came from borders,
+    /// corners and the markers printed there (see [`crate::model::heatmap`]).
+    pub border_attention: Option<f32>,
 }
 
 /// What the unusual-input score says of an image.
@@ -93,17 +98,26 @@ impl Row {
     /// The row for one pipeline result; `show_phi` lets the patient ID and the accession number
     /// through (read again from the file when the result came from the store).
     pub fn from_scored(s: &Scored, manifest: &Manifest, show_phi: bool) -> Self {
-        let (info, probs, error, status, unusual) = match &s.outcome {
+        let (info, probs, error, status, unusual, border) = match &s.outcome {
             Outcome::Scored {
                 info,
                 probs,
                 unusual,
-            } => (Some(info), probs.clone(), None, Status::Done, *unusual),
+                border,
+            } => (
+                Some(info),
+                probs.clone(),
+                None,
+                Status::Done,
+                *unusual,
+                *border,
+            ),
             Outcome::Failed { info, error } => (
                 info.as_ref(),
                 Vec::new(),
                 Some(error.clone()),
                 Status::Error,
+                None,
                 None,
             ),
             Outcome::OutOfScope { info, reason } => (
@@ -111,6 +125,7 @@ impl Row {
                 Vec::new(),
                 Some(reason.clone()),
                 Status::OutOfScope,
+                None,
                 None,
             ),
         };
@@ -147,6 +162,7 @@ impl Row {
             error,
             typicality: unusual.map(Typicality::of),
             unusual_score: unusual,
+            border_attention: border,
         }
     }
 }
@@ -229,6 +245,7 @@ impl<W: Write> RowWriter<W> {
                     "flagged".into(),
                     "typicality".into(),
                     "unusual_score".into(),
+                    "border_attention".into(),
                 ]);
                 header.extend(extra.iter().map(|s| s.to_string()));
                 write_csv_record(&mut out, &header)?;
@@ -288,6 +305,7 @@ impl<W: Write> RowWriter<W> {
                     .map(|f| if f { "yes" } else { "no" }.to_string())));
                 record.push(opt(row.typicality.map(|t| t.as_str().to_string())));
                 record.push(opt(row.unusual_score.map(|v| format!("{v:.3}"))));
+                record.push(opt(row.border_attention.map(|v| format!("{v:.3}"))));
                 record.extend((0..self.extra.len()).map(extra));
                 write_csv_record(&mut self.out, &record)?;
             }

@@ -46,6 +46,9 @@ pub enum Outcome {
         /// Unusual-input score as a multiple of the model's threshold (above 1: unusual);
         /// `None` for a model without one.
         unusual: Option<f32>,
+        /// Share of the predicted label's heatmap in the image's outer band (see
+        /// [`crate::model::heatmap`]); `None` when the heatmap is empty or the result predates it.
+        border: Option<f32>,
     },
     Failed {
         info: Option<ImageInfo>,
@@ -67,6 +70,8 @@ pub struct Scored {
     pub dhash: Option<DHash>,
     /// Came from the results store rather than from this run.
     pub cached: bool,
+    /// The predicted label's heatmap over the image, when the pipeline was asked for overlays.
+    pub overlay: Option<Box<crate::model::heatmap::Overlay>>,
 }
 
 impl Scored {
@@ -79,6 +84,7 @@ impl Scored {
             hash: None,
             dhash: None,
             cached: false,
+            overlay: None,
         }
     }
 }

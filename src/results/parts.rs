@@ -289,6 +289,9 @@ fn row_from_fields(
         unusual_score: get("unusual_score")
             .map(|v| number("unusual_score", &v))
             .transpose()?,
+        border_attention: get("border_attention")
+            .map(|v| number("border_attention", &v))
+            .transpose()?,
     })
 }
 
@@ -323,6 +326,7 @@ mod tests {
             flagged: Some(true),
             typicality: Some(Typicality::Unusual),
             unusual_score: Some(1.25),
+            border_attention: Some(0.125),
         };
         let failed = Row {
             path: "broken.png".into(),
@@ -344,6 +348,7 @@ mod tests {
             flagged: None,
             typicality: None,
             unusual_score: None,
+            border_attention: None,
             ..base.clone()
         };
         let out_of_scope = Row {
@@ -355,6 +360,7 @@ mod tests {
             flagged: None,
             typicality: None,
             unusual_score: None,
+            border_attention: None,
             ..base.clone()
         };
         vec![base, failed, out_of_scope]

@@ -15,7 +15,7 @@
 //! `-shm`) `0600`, since they hold file paths; an existing store that others can read is
 //! reported (once per run). PHI (patient ID, accession number) is never written: a result from
 //! the store shown with `--show-phi` reads it again from the file's header. Schema 3 removed
-//! the patient IDs that earlier versions kept.
+//! the patient IDs that earlier versions kept; schema 4 added the border-attention share.
 //!
 //! Durability: WAL journal, writes batched in transactions of at most [`BATCH`] outcomes or
 //! [`FLUSH_EVERY`]; a crash (even `kill -9`) loses at most the batch in flight and never
@@ -35,7 +35,7 @@ use crate::model::Manifest;
 use crate::results::{ImageInfo, Outcome};
 
 /// Schema version, in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// Largest number of outcomes written in one transaction.
 pub const BATCH: usize = 64;
 /// Longest time an outcome waits in memory before it is written.
@@ -286,6 +286,18 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         let _ = conn.execute_batch("VACUUM");
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
+    // Version 3 stores lack the border-attention share; their rows stay valid (no share).
+    if (1..4).contains(&found) {
+        migrate(
+            conn,
+            "BEGIN IMMEDIATE;
+             ALTER TABLE results ADD COLUMN border REAL;
+             PRAGMA user_version = 4;
+             COMMIT;",
+            4,
+        )
+        .map_err(sql)?;
+    }
     if found < 1
         && let Err(e) = conn.execute_batch(
             "BEGIN IMMEDIATE;
@@ -307,9 +319,10 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                  version TEXT NOT NULL,
                  created INTEGER NOT NULL,
                  unusual REAL,
+                 border REAL,
                  PRIMARY KEY (model, hash)
              );
-             PRAGMA user_version = 3;
+             PRAGMA user_version = 4;
              COMMIT;",
         )
     {
@@ -358,9 +371,10 @@ type RawRow = (
     Option<Vec<u8>>,
     String,
     Option<f64>,
+    Option<f64>,
 );
 
-/// The seven result columns (status, error, info, probs, dhash, version, unusual) from
+/// The eight result columns (status, error, info, probs, dhash, version, unusual, border) from
 /// `first` on.
 fn raw_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RawRow> {
     Ok((
@@ -371,13 +385,14 @@ fn raw_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RawRow> {
         r.get(first + 4)?,
         r.get(first + 5)?,
         r.get(first + 6)?,
+        r.get(first + 7)?,
     ))
 }
 
 /// Rebuild an outcome from its columns; `None` when the row is not usable (another version's
 /// error, a row this version cannot read).
 fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
-    let (status, error, info, probs, dhash, version, unusual) = raw;
+    let (status, error, info, probs, dhash, version, unusual, border) = raw;
     let info: Option<ImageInfo> = match info {
         Some(text) => Some(serde_json::from_str(&text).ok()?),
         None => None,
@@ -388,6 +403,7 @@ fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
             info: info?,
             probs: blob_to_f32s(&probs?),
             unusual: unusual.map(|v| v as f32),
+            border: border.map(|v| v as f32),
         },
         "out of scope" => Outcome::OutOfScope {
             info: info?,
@@ -402,12 +418,13 @@ fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
     Some((outcome, dhash))
 }
 
-/// The columns an outcome is stored in: status, error, info, probs, unusual.
+/// The columns an outcome is stored in: status, error, info, probs, unusual, border.
 type Columns<'a> = (
     &'static str,
     Option<&'a str>,
     Option<&'a ImageInfo>,
     Option<&'a [f32]>,
+    Option<f32>,
     Option<f32>,
 );
 
@@ -417,11 +434,12 @@ fn status_of(outcome: &Outcome) -> Columns<'_> {
             info,
             probs,
             unusual,
-        } => ("done", None, Some(info), Some(probs), *unusual),
+            border,
+        } => ("done", None, Some(info), Some(probs), *unusual, *border),
         Outcome::OutOfScope { info, reason } => {
-            ("out of scope", Some(reason), Some(info), None, None)
+            ("out of scope", Some(reason), Some(info), None, None, None)
         }
-        Outcome::Failed { info, error } => ("error", Some(error), info.as_ref(), None, None),
+        Outcome::Failed { info, error } => ("error", Some(error), info.as_ref(), None, None, None),
     }
 }
 
@@ -551,7 +569,8 @@ impl Store {
     pub fn by_file(&self, key: &FileKey) -> Option<Hit> {
         let found = self.with_conn(|c| {
             c.prepare_cached(
-                "SELECT f.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version, r.unusual
+                "SELECT f.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version, r.unusual,
+                     r.border
                  FROM files f JOIN results r ON r.hash = f.hash AND r.model = ?1
                  WHERE f.path = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
             )?
@@ -574,7 +593,7 @@ impl Store {
     pub fn by_hash(&self, hash: u128) -> Option<Hit> {
         let raw = self.with_conn(|c| {
             c.prepare_cached(
-                "SELECT status, error, info, probs, dhash, version, unusual FROM results
+                "SELECT status, error, info, probs, dhash, version, unusual, border FROM results
                  WHERE model = ?1 AND hash = ?2",
             )?
             .query_row(params![self.model, hash.to_le_bytes().to_vec()], |r| {
@@ -645,8 +664,8 @@ impl Store {
                 )?;
                 let mut result = tx.prepare_cached(
                     "INSERT OR REPLACE INTO results
-                     (model, hash, status, error, info, probs, dhash, version, created, unusual)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     (model, hash, status, error, info, probs, dhash, version, created, unusual, border)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for p in &items {
                     let hash = p.hash.to_le_bytes().to_vec();
@@ -658,7 +677,7 @@ impl Store {
                         created
                     ])?;
                     if let Some((outcome, dhash)) = &p.outcome {
-                        let (status, error, info, probs, unusual) = status_of(outcome);
+                        let (status, error, info, probs, unusual, border) = status_of(outcome);
                         result.execute(params![
                             self.model,
                             hash,
@@ -669,7 +688,8 @@ impl Store {
                             dhash.as_ref().map(dhash_to_blob),
                             env!("CARGO_PKG_VERSION"),
                             created,
-                            unusual.map(f64::from)
+                            unusual.map(f64::from),
+                            border.map(f64::from)
                         ])?;
                     }
                 }
@@ -799,11 +819,12 @@ pub fn import(into: &Path, from: &Path) -> Result<Imported, StoreError> {
              mtime_ns = excluded.mtime_ns, hash = excluded.hash, seen = excluded.seen
          WHERE excluded.seen > files.seen",
     )?;
-    let columns = "model, hash, status, error, info, probs, dhash, version, created, unusual";
+    let columns =
+        "model, hash, status, error, info, probs, dhash, version, created, unusual, border";
     let results = copy(
         &format!("SELECT {columns} FROM results"),
         &format!(
-            "INSERT OR IGNORE INTO results ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "INSERT OR IGNORE INTO results ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ),
     )?;
     let added = Imported { results, files };

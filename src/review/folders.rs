@@ -23,6 +23,10 @@ pub struct FolderStats {
     pub predicted: Vec<usize>,
     /// Mean probability of each label over the scored images (model order).
     pub mean: Vec<f64>,
+    /// Mean border-attention share over the scored images that have one (see
+    /// [`crate::model::heatmap`]): a folder whose images score on their borders is a folder
+    /// with a shortcut.
+    pub border_attention: Option<f64>,
 }
 
 /// The folder a row's file sits in, relative to the root.
@@ -42,10 +46,13 @@ pub fn by_folder<'a>(
     flagged: impl Fn(&Row) -> bool,
 ) -> Vec<FolderStats> {
     let k = labels.len();
-    let mut map: BTreeMap<String, (FolderStats, Vec<f64>)> = BTreeMap::new();
+    // Per folder: its figures, the sum of each label's probability, and the sum and count of
+    // the border shares.
+    type Sums = (Vec<f64>, f64, usize);
+    let mut map: BTreeMap<String, (FolderStats, Sums)> = BTreeMap::new();
     for row in rows {
         let folder = folder_of(row);
-        let (s, sums) = map.entry(folder.clone()).or_insert_with(|| {
+        let (s, (sums, border, bordered)) = map.entry(folder.clone()).or_insert_with(|| {
             (
                 FolderStats {
                     folder,
@@ -56,8 +63,9 @@ pub fn by_folder<'a>(
                     flagged: 0,
                     predicted: vec![0; k],
                     mean: vec![0.0; k],
+                    border_attention: None,
                 },
-                vec![0.0; k],
+                (vec![0.0; k], 0.0, 0),
             )
         });
         s.images += 1;
@@ -77,15 +85,20 @@ pub fn by_folder<'a>(
                 for (sum, p) in sums.iter_mut().zip(&row.probabilities) {
                     *sum += *p as f64;
                 }
+                if let Some(b) = row.border_attention {
+                    *border += b as f64;
+                    *bordered += 1;
+                }
             }
         }
     }
     let mut out: Vec<FolderStats> = map
         .into_values()
-        .map(|(mut s, sums)| {
+        .map(|(mut s, (sums, border, n))| {
             if s.scored > 0 {
                 s.mean = sums.iter().map(|v| v / s.scored as f64).collect();
             }
+            s.border_attention = (n > 0).then(|| border / n as f64);
             s
         })
         .collect();
@@ -94,7 +107,7 @@ pub fn by_folder<'a>(
 }
 
 /// Write the breakdown as CSV (`folder, images, scored, errors, out_of_scope, flagged,
-/// n_<label>..., mean_p_<label>...`), a JSON array or JSON Lines.
+/// n_<label>..., mean_p_<label>..., mean_border_attention`), a JSON array or JSON Lines.
 pub fn write_folders<W: std::io::Write>(
     mut out: W,
     format: crate::results::ExportFormat,
@@ -117,6 +130,7 @@ pub fn write_folders<W: std::io::Write>(
             .to_vec();
             header.extend(labels.iter().map(|l| format!("n_{l}")));
             header.extend(labels.iter().map(|l| format!("mean_p_{l}")));
+            header.push("mean_border_attention".into());
             w.write_record(&header).map_err(std::io::Error::other)?;
             for s in stats {
                 let mut record = vec![
@@ -135,6 +149,11 @@ pub fn write_folders<W: std::io::Write>(
                         String::new()
                     }
                 }));
+                record.push(
+                    s.border_attention
+                        .map(|b| format!("{b:.4}"))
+                        .unwrap_or_default(),
+                );
                 w.write_record(&record).map_err(std::io::Error::other)?;
             }
             w.flush()?;

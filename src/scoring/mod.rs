@@ -17,7 +17,9 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use crate::catalog::Entry;
 use crate::imaging::dhash::{DHash, dhash};
 use crate::imaging::{self, DicomInfo, Limits};
-use crate::model::{InputSpec, Model, preprocess};
+use crate::imaging::{Thumbnail, thumbnail};
+use crate::model::heatmap::{Heatmap, Overlay, Region};
+use crate::model::{InputSpec, Model, input_crop, preprocess};
 use crate::results::store::{FileKey, Store, content_hash};
 use crate::results::{ImageInfo, Outcome, Scored};
 
@@ -29,7 +31,13 @@ pub struct PipelineOptions {
     pub decoders: usize,
     /// Score images that are out of scope (lateral views, other modalities) anyway.
     pub force: bool,
+    /// Deliver each scored image's heatmap over a gray copy of the image
+    /// ([`Scored::overlay`]); every image is decoded then, none taken from the store.
+    pub overlays: bool,
 }
+
+/// Longest side of the picture kept for an overlay.
+pub const OVERLAY_SIDE: u32 = 1024;
 
 impl Default for PipelineOptions {
     fn default() -> Self {
@@ -38,6 +46,7 @@ impl Default for PipelineOptions {
             batch: 8,
             decoders: cores.max(1),
             force: false,
+            overlays: false,
         }
     }
 }
@@ -52,6 +61,8 @@ struct Plane {
     dhash: DHash,
     /// Where to store the outcome (with a store only).
     key: Option<FileKey>,
+    /// The image in gray and the region the model sees, for an overlay.
+    picture: Option<(Thumbnail, Region)>,
 }
 
 enum Ready {
@@ -104,8 +115,7 @@ pub fn score_all_stored<I, F>(
         });
         for _ in 0..options.decoders.max(1) {
             let (jobs, ready) = (job_rx.clone(), ready_tx.clone());
-            let force = options.force;
-            scope.spawn(move || decode_loop(jobs, ready, spec, force, store, cancel));
+            scope.spawn(move || decode_loop(jobs, ready, spec, options, store, cancel));
         }
         drop((job_rx, ready_tx));
 
@@ -143,7 +153,7 @@ fn decode_loop(
     jobs: Receiver<(usize, Entry)>,
     ready: Sender<Ready>,
     spec: &InputSpec,
-    force: bool,
+    options: &PipelineOptions,
     store: Option<&Store>,
     cancel: &AtomicBool,
 ) {
@@ -151,7 +161,7 @@ fn decode_loop(
         if cancel.load(Ordering::Relaxed) {
             break;
         }
-        let item = prepare(index, entry, spec, force, store);
+        let item = prepare(index, entry, spec, options, store);
         if ready.send(item).is_err() {
             break;
         }
@@ -167,12 +177,14 @@ fn usable(outcome: Outcome, force: bool) -> Option<Outcome> {
             info,
             probs,
             unusual,
+            border,
         } if !force => match info.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
             Some(reason) => Some(Outcome::OutOfScope { info, reason }),
             None => Some(Outcome::Scored {
                 info,
                 probs,
                 unusual,
+                border,
             }),
         },
         other => Some(other),
@@ -185,9 +197,12 @@ fn prepare(
     index: usize,
     entry: Entry,
     spec: &InputSpec,
-    force: bool,
+    options: &PipelineOptions,
     store: Option<&Store>,
 ) -> Ready {
+    let force = options.force;
+    // With overlays, every image is decoded; outcomes are still stored.
+    let reuse = store.filter(|_| !options.overlays);
     let done = |entry, outcome, hash, dhash, cached| {
         Ready::Done(Scored {
             index,
@@ -196,6 +211,7 @@ fn prepare(
             hash,
             dhash,
             cached,
+            overlay: None,
         })
     };
     let failed = |info, error| Outcome::Failed { info, error };
@@ -203,7 +219,7 @@ fn prepare(
         let outcome = failed(None, e.clone());
         return done(entry, outcome, None, None, false);
     }
-    if let Some(store) = store
+    if let Some(store) = reuse
         && let Some(hit) = restore(&entry, store, force)
     {
         return Ready::Done(Scored { index, ..hit });
@@ -215,7 +231,7 @@ fn prepare(
     };
     let key = store.map(|_| FileKey::new(&entry.path, &meta));
     let hash = content_hash(&bytes);
-    if let (Some(store), Some(key)) = (store, &key)
+    if let (Some(store), Some(key)) = (reuse, &key)
         && let Some(hit) = store.by_hash(hash)
         && let Some(outcome) = usable(hit.outcome, force)
     {
@@ -247,6 +263,11 @@ fn prepare(
             hash,
             dhash: dh,
             key,
+            picture: options.overlays.then(|| {
+                let (w, h) = (decoded.image.width, decoded.image.height);
+                let region = Region::of(input_crop(&decoded.image, spec), w, h);
+                (thumbnail(&decoded.image, OVERLAY_SIDE), region)
+            }),
         }),
         Err(e) => stored(entry, failed(Some(info), e.to_string()), Some(dh)),
     }
@@ -268,6 +289,7 @@ pub fn restore(entry: &Entry, store: &Store, force: bool) -> Option<Scored> {
         hash: Some(hit.hash),
         dhash: hit.dhash,
         cached: true,
+        overlay: None,
     })
 }
 
@@ -285,13 +307,28 @@ fn score_batch(model: &Model, mut batch: Vec<Plane>, store: Option<&Store>) -> V
     batch
         .into_iter()
         .map(|p| {
+            let mut overlay = None;
             let outcome = match (&mut rows, &failed) {
                 (Some(rows), _) => match rows.next() {
-                    Some(pred) => Outcome::Scored {
-                        info: p.info,
-                        probs: pred.probs,
-                        unusual: pred.unusual,
-                    },
+                    Some(pred) => {
+                        let border = pred.heatmap.as_ref().and_then(Heatmap::border_share);
+                        overlay =
+                            p.picture
+                                .zip(pred.heatmap)
+                                .map(|((picture, region), heatmap)| {
+                                    Box::new(Overlay {
+                                        picture,
+                                        region,
+                                        heatmap,
+                                    })
+                                });
+                        Outcome::Scored {
+                            info: p.info,
+                            probs: pred.probs,
+                            unusual: pred.unusual,
+                            border,
+                        }
+                    }
                     None => Outcome::Failed {
                         info: Some(p.info),
                         error: "the model returned fewer rows than images".into(),
@@ -313,6 +350,7 @@ fn score_batch(model: &Model, mut batch: Vec<Plane>, store: Option<&Store>) -> V
                 hash: Some(p.hash),
                 dhash: Some(p.dhash),
                 cached: false,
+                overlay,
             }
         })
         .collect()

@@ -12,6 +12,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 use super::keys::{self, Action};
 use crate::catalog::Entry;
 use crate::imaging::Thumbnail;
+use crate::model::heatmap::{Heatmap, Region};
 use crate::model::{Manifest, argmax};
 use crate::results::Scored;
 use crate::results::{ExportFormat, Row, Status as RowStatus, Tally};
@@ -137,8 +138,18 @@ pub enum Command {
     Cancel,
     /// Decode previews of these items, most wanted first; replaces the previous request.
     Previews(Vec<(usize, PathBuf)>),
-    /// Show this file full-screen.
-    Zoom(PathBuf),
+    /// Show this file full-screen, with this heatmap over it when there is one.
+    Zoom {
+        path: PathBuf,
+        heat: Option<Arc<HeatView>>,
+    },
+    /// Compute the heatmap of `label` (`None`: the predicted label) for this item
+    /// (answered by [`Event::Heatmap`]; a newer request replaces one not started).
+    Heatmap {
+        item: usize,
+        path: PathBuf,
+        label: Option<usize>,
+    },
     /// Group these items into duplicates (answered by [`Event::Duplicates`]).
     FindDuplicates {
         candidates: Vec<crate::review::Candidate>,
@@ -179,12 +190,53 @@ pub enum Event {
     Exported(Result<String, String>),
     /// The zoom image is decoded (handled by the runtime, which owns the terminal).
     ZoomReady(Result<Box<crate::imaging::Thumbnail>, String>),
+    /// An item's heatmap, or why there is none.
+    Heatmap {
+        item: usize,
+        label: Option<usize>,
+        result: HeatResult,
+    },
     /// A background thread failed; shown on the message line.
     Problem(String),
     /// Redraw (progress rates, ETA).
     Tick,
     /// SIGTERM, SIGHUP, SIGINT: leave cleanly.
     Signal(i32),
+}
+
+/// A heatmap and where it sits in its image.
+#[derive(Debug, PartialEq)]
+pub struct HeatView {
+    pub heatmap: Heatmap,
+    pub region: Region,
+}
+
+pub type HeatResult = Result<Arc<HeatView>, String>;
+
+/// The heatmap over the preview (`H`): which label, and the maps computed so far.
+#[derive(Debug, Default)]
+pub struct HeatState {
+    pub on: bool,
+    /// The label shown; `None`: each image's predicted label.
+    pub label: Option<usize>,
+    pub(super) maps: HashMap<(usize, Option<usize>), HeatResult>,
+    /// The request in flight.
+    pub(super) asked: Option<(usize, Option<usize>)>,
+}
+
+/// Heatmaps kept (they are small; the list forgets them all past this).
+const HEAT_CACHE: usize = 128;
+
+impl HeatState {
+    /// The map of `item` for the label shown, if computed.
+    pub fn of(&self, item: usize) -> Option<&HeatResult> {
+        self.maps.get(&(item, self.label))
+    }
+
+    /// Is the map of `item` for the label shown on its way?
+    pub fn pending(&self, item: usize) -> bool {
+        self.asked == Some((item, self.label))
+    }
 }
 
 /// Progress of the inference jobs in flight.
@@ -283,6 +335,8 @@ pub struct App {
     pub truth: crate::review::Truth,
     /// Near-duplicate groups.
     pub dups: DupState,
+    /// The heatmap overlay.
+    pub heat: HeatState,
 }
 
 /// The list pane's state.
@@ -399,7 +453,24 @@ impl App {
                 dups_pending: false,
                 dup_threshold: crate::review::duplicates::DEFAULT_THRESHOLD,
             },
+            heat: HeatState::default(),
         }
+    }
+
+    /// The heatmap to compute now: the current item's, when the overlay is on and it is
+    /// neither known nor on its way.
+    pub fn wanted_heatmap(&mut self) -> Option<Command> {
+        let item = self.current().filter(|_| self.heat.on)?;
+        let key = (item, self.heat.label);
+        if self.heat.maps.contains_key(&key) || self.heat.asked == Some(key) {
+            return None;
+        }
+        self.heat.asked = Some(key);
+        Some(Command::Heatmap {
+            item,
+            path: self.items[item].entry.path.clone(),
+            label: self.heat.label,
+        })
     }
 
     /// The item under the cursor.
@@ -537,6 +608,19 @@ impl App {
             }
             Event::Problem(m) => self.message = Some(m),
             Event::ZoomReady(_) => {}
+            Event::Heatmap {
+                item,
+                label,
+                result,
+            } => {
+                if self.heat.asked == Some((item, label)) {
+                    self.heat.asked = None;
+                }
+                if self.heat.maps.len() >= HEAT_CACHE {
+                    self.heat.maps.clear();
+                }
+                self.heat.maps.insert((item, label), result);
+            }
             Event::Signal(_) => out.push(Command::Quit),
         }
         out
@@ -739,8 +823,28 @@ impl App {
             Action::Grid => self.list.grid = !self.list.grid,
             Action::Zoom => {
                 if let Some(i) = self.current() {
-                    out.push(Command::Zoom(self.items[i].entry.path.clone()));
+                    let heat = match self.heat.of(i) {
+                        Some(Ok(view)) if self.heat.on => Some(view.clone()),
+                        _ => None,
+                    };
+                    out.push(Command::Zoom {
+                        path: self.items[i].entry.path.clone(),
+                        heat,
+                    });
                 }
+            }
+            Action::Heatmap => self.heat.on = !self.heat.on,
+            Action::HeatLabelNext | Action::HeatLabelPrev => {
+                // Predicted, then each label in turn, then predicted again.
+                let n = self.labels.len();
+                let at = self.heat.label.map_or(0, |l| l + 1);
+                let next = if action == Action::HeatLabelNext {
+                    (at + 1) % (n + 1)
+                } else {
+                    (at + n) % (n + 1)
+                };
+                self.heat.label = next.checked_sub(1);
+                self.heat.on = true;
             }
             Action::Export => {
                 self.mode = Mode::Export {

@@ -36,6 +36,10 @@ pub enum Action {
     ScrollProbsUp,
     Grid,
     Zoom,
+    /// The heatmap over the preview, on or off.
+    Heatmap,
+    HeatLabelNext,
+    HeatLabelPrev,
     Export,
     Help,
     Quit,
@@ -165,6 +169,16 @@ pub const KEYS: &[Binding] = &[
         keys: "[ ]",
         help: "scroll the probabilities (models with many labels)",
         bind: &[(ch(']'), A::ScrollProbsDown), (ch('['), A::ScrollProbsUp)],
+    },
+    Binding {
+        keys: "H",
+        help: "heatmap (Grad-CAM): where the model looked, over the preview and zoom",
+        bind: &[(ch('H'), A::Heatmap)],
+    },
+    Binding {
+        keys: "< >",
+        help: "heatmap label: predicted → each label in turn",
+        bind: &[(ch('>'), A::HeatLabelNext), (ch('<'), A::HeatLabelPrev)],
     },
     Binding {
         keys: "g",

@@ -11,7 +11,7 @@ use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
 
-use super::app::{App, Command, Event};
+use super::app::{App, Command, Event, HeatView};
 use super::image::{ColorMode, zoom};
 use super::ui;
 use super::workers::{Pause, Workers};
@@ -33,6 +33,8 @@ pub struct Runtime {
     root: PathBuf,
     colors: ColorMode,
     zoom: ZoomState,
+    /// The heatmap to lay over the zoomed image.
+    zoom_heat: Option<Arc<HeatView>>,
     paused: Arc<Pause>,
 }
 
@@ -50,6 +52,7 @@ impl Runtime {
             root,
             colors,
             zoom: ZoomState::Off,
+            zoom_heat: None,
             paused,
         }
     }
@@ -68,6 +71,9 @@ impl Runtime {
                 app.now = Instant::now();
                 let size = terminal.size()?;
                 if let Some(c) = ui::prepare(app, Rect::new(0, 0, size.width, size.height)) {
+                    self.execute(c, app);
+                }
+                if let Some(c) = app.wanted_heatmap() {
                     self.execute(c, app);
                 }
                 terminal.draw(|f| ui::draw(f, app, self.colors))?;
@@ -121,7 +127,8 @@ impl Runtime {
                 if matches!(self.zoom, ZoomState::Loading) {
                     match result {
                         Ok(thumb) => {
-                            zoom::show(&thumb, self.colors, &self.paused)?;
+                            let heat = self.zoom_heat.take();
+                            zoom::show(&thumb, heat.as_deref(), self.colors, &self.paused)?;
                             self.zoom = ZoomState::Showing;
                         }
                         Err(e) => {
@@ -151,8 +158,10 @@ impl Runtime {
             Command::Score(items) => self.workers.score(items),
             Command::Cancel => self.workers.cancel(),
             Command::Previews(list) => self.workers.previews(list),
-            Command::Zoom(path) => {
+            Command::Heatmap { item, path, label } => self.workers.heatmap(item, path, label),
+            Command::Zoom { path, heat } => {
                 self.zoom = ZoomState::Loading;
+                self.zoom_heat = heat;
                 let tx = self.tx.clone();
                 let side = zoom::side();
                 thread::spawn(move || {

@@ -232,7 +232,7 @@ fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     }
     lines.push(Line::raw(""));
     lines.push(head(
-        "by folder (mean probability per label over the scored images)",
+        "by folder (mean probability per label; border: mean heatmap share on the outer band)",
     ));
     let mut header = format!(
         "{:<24} {:>6} {:>6} {:>6}",
@@ -241,6 +241,7 @@ fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     for l in &app.labels {
         header.push_str(&format!(" {:>10}", fit_left(l, 10)));
     }
+    header.push_str(&format!(" {:>7}", "border"));
     lines.push(Line::from(Span::styled(header, theme.dim())));
     for f in &r.folders {
         let mut line = format!(
@@ -256,6 +257,10 @@ fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
             } else {
                 line.push_str(&format!(" {:>10}", "-"));
             }
+        }
+        match f.border_attention {
+            Some(b) => line.push_str(&format!(" {b:>7.2}")),
+            None => line.push_str(&format!(" {:>7}", "-")),
         }
         lines.push(Line::raw(line));
     }
@@ -534,7 +539,7 @@ fn draw_grid(
         let [pic, badge] =
             Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(cell);
         let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
-        draw_picture(frame, app, i, pic, theme, colors, "");
+        draw_picture(frame, app, i, pic, theme, colors, false);
         let text = match item.predicted {
             Some(l) => format!("{} {:.2}", app.manifest.display_name(l), item.probs()[l]),
             None => item.status.name().to_string(),
@@ -555,7 +560,8 @@ fn draw_grid(
     }
 }
 
-/// An item's picture, or why there is none (`error_prefix` before a decode error).
+/// An item's picture, or why there is none; in the preview pane (`preview`) with the heatmap
+/// when it is on, and a longer error.
 fn draw_picture(
     frame: &mut Frame,
     app: &App,
@@ -563,13 +569,23 @@ fn draw_picture(
     area: Rect,
     theme: Theme,
     colors: ColorMode,
-    error_prefix: &str,
+    preview: bool,
 ) {
+    let error_prefix = if preview {
+        "cannot show this file:\n"
+    } else {
+        ""
+    };
+    let heat = match app.heat.of(item) {
+        Some(Ok(view)) if preview && app.heat.on => Some(view.as_ref()),
+        _ => None,
+    };
     match app.preview.previews.peek(item) {
         Some(Preview::Ready { thumb, .. }) => frame.render_widget(
             GrayPicture {
                 thumb,
                 mode: colors,
+                heat,
             },
             area,
         ),
@@ -619,27 +635,20 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     };
     let item = &app.items[i];
     // As many probability rows as leave the picture at least a third of the pane.
+    let info_rows = 2 + u16::from(app.heat.on);
     let room = inner
         .height
-        .saturating_sub(2)
+        .saturating_sub(info_rows)
         .saturating_sub(inner.height / 3)
         .max(1);
     let n_labels = app.labels.len() as u16;
     let [pic, probs, info] = Layout::vertical([
         Constraint::Min(1),
         Constraint::Length(n_labels.min(room)),
-        Constraint::Length(2),
+        Constraint::Length(info_rows),
     ])
     .areas(inner);
-    draw_picture(
-        frame,
-        app,
-        i,
-        pic,
-        theme,
-        colors,
-        "cannot show this file:\n",
-    );
+    draw_picture(frame, app, i, pic, theme, colors, true);
     frame.render_widget(
         Paragraph::new(probability_lines(app, item, probs, theme)),
         probs,
@@ -665,6 +674,9 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         describe.unwrap_or_default(),
         theme.dim(),
     ))];
+    if app.heat.on {
+        info_lines.push(heat_line(app, i, theme));
+    }
     if let Some(err) = item.row.as_ref().and_then(|r| r.error.clone()) {
         info_lines.push(Line::from(Span::styled(err, theme.status(item.status))));
     } else if item.is_unusual()
@@ -681,6 +693,34 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         )));
     }
     frame.render_widget(Paragraph::new(info_lines), info);
+}
+
+/// What the heatmap overlay shows for item `i`: its label and border share, or why not.
+fn heat_line(app: &App, i: usize, theme: Theme) -> Line<'static> {
+    let which = match app.heat.label {
+        Some(l) => app.manifest.display_name(l).to_string(),
+        None => "predicted".to_string(),
+    };
+    let text = match app.heat.of(i) {
+        Some(Ok(view)) => {
+            let border = view
+                .heatmap
+                .border_share()
+                .map(|b| format!(" · border {b:.2}"))
+                .unwrap_or_else(|| " · nothing raised it".into());
+            let label = app.manifest.display_name(view.heatmap.label);
+            let label = if app.heat.label.is_none() {
+                format!("{label} (predicted)")
+            } else {
+                label.to_string()
+            };
+            format!("heatmap: {label}{border} · < > label")
+        }
+        Some(Err(e)) => return Line::from(Span::styled(format!("heatmap: {e}"), theme.error())),
+        None if app.heat.pending(i) => format!("heatmap ({which}): computing…"),
+        None => format!("heatmap ({which})"),
+    };
+    Line::from(Span::styled(text, theme.dim()))
 }
 
 /// The counts line; `compact` for narrow terminals.

@@ -2,7 +2,7 @@
 //! restored from the store), the preview decoders and the inference thread.
 
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use ratatui::crossterm::event;
 
-use super::app::{Event, Preview};
+use super::app::{Event, HeatResult, HeatView, Preview};
 use super::{PREVIEW_SIDE, PREVIEW_THREADS};
 use crate::catalog::{Entry, WalkOptions, walk};
 use crate::imaging::{self, thumbnail};
-use crate::model::Model;
+use crate::model::heatmap::Region;
+use crate::model::{Model, input_crop, preprocess};
 use crate::results::Scored;
 use crate::results::store::Store;
 use crate::scoring::{PipelineOptions, restore, score_all_stored};
@@ -155,9 +156,17 @@ struct Job {
     cancel: Arc<AtomicBool>,
 }
 
+/// The heatmap wanted next (the newest request wins) and whether to stop.
+#[derive(Default)]
+struct HeatQueue {
+    next: Option<(usize, PathBuf, Option<usize>)>,
+    stop: bool,
+}
+
 /// The background threads the UI hands work to.
 pub struct Workers {
     previews: Arc<(Mutex<PreviewQueue>, Condvar)>,
+    heat: Arc<(Mutex<HeatQueue>, Condvar)>,
     jobs: Option<Sender<Job>>,
     cancels: Vec<Arc<AtomicBool>>,
 }
@@ -169,6 +178,12 @@ impl Workers {
             let (queue, tx) = (previews.clone(), tx.clone());
             thread::spawn(move || preview_loop(&queue, &tx));
         }
+        let model = Arc::new(model);
+        let heat = Arc::new((Mutex::new(HeatQueue::default()), Condvar::new()));
+        {
+            let (queue, tx, model) = (heat.clone(), tx.clone(), model.clone());
+            thread::spawn(move || heat_loop(&queue, &model, force, &tx));
+        }
         let (job_tx, job_rx) = unbounded::<Job>();
         let options = PipelineOptions {
             force,
@@ -177,6 +192,7 @@ impl Workers {
         thread::spawn(move || inference_loop(&model, &options, store.as_deref(), &job_rx, &tx));
         Self {
             previews,
+            heat,
             jobs: Some(job_tx),
             cancels: Vec::new(),
         }
@@ -209,9 +225,19 @@ impl Workers {
         cv.notify_all();
     }
 
+    /// Compute this heatmap next (replaces a request not started yet).
+    pub fn heatmap(&self, item: usize, path: PathBuf, label: Option<usize>) {
+        let (lock, cv) = &*self.heat;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).next = Some((item, path, label));
+        cv.notify_all();
+    }
+
     pub fn stop(&mut self) {
         self.cancel();
         self.jobs = None;
+        let (lock, cv) = &*self.heat;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_all();
         let (lock, cv) = &*self.previews;
         lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         cv.notify_all();
@@ -249,6 +275,61 @@ fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), tx: &Sender<Event>) {
             return;
         }
     }
+}
+
+fn heat_loop(queue: &(Mutex<HeatQueue>, Condvar), model: &Model, force: bool, tx: &Sender<Event>) {
+    let (lock, cv) = queue;
+    loop {
+        let (item, path, label) = {
+            let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(next) = q.next.take() {
+                    break next;
+                }
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            heat_of(model, &path, label, force)
+        }))
+        .unwrap_or_else(|_| Err("the heatmap failed (details when the UI closes)".into()));
+        if tx
+            .send(Event::Heatmap {
+                item,
+                label,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One file's heatmap: decoded and preprocessed as for scoring, then Grad-CAM of `label`
+/// (`None`: the predicted one).
+pub fn heat_of(model: &Model, path: &Path, label: Option<usize>, force: bool) -> HeatResult {
+    let d = imaging::load(path).map_err(|e| e.to_string())?;
+    if !force && let Some(reason) = d.dicom.as_ref().and_then(|i| i.out_of_scope()) {
+        return Err(format!("no heatmap: {reason}"));
+    }
+    let spec = &model.manifest.input;
+    let plane = preprocess(&d.image, spec).map_err(|e| e.to_string())?;
+    let region = Region::of(input_crop(&d.image, spec), d.image.width, d.image.height);
+    let maps = match label {
+        Some(l) => model.heatmaps(&[plane], l),
+        None => model
+            .predict_full(&[plane])
+            .map(|p| p.into_iter().filter_map(|p| p.heatmap).collect()),
+    };
+    let heatmap = maps
+        .map_err(|e| e.to_string())?
+        .pop()
+        .ok_or("the model returned no heatmap")?;
+    Ok(Arc::new(HeatView { heatmap, region }))
 }
 
 fn inference_loop(

@@ -5,6 +5,7 @@ mod default_model;
 mod densenet;
 mod dicom;
 mod efficientnet;
+mod heatmap;
 mod hostile;
 mod imaging;
 mod layers;

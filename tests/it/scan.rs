@@ -56,7 +56,7 @@ fn scan_writes_one_row_per_file_and_exits_1_on_failures() {
     let header = text.lines().next().unwrap();
     assert_eq!(
         header,
-        "path,status,error,folder_label,label,format,width,height,bit_depth,modality,view_position,body_part,photometric,study_date,patient_id,study_instance_uid,series_instance_uid,sop_instance_uid,accession_number,p_covid,p_normal,p_pneumonia,predicted,flagged,typicality,unusual_score"
+        "path,status,error,folder_label,label,format,width,height,bit_depth,modality,view_position,body_part,photometric,study_date,patient_id,study_instance_uid,series_instance_uid,sop_instance_uid,accession_number,p_covid,p_normal,p_pneumonia,predicted,flagged,typicality,unusual_score,border_attention"
     );
     let rows = csv_rows(&text);
     let col = |name: &str| header.split(',').position(|h| h == name).unwrap();

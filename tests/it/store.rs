@@ -318,6 +318,7 @@ fn a_stored_score_comes_back_exactly() {
         },
         probs: vec![0.1, 0.2000001, 0.6999999],
         unusual: Some(1.25),
+        border: Some(0.4375),
     };
     let store = Store::open(&path, "m:1").unwrap();
     store.put(key.clone(), 7, &scored, Some([1, 2, 3, u64::MAX]));

@@ -63,6 +63,7 @@ fn scored(app: &App, item: usize, probs: [f32; 3]) -> Event {
                 info: info(),
                 probs: probs.to_vec(),
                 unusual: None,
+                border: None,
             },
         )),
     }
@@ -1001,6 +1002,7 @@ fn scored_with_hashes(
                 info: info(),
                 probs: probs.to_vec(),
                 unusual: None,
+                border: None,
             },
         )
     }
@@ -1159,6 +1161,7 @@ fn multi_label_app() -> App {
                 info: info(),
                 probs: probs.to_vec(),
                 unusual: None,
+                border: None,
             },
         );
         app.update(Event::Scored {
@@ -1234,5 +1237,134 @@ fn readme_lists_the_keys_of_the_key_table() {
     assert!(
         readme.contains(&table),
         "README.md's key table differs from tui::keys::KEYS; it should read:\n{table}"
+    );
+}
+
+// ---------------------------------------------------------------- heatmaps
+
+/// A heatmap hot in its upper left cell only.
+fn hot_corner(label: usize) -> cxr_triage::tui::app::HeatResult {
+    use cxr_triage::model::heatmap::{Heatmap, Region};
+    Ok(Arc::new(cxr_triage::tui::app::HeatView {
+        heatmap: Heatmap {
+            width: 2,
+            height: 2,
+            values: vec![1.0, 0.0, 0.0, 0.0],
+            label,
+        },
+        region: Region::WHOLE,
+    }))
+}
+
+#[test]
+fn capital_h_asks_for_the_current_heatmap_once_and_angles_pick_its_label() {
+    let mut app = scored_app();
+    assert_eq!(app.wanted_heatmap(), None, "off by default");
+    app.update(key('H'));
+    let asked = app.wanted_heatmap();
+    assert!(
+        matches!(
+            asked,
+            Some(Command::Heatmap {
+                item: 0,
+                label: None,
+                ..
+            })
+        ),
+        "{asked:?}"
+    );
+    assert_eq!(app.wanted_heatmap(), None, "asked once");
+    app.update(Event::Heatmap {
+        item: 0,
+        label: None,
+        result: hot_corner(1),
+    });
+    assert_eq!(app.wanted_heatmap(), None, "known");
+    // `>` goes through the labels, then back to the predicted one; `<` the other way.
+    app.update(key('>'));
+    assert_eq!(app.heat.label, Some(0));
+    assert!(matches!(
+        app.wanted_heatmap(),
+        Some(Command::Heatmap { label: Some(0), .. })
+    ));
+    for _ in 0..3 {
+        app.update(key('>'));
+    }
+    assert_eq!(app.heat.label, None);
+    app.update(key('<'));
+    assert_eq!(app.heat.label, Some(2));
+    // The next item gets its own.
+    app.update(key('<'));
+    app.update(key('<'));
+    app.update(key('<'));
+    app.update(key('j'));
+    assert!(matches!(
+        app.wanted_heatmap(),
+        Some(Command::Heatmap {
+            item: 1,
+            label: None,
+            ..
+        })
+    ));
+    // Zoom carries the map when it is on and known.
+    app.update(key('k'));
+    let out = app.update(key('z'));
+    assert!(
+        matches!(&out[..], [Command::Zoom { heat: Some(_), .. }]),
+        "{out:?}"
+    );
+    app.update(key('H'));
+    let out = app.update(key('z'));
+    assert!(matches!(&out[..], [Command::Zoom { heat: None, .. }]));
+}
+
+#[test]
+fn snapshot_heatmap_over_the_preview() {
+    let mut app = scored_app();
+    app.update(Event::Preview {
+        item: 0,
+        preview: Preview::Ready {
+            thumb: Arc::new(gradient(48, 48)),
+            describe: "1024x1024 PNG 8-bit".into(),
+        },
+    });
+    app.update(key('H'));
+    app.update(Event::Heatmap {
+        item: 0,
+        label: None,
+        result: hot_corner(0),
+    });
+    // Under NO_COLOR the ramp shows the heat: dense in the upper left, blank elsewhere.
+    insta::assert_snapshot!(screen(&mut app, 100, 24, ColorMode::None));
+    // In colour, the hot corner's cells are coloured and the cold ones stay gray.
+    let mut terminal = Terminal::new(TestBackend::new(100, 24)).unwrap();
+    ui::prepare(&mut app, ratatui::layout::Rect::new(0, 0, 100, 24));
+    terminal
+        .draw(|f| ui::draw(f, &app, ColorMode::TrueColor))
+        .unwrap();
+    use ratatui::style::Color;
+    let buf = terminal.backend().buffer();
+    let picture: Vec<(u16, u16, Color)> = (0..24)
+        .flat_map(|y| (0..100).map(move |x| (x, y)))
+        .filter(|&(x, y)| buf[(x, y)].symbol() == "▀")
+        .map(|(x, y)| (x, y, buf[(x, y)].fg))
+        .collect();
+    let gray = |c: &Color| matches!(c, Color::Rgb(r, g, b) if r == g && g == b);
+    let (x0, y0) = (picture[0].0, picture[0].1);
+    let (x1, y1) = (picture.last().unwrap().0, picture.last().unwrap().1);
+    let first = picture.iter().find(|p| p.0 == x0 && p.1 == y0).unwrap();
+    assert!(!gray(&first.2), "hot corner {first:?}");
+    let last = picture.iter().find(|p| p.0 == x1 && p.1 == y1).unwrap();
+    assert!(gray(&last.2), "cold corner {last:?}");
+    let text = terminal.backend().to_string();
+    assert!(text.contains("heatmap: covid (predicted)"), "{text}");
+    // A map that failed says why instead.
+    app.update(Event::Heatmap {
+        item: 0,
+        label: None,
+        result: Err("no heatmap: lateral view".into()),
+    });
+    assert!(
+        screen(&mut app, 100, 24, ColorMode::None).contains("heatmap: no heatmap: lateral view")
     );
 }

@@ -5,6 +5,10 @@
 //! square and the image keeps its aspect ratio. Without colour (`NO_COLOR`) each cell gets a
 //! character from a density ramp instead. Works over any SSH connection and inside tmux, and
 //! draws into `TestBackend` like any other widget.
+//!
+//! With a heatmap (`H`), each pixel is blended with the heat's colour
+//! ([`crate::model::heatmap::blend`]); without colour the ramp shows the heat instead of the
+//! brightness, so the overlay still reads under `NO_COLOR`.
 
 pub mod zoom;
 
@@ -14,6 +18,8 @@ use ratatui::style::Color;
 use ratatui::widgets::Widget;
 
 use crate::imaging::Thumbnail;
+use crate::model::heatmap::blend;
+use crate::tui::app::HeatView;
 
 /// How the terminal can show shades of gray.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +54,17 @@ impl ColorMode {
         }
     }
 
+    /// The terminal colour for an RGB pixel (the 6x6x6 cube of the 256 colours).
+    pub fn rgb(self, [r, g, b]: [u8; 3]) -> Color {
+        match self {
+            Self::TrueColor => Color::Rgb(r, g, b),
+            Self::Ansi256 | Self::None => {
+                let q = |v: u8| (v as u16 * 5 + 127) / 255;
+                Color::Indexed((16 + 36 * q(r) + 6 * q(g) + q(b)) as u8)
+            }
+        }
+    }
+
     /// The terminal colour for gray level `v`.
     pub fn gray(self, v: u8) -> Color {
         match self {
@@ -72,6 +89,8 @@ const RAMP: &[u8] = b" .:-=+*#%@";
 pub struct GrayPicture<'a> {
     pub thumb: &'a Thumbnail,
     pub mode: ColorMode,
+    /// A heatmap to lay over the picture.
+    pub heat: Option<&'a HeatView>,
 }
 
 /// The size in cells (columns, rows) a `w` x `h` image gets when fitted into `area`.
@@ -115,18 +134,43 @@ impl Widget for GrayPicture<'_> {
         };
         let left = area.x + (area.width - cols) / 2;
         let top = area.y + (area.height - rows) / 2;
+        // Heat in [0, 1] at a pixel of the pw x ph grid (0 without a heatmap).
+        let scale = self.heat.map_or(0.0, |h| {
+            let max = h.heatmap.max();
+            if max > 0.0 { 1.0 / max } else { 0.0 }
+        });
+        let heat = |px: u32, py: u32| -> Option<f32> {
+            let h = self.heat?;
+            let (fx, fy) = ((px as f32 + 0.5) / pw as f32, (py as f32 + 0.5) / ph as f32);
+            Some(
+                h.region
+                    .inside(fx, fy)
+                    .map_or(0.0, |(u, v)| h.heatmap.sample(u, v) * scale),
+            )
+        };
         for cy in 0..rows {
             for cx in 0..cols {
-                let upper = sample(cx as u32, cy as u32 * 2);
-                let lower = sample(cx as u32, cy as u32 * 2 + 1);
+                let (px, py) = (cx as u32, cy as u32 * 2);
+                let upper = sample(px, py);
+                let lower = sample(px, py + 1);
                 let cell = &mut buf[(left + cx, top + cy)];
-                match self.mode {
-                    ColorMode::None => {
+                match (self.mode, heat(px, py), heat(px, py + 1)) {
+                    (ColorMode::None, Some(a), Some(b)) => {
+                        let v = ((a + b) / 2.0).clamp(0.0, 1.0);
+                        let i = ((v * RAMP.len() as f32) as usize).min(RAMP.len() - 1);
+                        cell.set_char(RAMP[i] as char);
+                    }
+                    (ColorMode::None, _, _) => {
                         let v = (upper as usize + lower as usize) / 2;
                         let c = RAMP[v * RAMP.len() / 256] as char;
                         cell.set_char(c);
                     }
-                    mode => {
+                    (mode, Some(a), Some(b)) => {
+                        cell.set_char('▀')
+                            .set_fg(mode.rgb(blend(upper, a)))
+                            .set_bg(mode.rgb(blend(lower, b)));
+                    }
+                    (mode, _, _) => {
                         cell.set_char('▀')
                             .set_fg(mode.gray(upper))
                             .set_bg(mode.gray(lower));
@@ -171,6 +215,7 @@ mod tests {
         GrayPicture {
             thumb: &t,
             mode: ColorMode::TrueColor,
+            heat: None,
         }
         .render(buf.area, &mut buf);
         for x in 0..2 {
@@ -188,6 +233,7 @@ mod tests {
         GrayPicture {
             thumb: &t,
             mode: ColorMode::None,
+            heat: None,
         }
         .render(buf.area, &mut buf);
         assert_eq!(buf, Buffer::with_lines([" @"]));

@@ -10,10 +10,16 @@ use ratatui::crossterm::{cursor, execute, terminal};
 
 use super::{ColorMode, fitted_cells};
 use crate::imaging::Thumbnail;
+use crate::tui::app::HeatView;
 use crate::tui::workers::Pause;
 
 /// Print the image full-screen with viuer (kitty, iTerm2, sixel, else half-blocks).
-pub fn show(thumb: &Thumbnail, colors: ColorMode, paused: &Pause) -> anyhow::Result<()> {
+pub fn show(
+    thumb: &Thumbnail,
+    heat: Option<&HeatView>,
+    colors: ColorMode,
+    paused: &Pause,
+) -> anyhow::Result<()> {
     let (cols, rows) = terminal::size().unwrap_or((80, 24));
     // viuer reads the terminal's answers to its protocol queries from stdin: stop ours first.
     paused.paused.store(true, Ordering::Release);
@@ -23,8 +29,14 @@ pub fn show(thumb: &Thumbnail, colors: ColorMode, paused: &Pause) -> anyhow::Res
     }
     let mut out = std::io::stdout();
     execute!(out, terminal::Clear(terminal::ClearType::All))?;
-    let img = ::image::GrayImage::from_raw(thumb.width, thumb.height, thumb.pixels.clone())
-        .map(::image::DynamicImage::ImageLuma8);
+    // With a heatmap (and colours), the overlay in colour; else the film in gray.
+    let img = match heat {
+        Some(h) if colors != ColorMode::None => Some(::image::DynamicImage::ImageRgb8(
+            h.heatmap.overlay(thumb, &h.region),
+        )),
+        _ => ::image::GrayImage::from_raw(thumb.width, thumb.height, thumb.pixels.clone())
+            .map(::image::DynamicImage::ImageLuma8),
+    };
     let result = match img {
         Some(img) => {
             // viuer stretches to the width and height it is given: fit them first.
