@@ -248,6 +248,24 @@ pub struct Progress {
     pub jobs: usize,
 }
 
+/// Two sequences, each in `order`, merged into one in `order`.
+fn merge_sorted(
+    a: impl Iterator<Item = usize>,
+    b: Vec<usize>,
+    order: impl Fn(&usize, &usize) -> std::cmp::Ordering,
+) -> Vec<usize> {
+    let mut out = Vec::with_capacity(a.size_hint().0 + b.len());
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while let Some(y) = b.next_if(|y| order(y, &x).is_lt()) {
+            out.push(y);
+        }
+        out.push(x);
+    }
+    out.extend(b);
+    out
+}
+
 /// A small LRU cache of previews.
 #[derive(Debug, Default)]
 pub struct PreviewCache {
@@ -342,7 +360,11 @@ pub struct App {
 /// The list pane's state.
 #[derive(Debug)]
 pub struct ListState {
+    /// The view must be rebuilt (the sort, the filter, the search or the groups changed).
     pub(super) view_dirty: bool,
+    /// Items listed or given a result since the view was built: [`App::refresh_view`] moves
+    /// only these (an O(n) merge, not a sort of the whole list).
+    pub(super) changed: Vec<usize>,
     /// Indices into `items`, filtered and sorted: what the list shows.
     pub view: Vec<usize>,
     /// Position of the cursor in `view`.
@@ -418,6 +440,7 @@ impl App {
             list: ListState {
                 view: Vec::new(),
                 view_dirty: false,
+                changed: Vec::new(),
                 cursor: 0,
                 scroll: 0,
                 sort: SortKey::Name,
@@ -534,6 +557,7 @@ impl App {
             Event::Key(key) if key.kind != KeyEventKind::Release => self.key(key, &mut out),
             Event::Key(_) | Event::Resize | Event::Tick => {}
             Event::Found(entries) => {
+                let first = self.items.len();
                 let truth = &self.truth;
                 self.items.extend(entries.into_iter().map(|entry| Item {
                     truth: truth.of(&entry),
@@ -545,7 +569,7 @@ impl App {
                     hash: None,
                     dhash: None,
                 }));
-                self.list.view_dirty = true;
+                self.list.changed.extend(first..self.items.len());
                 let listed = self.items.len();
                 let ready: Vec<usize> = self.work.early.range(..listed).map(|(i, _)| *i).collect();
                 for i in ready {
@@ -651,7 +675,7 @@ impl App {
             p.done += 1;
         }
         if self.list.sort != SortKey::Name || self.list.filter != Filter::All {
-            self.list.view_dirty = true;
+            self.list.changed.push(index);
         }
     }
 
@@ -950,11 +974,19 @@ impl App {
     }
 
     /// Recompute the filtered, sorted view if anything changed; keeps the cursor on its item.
+    /// Items that were listed or scored since the last refresh are merged into the view where
+    /// they now belong (O(n)); only a new sort, filter, search or duplicate grouping rebuilds
+    /// and sorts the whole view.
     pub fn refresh_view(&mut self) {
-        if !self.list.view_dirty {
+        // The duplicate filter and the disagreement order depend on more than one item.
+        let incremental = !matches!(self.list.filter, Filter::Duplicates | Filter::Disagree);
+        if !incremental && !self.list.changed.is_empty() {
+            self.list.view_dirty = true;
+        }
+        if !self.list.view_dirty && self.list.changed.is_empty() {
             return;
         }
-        self.list.view_dirty = false;
+        let mut changed = std::mem::take(&mut self.list.changed);
         let current = self.current();
         let needle = self.list.search.to_lowercase();
         let in_group: HashMap<usize, usize> = if self.list.filter == Filter::Duplicates {
@@ -987,11 +1019,6 @@ impl App {
                         .to_lowercase()
                         .contains(&needle))
         };
-        let mut view: Vec<usize> = if self.list.filter == Filter::All && needle.is_empty() {
-            (0..self.items.len()).collect()
-        } else {
-            (0..self.items.len()).filter(|&i| keep(i)).collect()
-        };
         let confidence = |i: usize| {
             self.items[i]
                 .probs()
@@ -999,20 +1026,50 @@ impl App {
                 .copied()
                 .fold(-1.0f32, f32::max)
         };
-        match self.list.sort {
-            SortKey::Name if self.list.filter == Filter::Disagree => {
-                view.sort_by(|&a, &b| confidence(b).total_cmp(&confidence(a)).then(a.cmp(&b)))
+        let label_p = |l: usize, i: usize| self.items[i].probs().get(l).copied().unwrap_or(-1.0);
+        // The view's order: every arm is total (ties broken by the index).
+        let order = |a: &usize, b: &usize| -> std::cmp::Ordering {
+            match self.list.sort {
+                SortKey::Name if self.list.filter == Filter::Disagree => {
+                    confidence(*b).total_cmp(&confidence(*a)).then(a.cmp(b))
+                }
+                SortKey::Name if self.list.filter == Filter::Duplicates => {
+                    (in_group.get(a).copied(), *a).cmp(&(in_group.get(b).copied(), *b))
+                }
+                SortKey::Name => a.cmp(b),
+                SortKey::Label(l) => label_p(l, *b).total_cmp(&label_p(l, *a)).then(a.cmp(b)),
+                SortKey::Status => (self.items[*a].status, *a).cmp(&(self.items[*b].status, *b)),
             }
-            SortKey::Name if self.list.filter == Filter::Duplicates => {
-                view.sort_by_key(|i| (in_group.get(i).copied(), *i))
+        };
+        let everything = self.list.filter == Filter::All && needle.is_empty();
+        let view = if everything && self.list.sort == SortKey::Name {
+            // Walk order: every item, as listed.
+            (0..self.items.len()).collect()
+        } else if self.list.view_dirty {
+            let mut view: Vec<usize> = if everything {
+                (0..self.items.len()).collect()
+            } else {
+                (0..self.items.len()).filter(|&i| keep(i)).collect()
+            };
+            if self.list.sort != SortKey::Name || !incremental {
+                view.sort_by(order);
             }
-            SortKey::Name => {}
-            SortKey::Label(l) => view.sort_by(|&a, &b| {
-                let p = |i: usize| self.items[i].probs().get(l).copied().unwrap_or(-1.0);
-                p(b).total_cmp(&p(a)).then(a.cmp(&b))
-            }),
-            SortKey::Status => view.sort_by_key(|&i| (self.items[i].status, i)),
-        }
+            view
+        } else {
+            changed.sort_unstable();
+            changed.dedup();
+            let mut moved: Vec<usize> = changed.iter().copied().filter(|&i| keep(i)).collect();
+            moved.sort_by(order);
+            // The rest keep their values, so they are still in order.
+            let rest = self
+                .list
+                .view
+                .iter()
+                .copied()
+                .filter(|i| changed.binary_search(i).is_err());
+            merge_sorted(rest, moved, order)
+        };
+        self.list.view_dirty = false;
         self.list.view = view;
         self.list.cursor = current
             .and_then(|c| self.list.view.iter().position(|&i| i == c))

@@ -1368,3 +1368,86 @@ fn snapshot_heatmap_over_the_preview() {
         screen(&mut app, 100, 24, ColorMode::None).contains("heatmap: no heatmap: lateral view")
     );
 }
+
+// ---------------------------------------------------------------- the view, kept incrementally
+
+/// What the view must be: the items the filter keeps, in the sort's order (ties by index).
+fn expected_view(app: &App) -> Vec<usize> {
+    let mut want: Vec<usize> = (0..app.items.len())
+        .filter(|&i| match app.list.filter {
+            Filter::All => true,
+            Filter::Label(l) => app.items[i].predicted == Some(l),
+            Filter::Errors => app.items[i].status == Status::Error,
+            Filter::Flagged => app.is_flagged(&app.items[i]),
+            other => panic!("not covered here: {other:?}"),
+        })
+        .collect();
+    let p = |l: usize, i: usize| app.items[i].probs().get(l).copied().unwrap_or(-1.0);
+    match app.list.sort {
+        SortKey::Name => {}
+        SortKey::Label(l) => want.sort_by(|&a, &b| p(l, b).total_cmp(&p(l, a)).then(a.cmp(&b))),
+        SortKey::Status => want.sort_by_key(|&i| (app.items[i].status, i)),
+    }
+    want
+}
+
+/// Results and new files arriving in bursts while the list is sorted by a probability or
+/// filtered: the view merged after each burst is the one a full rebuild would give, and the
+/// cursor stays on its item.
+#[test]
+fn the_view_kept_up_with_each_burst_of_results_equals_a_full_rebuild() {
+    let names: Vec<String> = (0..300).map(|i| format!("f/img-{i:03}.png")).collect();
+    let first: Vec<&str> = names[..200].iter().map(String::as_str).collect();
+    // (sort key presses, filter key presses) for: P(covid); P(normal) within "normal";
+    // status; flagged by name.
+    for (sorts, filters) in [(1, 0), (2, 2), (4, 0), (0, 4)] {
+        let mut app = app_with(&first);
+        app.update(key('R'));
+        for _ in 0..sorts {
+            app.update(key('s'));
+        }
+        for _ in 0..filters {
+            app.update(key('f'));
+        }
+        app.refresh_view();
+        let mut seed = 12345u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as f32 / (1u64 << 31) as f32
+        };
+        for burst in 0..40 {
+            if burst == 20 {
+                // More files found mid-run.
+                app.update(Event::Found(
+                    names[200..].iter().map(|n| entry(n)).collect(),
+                ));
+            }
+            for _ in 0..7 {
+                let item = (next() * app.items.len() as f32) as usize % app.items.len();
+                let ev = if next() < 0.1 {
+                    failed(&app, item, "bad")
+                } else {
+                    let (a, b) = (next(), next());
+                    let (a, b) = (a.min(b), a.max(b));
+                    scored(&app, item, [a, b - a, 1.0 - b])
+                };
+                app.update(ev);
+            }
+            let before = app.current();
+            app.refresh_view();
+            assert_eq!(
+                app.list.view,
+                expected_view(&app),
+                "sorts {sorts} filters {filters}, burst {burst}"
+            );
+            if let Some(c) = before
+                && app.list.view.contains(&c)
+            {
+                assert_eq!(app.current(), Some(c), "the cursor moved off its item");
+            }
+            app.update(key('j'));
+        }
+    }
+}
