@@ -51,6 +51,32 @@ impl Tally {
         self.flagged += usize::from(flagged);
         self.unusual += usize::from(unusual);
     }
+
+    /// Add another tally's counts (of the same model) to these.
+    pub fn add(&mut self, other: &Tally) {
+        self.combine(other, |a, b| a + b);
+    }
+
+    /// Take away counts that were added before (an item whose result changed).
+    pub fn remove(&mut self, other: &Tally) {
+        self.combine(other, usize::saturating_sub);
+    }
+
+    fn combine(&mut self, other: &Tally, f: impl Fn(usize, usize) -> usize) {
+        for (a, &b) in self.per_label.iter_mut().zip(&other.per_label) {
+            *a = f(*a, b);
+        }
+        for (a, b) in [
+            (&mut self.flagged, other.flagged),
+            (&mut self.unusual, other.unusual),
+            (&mut self.errors, other.errors),
+            (&mut self.out_of_scope, other.out_of_scope),
+            (&mut self.pending, other.pending),
+            (&mut self.running, other.running),
+        ] {
+            *a = f(*a, b);
+        }
+    }
 }
 
 #[cfg(test)]

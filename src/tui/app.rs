@@ -355,6 +355,8 @@ pub struct App {
     pub dups: DupState,
     /// The heatmap overlay.
     pub heat: HeatState,
+    /// The summary counts, kept up to date item by item (see [`App::summary`]).
+    counts: Tally,
 }
 
 /// The list pane's state.
@@ -423,6 +425,7 @@ impl App {
         let labels = manifest.labels.clone();
         let truth = crate::review::Truth::folders_only(&labels);
         let mut manifest = manifest.clone();
+        let counts = Tally::new(&manifest);
         if manifest.operating_points.is_empty()
             && let Some(first) = labels.first()
         {
@@ -477,6 +480,7 @@ impl App {
                 dup_threshold: crate::review::duplicates::DEFAULT_THRESHOLD,
             },
             heat: HeatState::default(),
+            counts,
         }
     }
 
@@ -570,6 +574,7 @@ impl App {
                     dhash: None,
                 }));
                 self.list.changed.extend(first..self.items.len());
+                self.counts.pending += self.items.len() - first;
                 let listed = self.items.len();
                 let ready: Vec<usize> = self.work.early.range(..listed).map(|(i, _)| *i).collect();
                 for i in ready {
@@ -657,6 +662,7 @@ impl App {
         // `flagged` in the row is at the operating point of scoring time; it is recomputed
         // against the current one wherever it is shown or exported.
         let mut row = Row::from_scored(scored, &self.manifest, self.show_phi);
+        let before = self.count_of(&self.items[index]);
         let item = &mut self.items[index];
         row.label = item.truth.map(|t| self.labels[t].clone());
         item.hash = scored.hash;
@@ -671,6 +677,9 @@ impl App {
         };
         item.predicted = (item.status == Status::Done).then(|| argmax(&row.probabilities));
         item.row = Some(row);
+        let after = self.count_of(&self.items[index]);
+        self.counts.remove(&before);
+        self.counts.add(&after);
         if let Some(p) = &mut self.work.progress {
             p.done += 1;
         }
@@ -684,6 +693,8 @@ impl App {
         for item in &mut self.items {
             if item.status == Status::Running {
                 item.status = Status::Pending;
+                self.counts.running = self.counts.running.saturating_sub(1);
+                self.counts.pending += 1;
             }
         }
     }
@@ -886,6 +897,7 @@ impl App {
             self.manifest
                 .operating_points
                 .insert(label, (v * 100.0).round() / 100.0);
+            self.counts = self.count_all();
             if self.list.filter == Filter::Flagged {
                 self.list.view_dirty = true;
             }
@@ -910,8 +922,11 @@ impl App {
             return;
         }
         for (i, _) in &jobs {
+            let before = self.count_of(&self.items[*i]);
             self.items[*i].status = Status::Running;
             self.items[*i].marked = false;
+            self.counts.remove(&before);
+            self.counts.running += 1;
         }
         let n = jobs.len();
         match &mut self.work.progress {
@@ -1124,21 +1139,34 @@ impl App {
 
     /// Counts for the summary bar.
     pub fn summary(&self) -> Tally {
+        self.counts.clone()
+    }
+
+    /// The summary counted from scratch over every item: what [`App::summary`] keeps up to
+    /// date one item at a time (a list of a million files is not counted on every frame).
+    pub fn count_all(&self) -> Tally {
         let mut s = Tally::new(&self.manifest);
         for item in &self.items {
-            match item.status {
-                Status::Pending => s.pending += 1,
-                Status::Running => s.running += 1,
-                Status::Error => s.errors += 1,
-                Status::OutOfScope => s.out_of_scope += 1,
-                Status::Done => s.scored(
-                    item.probs(),
-                    item.predicted,
-                    self.is_flagged(item),
-                    item.is_unusual(),
-                    |l| self.threshold_of(l),
-                ),
-            }
+            s.add(&self.count_of(item));
+        }
+        s
+    }
+
+    /// One item's share of the summary.
+    fn count_of(&self, item: &Item) -> Tally {
+        let mut s = Tally::new(&self.manifest);
+        match item.status {
+            Status::Pending => s.pending += 1,
+            Status::Running => s.running += 1,
+            Status::Error => s.errors += 1,
+            Status::OutOfScope => s.out_of_scope += 1,
+            Status::Done => s.scored(
+                item.probs(),
+                item.predicted,
+                self.is_flagged(item),
+                item.is_unusual(),
+                |l| self.threshold_of(l),
+            ),
         }
         s
     }

@@ -1451,3 +1451,44 @@ fn the_view_kept_up_with_each_burst_of_results_equals_a_full_rebuild() {
         }
     }
 }
+
+/// The summary counts kept item by item agree with a count from scratch through runs,
+/// results, failures, cancels, reruns and operating-point changes.
+#[test]
+fn the_summary_kept_item_by_item_equals_a_full_count() {
+    let names: Vec<String> = (0..120).map(|i| format!("f/img-{i:03}.png")).collect();
+    let first: Vec<&str> = names[..80].iter().map(String::as_str).collect();
+    let mut app = app_with(&first);
+    let mut seed = 99u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as f32 / (1u64 << 31) as f32
+    };
+    for step in 0..200 {
+        let item = (next() * app.items.len() as f32) as usize % app.items.len();
+        let ev = match step % 10 {
+            0 => key('R'),
+            1 => key('r'),
+            2 if step % 30 == 2 => code(KeyCode::Esc),
+            3 => key('+'),
+            4 => key('-'),
+            5 if step == 55 => Event::Found(names[80..].iter().map(|n| entry(n)).collect()),
+            6 => failed(&app, item, "bad"),
+            7 => key('j'),
+            _ => {
+                let (a, b) = (next(), next());
+                let (a, b) = (a.min(b), a.max(b));
+                scored(&app, item, [a, b - a, 1.0 - b])
+            }
+        };
+        app.update(ev);
+        assert_eq!(app.summary(), app.count_all(), "step {step}");
+    }
+    let s = app.summary();
+    assert_eq!(
+        s.pending + s.running + s.errors + s.out_of_scope + s.per_label.iter().sum::<usize>(),
+        120
+    );
+}
