@@ -64,17 +64,28 @@ impl Heatmap {
     /// The map resampled to `width x height` (bilinear), scaled to `[0, 1]` by its maximum;
     /// all zeros when nothing in the image raised the label.
     pub fn resample(&self, width: usize, height: usize) -> Vec<f32> {
-        let max = self.max();
-        let scale = if max > 0.0 { 1.0 / max } else { 0.0 };
+        let heat = self.heat_fn(Region::WHOLE);
         let mut out = Vec::with_capacity(width * height);
         for y in 0..height {
             let v = (y as f32 + 0.5) / height as f32;
             for x in 0..width {
-                let u = (x as f32 + 0.5) / width as f32;
-                out.push(self.sample(u, v) * scale);
+                out.push(heat((x as f32 + 0.5) / width as f32, v));
             }
         }
         out
+    }
+
+    /// Heat in `[0, 1]` (scaled by the map's maximum, found once) at `(fx, fy)`, fractions of
+    /// the whole image whose `region` the model saw; 0 outside the region, and everywhere for a
+    /// map with nothing positive. What every drawing of the map samples.
+    pub fn heat_fn(&self, region: Region) -> impl Fn(f32, f32) -> f32 + '_ {
+        let max = self.max();
+        let scale = if max > 0.0 { 1.0 / max } else { 0.0 };
+        move |fx, fy| {
+            region
+                .inside(fx, fy)
+                .map_or(0.0, |(u, v)| self.sample(u, v) * scale)
+        }
     }
 
     /// The share of the heatmap's mass in the outer [`BORDER`] band of the input (its four
@@ -178,28 +189,19 @@ pub fn blend(gray: u8, v: f32) -> [u8; 3] {
 }
 
 impl Heatmap {
-    /// Heat in `[0, 1]` (scaled by the map's maximum) at `(fx, fy)`, fractions of the whole
-    /// image whose `region` the model saw; 0 outside the region.
+    /// [`Heatmap::heat_fn`] at one point.
     pub fn heat_at(&self, region: &Region, fx: f32, fy: f32) -> f32 {
-        let max = self.max();
-        match region.inside(fx, fy) {
-            Some((u, v)) if max > 0.0 => self.sample(u, v) / max,
-            _ => 0.0,
-        }
+        self.heat_fn(*region)(fx, fy)
     }
 
     /// The picture in gray with the heatmap blended over it (an RGB image of the picture's
     /// size).
     pub fn overlay(&self, picture: &Thumbnail, region: &Region) -> image::RgbImage {
         let (w, h) = (picture.width.max(1), picture.height.max(1));
-        let max = self.max();
-        let scale = if max > 0.0 { 1.0 / max } else { 0.0 };
+        let heat = self.heat_fn(*region);
         image::RgbImage::from_fn(picture.width, picture.height, |x, y| {
             let gray = picture.pixels[(y * picture.width + x) as usize];
-            let (fx, fy) = ((x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32);
-            let v = region
-                .inside(fx, fy)
-                .map_or(0.0, |(u, v)| self.sample(u, v) * scale);
+            let v = heat((x as f32 + 0.5) / w as f32, (y as f32 + 0.5) / h as f32);
             image::Rgb(blend(gray, v))
         })
     }

@@ -233,6 +233,14 @@ impl HeatState {
         self.maps.get(&(item, self.label))
     }
 
+    /// The map to draw over `item`: only while the overlay is on and the map is computed.
+    pub fn shown(&self, item: usize) -> Option<&Arc<HeatView>> {
+        match self.of(item) {
+            Some(Ok(view)) if self.on => Some(view),
+            _ => None,
+        }
+    }
+
     /// Is the map of `item` for the label shown on its way?
     pub fn pending(&self, item: usize) -> bool {
         self.asked == Some((item, self.label))
@@ -858,10 +866,7 @@ impl App {
             Action::Grid => self.list.grid = !self.list.grid,
             Action::Zoom => {
                 if let Some(i) = self.current() {
-                    let heat = match self.heat.of(i) {
-                        Some(Ok(view)) if self.heat.on => Some(view.clone()),
-                        _ => None,
-                    };
+                    let heat = self.heat.shown(i).cloned();
                     out.push(Command::Zoom {
                         path: self.items[i].entry.path.clone(),
                         heat,

@@ -576,10 +576,7 @@ fn draw_picture(
     } else {
         ""
     };
-    let heat = match app.heat.of(item) {
-        Some(Ok(view)) if preview && app.heat.on => Some(view.as_ref()),
-        _ => None,
-    };
+    let heat = app.heat.shown(item).filter(|_| preview).map(|v| v.as_ref());
     match app.preview.previews.peek(item) {
         Some(Preview::Ready { thumb, .. }) => frame.render_widget(
             GrayPicture {

@@ -134,19 +134,14 @@ impl Widget for GrayPicture<'_> {
         };
         let left = area.x + (area.width - cols) / 2;
         let top = area.y + (area.height - rows) / 2;
-        // Heat in [0, 1] at a pixel of the pw x ph grid (0 without a heatmap).
-        let scale = self.heat.map_or(0.0, |h| {
-            let max = h.heatmap.max();
-            if max > 0.0 { 1.0 / max } else { 0.0 }
-        });
+        // Heat in [0, 1] at a pixel of the pw x ph grid (`None` without a heatmap).
+        let sampler = self.heat.map(|h| h.heatmap.heat_fn(h.region));
         let heat = |px: u32, py: u32| -> Option<f32> {
-            let h = self.heat?;
-            let (fx, fy) = ((px as f32 + 0.5) / pw as f32, (py as f32 + 0.5) / ph as f32);
-            Some(
-                h.region
-                    .inside(fx, fy)
-                    .map_or(0.0, |(u, v)| h.heatmap.sample(u, v) * scale),
-            )
+            let f = sampler.as_ref()?;
+            Some(f(
+                (px as f32 + 0.5) / pw as f32,
+                (py as f32 + 0.5) / ph as f32,
+            ))
         };
         for cy in 0..rows {
             for cx in 0..cols {
