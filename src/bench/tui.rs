@@ -19,6 +19,7 @@ use crate::tui::{Runtime, Workers, spawn_walk, ui};
 
 pub struct TuiFigures {
     pub files: usize,
+    pub folders: usize,
     pub real: usize,
     /// Median ms from start (model load included) to the first frame with a full list.
     pub first_frame_ms: f64,
@@ -70,9 +71,10 @@ fn drain(app: &mut App, runtime: &mut Runtime, rx: &Receiver<Event>) {
     }
 }
 
-/// Make `files` files in `dir`: every `files / real`-th a generated 1024x1024 PNG (hard links
-/// of one file), the rest empty stubs (they list like images and fail fast when scored).
-pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()> {
+/// Make `files` files in `dir`, spread over `folders` subfolders (`d0000/`, ...; 1: all in
+/// `dir`): every `files / real`-th a generated 1024x1024 PNG (hard links of one file), the rest
+/// empty stubs (they list like images and fail fast when scored).
+pub fn make_folder(dir: &Path, files: usize, real: usize, folders: usize) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let png = {
         let img = image::DynamicImage::ImageLuma16(super::synthetic_xray(1024, 1)).to_luma8();
@@ -82,10 +84,21 @@ pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()>
         out.into_inner()
     };
     let every = (files / real.max(1)).max(1);
-    let original = dir.join("img-00000.png");
+    let folders = folders.clamp(1, files.max(1));
+    let folder = |i: usize| {
+        if folders == 1 {
+            dir.to_path_buf()
+        } else {
+            dir.join(format!("d{:04}", i * folders / files.max(1)))
+        }
+    };
+    for f in 0..folders {
+        std::fs::create_dir_all(folder(f * files.max(1) / folders))?;
+    }
+    let original = folder(0).join("img-00000.png");
     std::fs::write(&original, &png)?;
     for i in 1..files {
-        let path = dir.join(format!("img-{i:05}.png"));
+        let path = folder(i).join(format!("img-{i:05}.png"));
         if i % every == 0 {
             // Hard links: the same decode work per file without the disk space.
             if std::fs::hard_link(&original, &path).is_err() {
@@ -96,6 +109,14 @@ pub fn make_folder(dir: &Path, files: usize, real: usize) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// This process's peak resident memory in MiB (Linux; `None` elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// The UI's command runner, without a screen of its own.
@@ -123,11 +144,12 @@ fn start(dir: &Path) -> anyhow::Result<(App, Runtime, Receiver<Event>, SinkTermi
 pub fn figures(
     dir: &Path,
     files: usize,
+    folders: usize,
     real: usize,
     runs: usize,
     keys: usize,
 ) -> anyhow::Result<TuiFigures> {
-    make_folder(dir, files, real)?;
+    make_folder(dir, files, real, folders)?;
     let mut first = Vec::new();
     let mut all = Vec::new();
     for run in 0..=runs {
@@ -204,6 +226,29 @@ pub fn figures(
             times.len(),
         ));
     }
+    // Search: '/' then a few characters, each key filtering every path (no sleep between).
+    while app.list.sort != crate::tui::app::SortKey::Name {
+        app.update(key('s'));
+    }
+    let mut times = Vec::new();
+    for c in "/img-12".chars() {
+        let t = Instant::now();
+        drain(&mut app, &mut runtime, &rx);
+        for c in app.update(key(c)) {
+            runtime.execute(c, &mut app);
+        }
+        frame(&mut app, &mut runtime, &mut terminal);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    app.update(Event::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)));
+    times.sort_by(f64::total_cmp);
+    scenarios.push((
+        "search (/img-12, per key)".to_string(),
+        times[times.len() / 2],
+        *times.last().unwrap_or(&0.0),
+        *times.last().unwrap_or(&0.0),
+        times.len(),
+    ));
     let scored = app
         .items
         .iter()
@@ -212,6 +257,7 @@ pub fn figures(
     runtime.workers.stop();
     Ok(TuiFigures {
         files,
+        folders,
         real,
         first_frame_ms: super::median(first),
         all_listed_ms: super::median(all),
@@ -244,7 +290,7 @@ pub fn reopen_figures(
 ) -> anyhow::Result<ReopenFigures> {
     use crate::results::store::{FileKey, Store, model_id};
     use crate::results::{ImageInfo, Outcome};
-    make_folder(dir, files, 0)?;
+    make_folder(dir, files, 0, 1)?;
     let model = Model::embedded()?;
     let id = model_id(&model.manifest);
     let t = Instant::now();

@@ -102,7 +102,7 @@ impl Dataset {
             .collect();
         let labels: Vec<String> = entries
             .iter()
-            .filter_map(|e| e.folder_label.clone())
+            .filter_map(|e| e.folder_label.as_deref().map(String::from))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();

@@ -4,12 +4,12 @@ pub mod dataset;
 mod natural;
 pub mod shard;
 
-pub use natural::natural_cmp;
+pub use natural::{natural_cmp, path_cmp};
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use walkdir::WalkDir;
+use std::sync::Arc;
 
 use crate::imaging::{Format, sniff};
 
@@ -19,25 +19,88 @@ pub const IMAGE_EXTENSIONS: &[&str] = &[
 ];
 
 /// One file the walk found, or one place it could not read.
+///
+/// Kept small (a million of them sit in the UI's list): the path relative to the root is the
+/// tail of `path`, not a second copy, and the class-folder label is shared by every entry of
+/// its folder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     /// Path as found (root joined with the relative path).
     pub path: PathBuf,
-    /// Path relative to the walked root, for display and export.
-    pub rel: PathBuf,
-    /// Name of the first folder below the root, when the entry sits in one (class folders).
-    pub folder_label: Option<String>,
+    /// Where the path relative to the walked root starts in `path`: 0 or just after a separator.
+    rel_start: u32,
+    /// Name of the first folder below the root, when the entry sits in one (class folders), or
+    /// the label a data set gives the file.
+    pub folder_label: Option<Arc<str>>,
     /// Set when the walk itself failed here (permission denied, symlink loop).
-    pub walk_error: Option<String>,
+    pub walk_error: Option<Box<str>>,
 }
 
-/// How to walk.
-#[derive(Clone, Debug, Default)]
-pub struct WalkOptions {
-    /// Follow symbolic links (loops are detected and reported, not followed forever).
-    pub follow_links: bool,
-    /// Include files and folders whose names start with a dot.
-    pub hidden: bool,
+/// Where `tail` starts in `path` when it is `path`'s end after a separator (or all of it).
+fn tail_start(path: &Path, tail: &Path) -> Option<usize> {
+    let (p, t) = (
+        path.as_os_str().as_encoded_bytes(),
+        tail.as_os_str().as_encoded_bytes(),
+    );
+    let start = p.len().checked_sub(t.len())?;
+    let boundary = start == 0 || std::path::is_separator(char::from(p[start - 1]));
+    (p.ends_with(t) && boundary && u32::try_from(start).is_ok()).then_some(start)
+}
+
+impl Entry {
+    /// `path`, found under `root`; the first folder below the root is its folder label.
+    pub fn new(root: &Path, path: PathBuf) -> Entry {
+        let rel = match path.strip_prefix(root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => Some(rel),
+            Ok(_) => path.file_name().map(Path::new),
+            Err(_) => None,
+        };
+        let rel_start = rel.and_then(|rel| tail_start(&path, rel)).unwrap_or(0);
+        let mut entry = Entry {
+            rel_start: rel_start as u32,
+            path,
+            folder_label: None,
+            walk_error: None,
+        };
+        let mut parts = entry.rel().components();
+        if let (Some(dir), Some(_)) = (parts.next(), parts.next()) {
+            entry.folder_label = Some(dir.as_os_str().to_string_lossy().into());
+        }
+        entry
+    }
+
+    /// One file on its own: its relative path is its name.
+    pub fn file(path: PathBuf) -> Entry {
+        let name = path.file_name().map(Path::new);
+        let rel_start = name.and_then(|n| tail_start(&path, n)).unwrap_or(0);
+        Entry {
+            rel_start: rel_start as u32,
+            path,
+            folder_label: None,
+            walk_error: None,
+        }
+    }
+
+    /// The same entry with another label (a data set's, not a folder's).
+    pub fn with_label(mut self, label: Option<Arc<str>>) -> Entry {
+        self.folder_label = label;
+        self
+    }
+
+    /// The same entry, marked as a place the walk could not read.
+    pub fn with_error(mut self, error: impl Into<Box<str>>) -> Entry {
+        self.walk_error = Some(error.into());
+        self
+    }
+
+    /// Path relative to the walked root, for display and export.
+    pub fn rel(&self) -> &Path {
+        let bytes = self.path.as_os_str().as_encoded_bytes();
+        let tail = &bytes[self.rel_start as usize..];
+        // SAFETY: `rel_start` is 0 or just after a path separator, an ASCII character: a
+        // boundary at which an `OsStr` may be split (`tail_start` checked it).
+        Path::new(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(tail) })
+    }
 }
 
 /// Is this a file we should try to decode? Known extensions are taken on their name; files
@@ -55,17 +118,6 @@ fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|ext| IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
 }
 
-#[cfg(unix)]
-fn is_special(t: &std::fs::FileType) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    t.is_fifo() || t.is_socket() || t.is_block_device() || t.is_char_device()
-}
-
-#[cfg(not(unix))]
-fn is_special(_: &std::fs::FileType) -> bool {
-    false
-}
-
 fn sniff_file(path: &Path) -> Option<Format> {
     let mut head = Vec::with_capacity(132);
     std::fs::File::open(path)
@@ -76,76 +128,235 @@ fn sniff_file(path: &Path) -> Option<Format> {
     sniff(&head)
 }
 
-/// Walk `root` lazily, yielding image candidates in natural order (`img2` before `img10`),
-/// folder by folder. A single file as `root` yields just that file.
-pub fn walk(root: &Path, options: &WalkOptions) -> impl Iterator<Item = Entry> {
-    let root = root.to_path_buf();
-    let hidden = options.hidden;
-    let walker = WalkDir::new(&root)
-        .follow_links(options.follow_links)
-        .sort_by(|a, b| {
-            natural_cmp(
-                &a.file_name().to_string_lossy(),
-                &b.file_name().to_string_lossy(),
-            )
-        })
-        .into_iter()
-        .filter_entry(move |e| {
-            hidden || e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
-        });
-    walker.filter_map(move |item| match item {
-        Ok(e) if e.file_type().is_dir() => None,
-        Ok(e) => {
-            // With follow_links off, a link is listed as a link: take it when it points at a file.
-            let is_file = e.file_type().is_file() || (e.path_is_symlink() && e.path().is_file());
-            if is_file {
-                return (e.depth() == 0 || is_candidate(e.path()))
-                    .then(|| make_entry(&root, e.path(), None));
-            }
-            // A FIFO, socket or device named like an image gets its row (an error when it is
-            // read); it is never opened here, where opening a FIFO would block the walk.
-            (is_special(&e.file_type()) && (e.depth() == 0 || has_image_extension(e.path())))
-                .then(|| make_entry(&root, e.path(), None))
-        }
-        Err(err) => {
-            let path = err
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.clone());
-            let message = match err.loop_ancestor() {
-                Some(a) => format!("symlink loop back to {}", a.display()),
-                None => err
-                    .io_error()
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| err.to_string()),
-            };
-            Some(make_entry(
-                &root,
-                &path,
-                Some(format!("cannot read: {message}")),
-            ))
-        }
-    })
+/// How to walk.
+#[derive(Clone, Debug, Default)]
+pub struct WalkOptions {
+    /// Follow symbolic links (loops are detected and reported, not followed forever).
+    pub follow_links: bool,
+    /// Include files and folders whose names start with a dot.
+    pub hidden: bool,
+    /// A folder with more entries than this is not read whole and sorted before its first file
+    /// is yielded: it is streamed in naturally sorted chunks of this size, in no order between
+    /// chunks (the UI, which sorts what it lists, sees the first files at once). `None`: every
+    /// folder is read whole, so the walk's order is the natural order (`scan`, `eval`).
+    pub stream_after: Option<usize>,
 }
 
-fn make_entry(root: &Path, path: &Path, walk_error: Option<String>) -> Entry {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    let rel = if rel.as_os_str().is_empty() {
-        PathBuf::from(path.file_name().unwrap_or(path.as_os_str()))
-    } else {
-        rel.to_path_buf()
-    };
-    let mut parts = rel.components();
-    let first = parts.next();
-    let folder_label = match (first, parts.next()) {
-        (Some(dir), Some(_)) => Some(dir.as_os_str().to_string_lossy().into_owned()),
-        _ => None,
-    };
-    Entry {
-        path: path.to_path_buf(),
-        rel,
-        folder_label,
-        walk_error,
+/// What a folder's listing said about one name.
+#[derive(Debug)]
+enum Kind {
+    File,
+    Dir,
+    /// A link the walk does not follow (`follow_links` off): taken when it points at a file.
+    Link,
+    /// A FIFO, socket or device.
+    Special,
+}
+
+/// One name read from a folder, or an error reading it.
+type Found = Result<(OsString, Kind), String>;
+
+/// A folder being walked: what is left of its sorted listing, and (a streamed big folder) the
+/// listing not read yet.
+struct Folder {
+    path: PathBuf,
+    /// Same-file identity, to catch a followed link back to an ancestor.
+    id: Option<(u64, u64)>,
+    /// Sorted names still to visit, the next last.
+    pending: Vec<Found>,
+    rest: Option<std::fs::ReadDir>,
+}
+
+/// The walk's state: a stack of folders, the deepest last.
+struct Walk {
+    root: PathBuf,
+    options: WalkOptions,
+    stack: Vec<Folder>,
+    /// Set until the root has been looked at.
+    start: bool,
+    /// The folder label of the last entry, shared with the next of the same folder.
+    label: Option<Arc<str>>,
+}
+
+/// Walk `root` lazily, yielding image candidates folder by folder, in natural order (`img2`
+/// before `img10`) unless `stream_after` streams a big folder. A single file as `root` yields
+/// just that file.
+pub fn walk(root: &Path, options: &WalkOptions) -> impl Iterator<Item = Entry> + use<> {
+    Walk {
+        root: root.to_path_buf(),
+        options: options.clone(),
+        stack: Vec::new(),
+        start: true,
+        label: None,
+    }
+}
+
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+impl Walk {
+    fn entry(&mut self, path: PathBuf) -> Entry {
+        let mut entry = Entry::new(&self.root, path);
+        match (&entry.folder_label, &self.label) {
+            (Some(new), Some(old)) if new == old => entry.folder_label = Some(old.clone()),
+            (Some(new), _) => self.label = Some(new.clone()),
+            _ => {}
+        }
+        entry
+    }
+
+    fn error(&mut self, path: PathBuf, message: &str) -> Entry {
+        self.entry(path)
+            .with_error(format!("cannot read: {message}"))
+    }
+
+    /// Start on a folder: read its listing (whole, or a first chunk of a big one).
+    fn enter(&mut self, path: PathBuf, id: Option<(u64, u64)>) -> Option<Entry> {
+        if let Some(a) = id.and_then(|id| self.stack.iter().find(|f| f.id == Some(id))) {
+            let message = format!("symlink loop back to {}", a.path.display());
+            return Some(self.error(path, &message));
+        }
+        match std::fs::read_dir(&path) {
+            Ok(listing) => {
+                let mut folder = Folder {
+                    path,
+                    id,
+                    pending: Vec::new(),
+                    rest: Some(listing),
+                };
+                self.read_more(&mut folder);
+                self.stack.push(folder);
+                None
+            }
+            Err(e) => Some(self.error(path, &e.to_string())),
+        }
+    }
+
+    /// Fill `pending` from the listing: all of it, or the next chunk of a streamed folder.
+    fn read_more(&self, folder: &mut Folder) {
+        let Some(listing) = folder.rest.as_mut() else {
+            return;
+        };
+        let chunk = self.options.stream_after.unwrap_or(usize::MAX).max(1);
+        let mut found = Vec::new();
+        for item in listing.by_ref() {
+            let item = item.map_err(|e| e.to_string()).and_then(|d| {
+                let name = d.file_name();
+                let kind = match d.file_type() {
+                    Ok(t) if t.is_dir() => Kind::Dir,
+                    Ok(t) if t.is_file() => Kind::File,
+                    Ok(t) if t.is_symlink() => Kind::Link,
+                    Ok(_) => Kind::Special,
+                    Err(e) => return Err(e.to_string()),
+                };
+                Ok((name, kind))
+            });
+            if let Ok((name, _)) = &item
+                && !self.options.hidden
+                && name.as_encoded_bytes().starts_with(b".")
+            {
+                continue;
+            }
+            found.push(item);
+            if found.len() >= chunk {
+                break;
+            }
+        }
+        if found.len() < chunk {
+            folder.rest = None;
+        }
+        // Sorted, then reversed: the next to visit is popped from the end.
+        found.sort_by(|a, b| match (a, b) {
+            (Ok((a, _)), Ok((b, _))) => natural_cmp(&b.to_string_lossy(), &a.to_string_lossy()),
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+        });
+        folder.pending = found;
+    }
+
+    /// What one name in the folder on top of the stack gives: an entry, a folder to enter, or
+    /// nothing.
+    fn visit(&mut self, found: Found) -> Option<Entry> {
+        let dir = &self.stack.last()?.path;
+        let (name, kind) = match found {
+            Ok(f) => f,
+            Err(message) => {
+                let dir = dir.clone();
+                return Some(self.error(dir, &message));
+            }
+        };
+        let path = dir.join(&name);
+        let kind = match kind {
+            Kind::Link if self.options.follow_links => match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => return self.enter(path, identity(&meta)),
+                Ok(meta) if meta.is_file() => Kind::File,
+                Ok(_) => Kind::Special,
+                Err(e) => return Some(self.error(path, &e.to_string())),
+            },
+            kind => kind,
+        };
+        match kind {
+            Kind::Dir => {
+                let id = if self.options.follow_links {
+                    std::fs::metadata(&path).ok().as_ref().and_then(identity)
+                } else {
+                    None
+                };
+                self.enter(path, id)
+            }
+            Kind::File => is_candidate(&path).then(|| self.entry(path)),
+            Kind::Link => (path.is_file() && is_candidate(&path)).then(|| self.entry(path)),
+            // A FIFO, socket or device named like an image gets its row (an error when it is
+            // read); it is never opened here, where opening a FIFO would block the walk.
+            Kind::Special => has_image_extension(&path).then(|| self.entry(path)),
+        }
+    }
+
+    /// The root: a file (or FIFO, device) is yielded as it is, a folder is entered.
+    fn begin(&mut self) -> Option<Entry> {
+        let root = self.root.clone();
+        match std::fs::metadata(&root) {
+            Ok(meta) if meta.is_dir() => self.enter(root, identity(&meta)),
+            Ok(_) => Some(Entry::file(root)),
+            Err(e) => Some(self.error(root, &e.to_string())),
+        }
+    }
+}
+
+impl Iterator for Walk {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        if std::mem::take(&mut self.start)
+            && let Some(entry) = self.begin()
+        {
+            return Some(entry);
+        }
+        loop {
+            let top = self.stack.last_mut()?;
+            let Some(found) = top.pending.pop() else {
+                if top.rest.is_some() {
+                    let mut folder = self.stack.pop()?;
+                    self.read_more(&mut folder);
+                    self.stack.push(folder);
+                } else {
+                    self.stack.pop();
+                }
+                continue;
+            };
+            if let Some(entry) = self.visit(found) {
+                return Some(entry);
+            }
+        }
     }
 }
 

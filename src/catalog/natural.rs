@@ -98,6 +98,27 @@ fn split_chunk(s: &str) -> (&str, &str) {
     s.split_at(end)
 }
 
+/// Compare relative paths in the walk's order: folder by folder, each name by [`natural_cmp`]
+/// (a folder's files sort where the folder's name sorts among its siblings).
+pub fn path_cmp(a: &std::path::Path, b: &std::path::Path) -> Ordering {
+    let mut x = a.components();
+    let mut y = b.components();
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q)) if p == q => {}
+            (Some(p), Some(q)) => {
+                return natural_cmp(
+                    &p.as_os_str().to_string_lossy(),
+                    &q.as_os_str().to_string_lossy(),
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,11 +200,23 @@ fn scan(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {
 fn tui(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("cxr-triage-bench-tui-{}", std::process::id()));
     let real = 1000.min(args.tui_files);
-    let figures = crate::bench::tui::figures(&dir, args.tui_files, real, args.runs, args.keys);
+    let figures = crate::bench::tui::figures(
+        &dir,
+        args.tui_files,
+        args.tui_folders,
+        real,
+        args.runs,
+        args.keys,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let f = figures?;
+    let layout = if f.folders > 1 {
+        format!(" in {} folders", f.folders)
+    } else {
+        String::new()
+    };
     println!(
-        "\nterminal UI, 120x35, folder of {} files ({} real 1024x1024 PNGs, the rest empty stubs)",
+        "\nterminal UI, 120x35, {} files{layout} ({} real 1024x1024 PNGs, the rest empty stubs)",
         f.files, f.real
     );
     println!(
@@ -219,5 +231,8 @@ fn tui(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!("  images scored by then       {:>8}", f.scored_meanwhile);
+    if let Some(peak) = crate::bench::tui::peak_rss_mib() {
+        println!("  peak memory of the process  {peak:>8.0} MiB (every run, the model included)");
+    }
     Ok(())
 }

@@ -165,6 +165,7 @@ impl InputArgs {
         crate::catalog::WalkOptions {
             follow_links: self.follow_links,
             hidden: self.hidden,
+            stream_after: None,
         }
     }
 }
@@ -288,6 +289,9 @@ pub struct BenchArgs {
     /// Files in the folder for the UI figures (empty stubs, 1,000 of them real images).
     #[arg(long, default_value_t = 20_000)]
     pub tui_files: usize,
+    /// Subfolders the UI figures' files are spread over (1: all in one folder).
+    #[arg(long, default_value_t = 1)]
+    pub tui_folders: usize,
     /// Key presses per UI latency figure.
     #[arg(long, default_value_t = 500)]
     pub keys: usize,

@@ -433,7 +433,7 @@ fn find_images(args: &ScanArgs) -> (Vec<crate::catalog::Entry>, ProgressBar) {
     let walk_options = args.input.walk_options();
     let entries: Vec<_> = walk(&args.path, &walk_options)
         .inspect(|_| progress.tick())
-        .filter(|e| args.shard.is_none_or(|s| s.contains(&e.rel)))
+        .filter(|e| args.shard.is_none_or(|s| s.contains(e.rel())))
         .collect();
     if entries.is_empty() {
         progress.finish_and_clear();

@@ -103,17 +103,12 @@ pub fn evaluate(
     if samples.is_empty() {
         return Err(EvalError::EmptySplit(split));
     }
+    let names: Vec<std::sync::Arc<str>> = data.labels.iter().map(|l| l.as_str().into()).collect();
     let entries: Vec<Entry> = samples
         .iter()
-        .map(|s| Entry {
-            path: s.path.clone(),
-            rel: s
-                .path
-                .strip_prefix(&data.sources[s.source].root)
-                .unwrap_or(&s.path)
-                .to_path_buf(),
-            folder_label: Some(data.labels[s.label].clone()),
-            walk_error: None,
+        .map(|s| {
+            Entry::new(&data.sources[s.source].root, s.path.clone())
+                .with_label(Some(names[s.label].clone()))
         })
         .collect();
     let mut probs = Vec::new();
@@ -136,7 +131,7 @@ pub fn evaluate(
                 unusual += usize::from(u.map(Typicality::of) == Some(Typicality::Unusual));
             }
             Outcome::Failed { error, .. } | Outcome::OutOfScope { reason: error, .. } => {
-                failed.push(format!("{}: {error}", s.entry.rel.display()))
+                failed.push(format!("{}: {error}", s.entry.rel().display()))
             }
         },
     );

@@ -138,9 +138,9 @@ impl Row {
             Default::default()
         };
         Row {
-            path: s.entry.rel.to_string_lossy().into_owned(),
+            path: s.entry.rel().to_string_lossy().into_owned(),
             status,
-            folder_label: s.entry.folder_label.clone(),
+            folder_label: s.entry.folder_label.as_deref().map(String::from),
             label: None,
             format: info.map(|i| i.format.to_string()),
             width: info.map(|i| i.width),

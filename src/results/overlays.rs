@@ -63,7 +63,7 @@ impl OverlayWriter {
         };
         let label = overlay.heatmap.label;
         let p = probs.get(label).copied().unwrap_or(0.0);
-        let path = self.path_for(&scored.entry.rel, label, p);
+        let path = self.path_for(scored.entry.rel(), label, p);
         match write_png(&path, &overlay.render()) {
             Ok(()) => self.written += 1,
             Err(e) => self.skipped.push(format!("{}: {e:#}", path.display())),

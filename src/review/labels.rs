@@ -183,7 +183,7 @@ impl Truth {
     /// The name an entry is labelled with, as written (folder name or CSV label).
     pub fn name_of<'a>(&'a self, entry: &'a Entry) -> Option<&'a str> {
         match &self.file {
-            Some(f) => f.labels.get(&entry.rel).map(String::as_str),
+            Some(f) => f.labels.get(entry.rel()).map(String::as_str),
             None => entry.folder_label.as_deref(),
         }
     }
@@ -194,7 +194,7 @@ impl Truth {
     }
 
     pub fn split_of(&self, entry: &Entry) -> Option<Split> {
-        self.splits.get(&entry.rel).copied()
+        self.splits.get(entry.rel()).copied()
     }
 
     /// Label names that match none of the model's labels, with how many images carry each.

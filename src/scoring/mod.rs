@@ -216,7 +216,7 @@ fn prepare(
     };
     let failed = |info, error| Outcome::Failed { info, error };
     if let Some(e) = &entry.walk_error {
-        let outcome = failed(None, e.clone());
+        let outcome = failed(None, e.to_string());
         return done(entry, outcome, None, None, false);
     }
     if let Some(store) = reuse

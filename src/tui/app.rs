@@ -46,15 +46,15 @@ pub struct Item {
     pub entry: Entry,
     pub status: Status,
     /// The result, once the model (or the decoder) has had its say.
-    pub row: Option<Row>,
+    pub row: Option<Box<Row>>,
     /// Index of the predicted label.
     pub predicted: Option<usize>,
     pub marked: bool,
     /// The true label (class folder or `--labels`), as an index into the model's labels.
     pub truth: Option<usize>,
-    /// Content hash and difference hash, once the file was read (for duplicates).
-    pub hash: Option<u128>,
-    pub dhash: Option<crate::imaging::dhash::DHash>,
+    /// Content hash and difference hash, once the file was read (for duplicates); boxed, like
+    /// the row, so that an item not read yet costs 8 bytes for them.
+    pub hashes: Option<Box<(u128, Option<crate::imaging::dhash::DHash>)>>,
 }
 
 impl Item {
@@ -274,6 +274,102 @@ fn merge_sorted(
     out
 }
 
+/// Does `path` contain `needle` (lower case), ignoring case? Without allocating for ASCII
+/// needles: the search runs over every path on each key typed.
+fn contains_folded(path: &std::path::Path, needle: &str) -> bool {
+    let hay = path.as_os_str().as_encoded_bytes();
+    if let (true, Some(&first)) = (needle.is_ascii(), needle.as_bytes().first()) {
+        let needle = needle.as_bytes();
+        let last = hay.len().saturating_sub(needle.len() - 1);
+        return (0..last).any(|i| {
+            hay[i].to_ascii_lowercase() == first
+                && hay[i + 1..i + needle.len()].eq_ignore_ascii_case(&needle[1..])
+        });
+    }
+    needle.is_empty() || path.to_string_lossy().to_lowercase().contains(needle)
+}
+
+/// The items in name order (the walk's natural order), kept as files arrive in any order: a
+/// streamed big folder sends its files in chunks, each sorted, in no order between chunks.
+#[derive(Debug, Default)]
+pub struct NameOrder {
+    /// Item indices, sorted by relative path.
+    sorted: Vec<usize>,
+    /// Each item's position in `sorted`, when `ranked` (renumbered only when a sort or a
+    /// filter needs it: the plain list by name does not, and a walk that streams a big
+    /// folder would otherwise renumber a million items per frame).
+    rank: Vec<u32>,
+    ranked: bool,
+}
+
+impl NameOrder {
+    /// Take in items `sorted.len()..items.len()`: an append when they all sort after the ones
+    /// already there (a sorted walk), else one merge (O(n) moves, k log n comparisons).
+    fn add(&mut self, items: &[Item]) {
+        let first = self.sorted.len();
+        if first == items.len() {
+            return;
+        }
+        let by_path = |a: &usize, b: &usize| {
+            crate::catalog::path_cmp(items[*a].entry.rel(), items[*b].entry.rel()).then(a.cmp(b))
+        };
+        let mut new: Vec<usize> = (first..items.len()).collect();
+        if !new.is_sorted_by(|a, b| by_path(a, b).is_le()) {
+            new.sort_by(by_path);
+        }
+        let appended = self
+            .sorted
+            .last()
+            .is_none_or(|last| by_path(last, &new[0]).is_lt());
+        if appended {
+            if self.ranked {
+                self.rank.resize(items.len(), 0);
+                for (k, &i) in new.iter().enumerate() {
+                    self.rank[i] = (first + k) as u32;
+                }
+            }
+            self.sorted.extend(new);
+        } else {
+            // Each new item found by binary search, the rest moved in blocks: no comparison
+            // per item already listed.
+            let old = std::mem::take(&mut self.sorted);
+            let mut merged = Vec::with_capacity(old.len() + new.len());
+            let mut start = 0;
+            for y in new {
+                let at = start + old[start..].partition_point(|x| by_path(x, &y).is_lt());
+                merged.extend_from_slice(&old[start..at]);
+                merged.push(y);
+                start = at;
+            }
+            merged.extend_from_slice(&old[start..]);
+            self.sorted = merged;
+            self.ranked = false;
+        }
+    }
+
+    /// Make [`NameOrder::rank`] answer for every item taken in.
+    fn renumber(&mut self) {
+        if self.ranked && self.rank.len() == self.sorted.len() {
+            return;
+        }
+        self.rank.resize(self.sorted.len(), 0);
+        for (k, &i) in self.sorted.iter().enumerate() {
+            self.rank[i] = k as u32;
+        }
+        self.ranked = true;
+    }
+
+    /// The item's position in name order (after [`NameOrder::renumber`]).
+    pub fn rank(&self, item: usize) -> u32 {
+        self.rank[item]
+    }
+
+    /// Every item, in name order.
+    pub fn all(&self) -> &[usize] {
+        &self.sorted
+    }
+}
+
 /// A small LRU cache of previews.
 #[derive(Debug, Default)]
 pub struct PreviewCache {
@@ -365,6 +461,10 @@ pub struct App {
     pub heat: HeatState,
     /// The summary counts, kept up to date item by item (see [`App::summary`]).
     counts: Tally,
+    /// The items in name order, whatever order the walk sent them in.
+    names: NameOrder,
+    /// Some item sits in a folder below the root (the list shows a folder column).
+    pub has_folders: bool,
 }
 
 /// The list pane's state.
@@ -389,6 +489,8 @@ pub struct ListState {
     pub grid: bool,
     /// Rows the list can show (set by the drawing code from the terminal size).
     pub list_rows: usize,
+    /// The user has moved the cursor (until then it stays on the first row while files arrive).
+    pub(super) moved: bool,
 }
 
 /// The preview pane's state.
@@ -460,6 +562,7 @@ impl App {
                 grid: false,
                 list_rows: 20,
                 grid_cells: 12,
+                moved: false,
             },
             mode: Mode::Normal,
             op_label,
@@ -489,6 +592,8 @@ impl App {
             },
             heat: HeatState::default(),
             counts,
+            names: NameOrder::default(),
+            has_folders: false,
         }
     }
 
@@ -534,11 +639,9 @@ impl App {
             .iter()
             .enumerate()
             .filter_map(|(index, item)| {
-                item.hash.map(|hash| crate::review::Candidate {
-                    index,
-                    hash,
-                    dhash: item.dhash,
-                })
+                item.hashes
+                    .as_deref()
+                    .map(|&(hash, dhash)| crate::review::Candidate { index, hash, dhash })
             })
             .collect();
         self.dups.dups_stale = false;
@@ -578,9 +681,11 @@ impl App {
                     row: None,
                     predicted: None,
                     marked: false,
-                    hash: None,
-                    dhash: None,
+                    hashes: None,
                 }));
+                self.has_folders |= self.items[first..]
+                    .iter()
+                    .any(|i| i.entry.folder_label.is_some());
                 self.list.changed.extend(first..self.items.len());
                 self.counts.pending += self.items.len() - first;
                 let listed = self.items.len();
@@ -673,8 +778,7 @@ impl App {
         let before = self.count_of(&self.items[index]);
         let item = &mut self.items[index];
         row.label = item.truth.map(|t| self.labels[t].clone());
-        item.hash = scored.hash;
-        item.dhash = scored.dhash;
+        item.hashes = scored.hash.map(|hash| Box::new((hash, scored.dhash)));
         if scored.hash.is_some() {
             self.dups.dups_stale = true;
         }
@@ -684,7 +788,7 @@ impl App {
             RowStatus::OutOfScope => Status::OutOfScope,
         };
         item.predicted = (item.status == Status::Done).then(|| argmax(&row.probabilities));
-        item.row = Some(row);
+        item.row = Some(Box::new(row));
         let after = self.count_of(&self.items[index]);
         self.counts.remove(&before);
         self.counts.add(&after);
@@ -793,7 +897,8 @@ impl App {
                 }
             }
             Action::RunSelection => {
-                let marked: Vec<usize> = (0..self.items.len())
+                self.names.add(&self.items);
+                let marked: Vec<usize> = (self.names.all().iter().copied())
                     .filter(|&i| self.items[i].marked)
                     .collect();
                 let chosen = if marked.is_empty() {
@@ -804,7 +909,8 @@ impl App {
                 self.run(chosen, true, out);
             }
             Action::RunPending => {
-                let pending = (0..self.items.len())
+                self.names.add(&self.items);
+                let pending = (self.names.all().iter().copied())
                     .filter(|&i| self.items[i].status == Status::Pending)
                     .collect();
                 self.run(pending, false, out);
@@ -959,13 +1065,13 @@ impl App {
         }
         let indices: Vec<usize> = match scope {
             ExportScope::Shown => self.list.view.clone(),
-            ExportScope::All => (0..self.items.len()).collect(),
+            ExportScope::All => self.names.all().to_vec(),
         };
         let rows: Vec<Row> = indices
             .iter()
             .filter_map(|&i| {
                 let item = &self.items[i];
-                item.row.clone().map(|mut r| {
+                item.row.as_deref().cloned().map(|mut r| {
                     if r.status == RowStatus::Done {
                         r.flagged = Some(self.is_flagged(item));
                     }
@@ -983,6 +1089,7 @@ impl App {
 
     fn move_cursor(&mut self, delta: isize) {
         self.refresh_view();
+        self.list.moved = true;
         if self.list.view.is_empty() {
             self.list.cursor = 0;
             return;
@@ -1006,8 +1113,14 @@ impl App {
         if !self.list.view_dirty && self.list.changed.is_empty() {
             return;
         }
+        self.names.add(&self.items);
+        let everything = self.list.filter == Filter::All && self.list.search.is_empty();
+        if !(everything && self.list.sort == SortKey::Name) {
+            self.names.renumber();
+        }
         let mut changed = std::mem::take(&mut self.list.changed);
         let current = self.current();
+        let rank = |i: &usize| self.names.rank(*i);
         let needle = self.list.search.to_lowercase();
         let in_group: HashMap<usize, usize> = if self.list.filter == Filter::Duplicates {
             self.dups
@@ -1030,14 +1143,7 @@ impl App {
                 Filter::Duplicates => in_group.contains_key(&i),
                 Filter::Unusual => item.is_unusual(),
             };
-            shown
-                && (needle.is_empty()
-                    || item
-                        .entry
-                        .rel
-                        .to_string_lossy()
-                        .to_lowercase()
-                        .contains(&needle))
+            shown && (needle.is_empty() || contains_folded(item.entry.rel(), &needle))
         };
         let confidence = |i: usize| {
             self.items[i]
@@ -1050,26 +1156,31 @@ impl App {
         // The view's order: every arm is total (ties broken by the index).
         let order = |a: &usize, b: &usize| -> std::cmp::Ordering {
             match self.list.sort {
-                SortKey::Name if self.list.filter == Filter::Disagree => {
-                    confidence(*b).total_cmp(&confidence(*a)).then(a.cmp(b))
-                }
+                SortKey::Name if self.list.filter == Filter::Disagree => confidence(*b)
+                    .total_cmp(&confidence(*a))
+                    .then(rank(a).cmp(&rank(b))),
                 SortKey::Name if self.list.filter == Filter::Duplicates => {
-                    (in_group.get(a).copied(), *a).cmp(&(in_group.get(b).copied(), *b))
+                    (in_group.get(a).copied(), rank(a)).cmp(&(in_group.get(b).copied(), rank(b)))
                 }
-                SortKey::Name => a.cmp(b),
-                SortKey::Label(l) => label_p(l, *b).total_cmp(&label_p(l, *a)).then(a.cmp(b)),
-                SortKey::Status => (self.items[*a].status, *a).cmp(&(self.items[*b].status, *b)),
+                SortKey::Name => rank(a).cmp(&rank(b)),
+                SortKey::Label(l) => label_p(l, *b)
+                    .total_cmp(&label_p(l, *a))
+                    .then(rank(a).cmp(&rank(b))),
+                SortKey::Status => {
+                    (self.items[*a].status, rank(a)).cmp(&(self.items[*b].status, rank(b)))
+                }
             }
         };
-        let everything = self.list.filter == Filter::All && needle.is_empty();
         let view = if everything && self.list.sort == SortKey::Name {
-            // Walk order: every item, as listed.
-            (0..self.items.len()).collect()
+            // Every item, in name order.
+            self.names.all().to_vec()
         } else if self.list.view_dirty {
+            // Starting from name order, so that a stable sort by another key breaks ties by name.
+            let all = self.names.all().iter().copied();
             let mut view: Vec<usize> = if everything {
-                (0..self.items.len()).collect()
+                all.collect()
             } else {
-                (0..self.items.len()).filter(|&i| keep(i)).collect()
+                all.filter(|&i| keep(i)).collect()
             };
             if self.list.sort != SortKey::Name || !incremental {
                 view.sort_by(order);
@@ -1091,9 +1202,20 @@ impl App {
         };
         self.list.view_dirty = false;
         self.list.view = view;
-        self.list.cursor = current
-            .and_then(|c| self.list.view.iter().position(|&i| i == c))
-            .unwrap_or(self.list.cursor.min(self.list.view.len().saturating_sub(1)));
+        let (cursor, row) = (
+            self.list.cursor,
+            self.list.cursor.saturating_sub(self.list.scroll),
+        );
+        self.list.cursor = if self.work.walking && !self.list.moved {
+            // Untouched while files still arrive: the cursor stays on the first row.
+            0
+        } else {
+            current
+                .and_then(|c| self.list.view.iter().position(|&i| i == c))
+                .unwrap_or(cursor.min(self.list.view.len().saturating_sub(1)))
+        };
+        // The cursor's item keeps its row on screen when items come in above it.
+        self.list.scroll = self.list.cursor.saturating_sub(row);
     }
 
     /// Keep the cursor inside the `rows` shown, scrolling as little as possible.
@@ -1195,7 +1317,7 @@ impl App {
             // Flagged at the operating point in force (the rows keep the one of scoring time);
             // by_folder only asks about scored rows.
             folders: crate::review::by_folder(
-                self.items.iter().filter_map(|i| i.row.as_ref()),
+                self.items.iter().filter_map(|i| i.row.as_deref()),
                 &self.labels,
                 |r| crate::model::is_flagged(&self.manifest, &r.probabilities),
             ),
@@ -1225,4 +1347,26 @@ pub struct Review {
     /// Label metrics over the scored, labelled items (`eval`'s point estimates).
     pub metrics: Option<crate::evaluation::metrics::Metrics>,
     pub folders: Vec<crate::review::FolderStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_in_the_list_stays_small() {
+        // A million of them sit in the list: a result is boxed (a Row is over 400 bytes, most
+        // of them empty fields), the relative path is the tail of the full one.
+        assert!(std::mem::size_of::<Row>() > 300);
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        assert!(
+            std::mem::size_of::<Item>() <= 144,
+            "{}",
+            std::mem::size_of::<Item>()
+        );
+    }
 }

@@ -414,7 +414,7 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
     } else {
         label_w
     };
-    let has_folders = app.items.iter().any(|i| i.entry.folder_label.is_some());
+    let has_folders = app.has_folders;
     let folder_w = if has_folders && inner.width >= 90 {
         10
     } else {
@@ -472,7 +472,10 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
             };
             let mut cells = vec![
                 Cell::from(flag).style(theme.warn()),
-                Cell::from(fit_left(&item.entry.rel.to_string_lossy(), name_w as usize)),
+                Cell::from(fit_left(
+                    &item.entry.rel().to_string_lossy(),
+                    name_w as usize,
+                )),
             ];
             if status_w > 0 {
                 cells.push(Cell::from(item.status.name()).style(theme.status(item.status)));
@@ -495,8 +498,14 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
             }
             if folder_w > 0 {
                 cells.push(
-                    Cell::from(item.entry.folder_label.clone().unwrap_or_default())
-                        .style(theme.dim()),
+                    Cell::from(
+                        item.entry
+                            .folder_label
+                            .as_deref()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                    .style(theme.dim()),
                 );
             }
             let mut row = Row::new(cells);
@@ -612,7 +621,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         .map(|i| {
             let name = app.items[i]
                 .entry
-                .rel
+                .rel()
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();

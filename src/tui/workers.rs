@@ -73,12 +73,17 @@ pub(super) fn spawn_signals(tx: Sender<Event>) {
     });
 }
 
+/// A folder with more files than this is streamed in sorted chunks rather than read whole
+/// before its first file is shown (reading a million names takes about a second here); the
+/// list sorts by name whatever the order of arrival ([`crate::tui::app::NameOrder`]).
+pub const STREAM_AFTER: usize = 32_768;
+
 /// Stream the walk in growing batches: the first rows arrive at once, later ones in bulk.
 /// With a store (and the `--force` setting), a second thread looks each batch up there and
 /// sends what earlier runs found, without reading the files.
 pub fn spawn_walk(
     root: PathBuf,
-    options: WalkOptions,
+    mut options: WalkOptions,
     store: Option<(Arc<Store>, bool)>,
     tx: Sender<Event>,
 ) {
@@ -88,6 +93,7 @@ pub fn spawn_walk(
         thread::spawn(move || restore_loop(&store, force, &rx, &tx));
         batches
     });
+    options.stream_after = Some(STREAM_AFTER);
     thread::spawn(move || {
         let mut batch = Vec::with_capacity(64);
         let mut size = 64;

@@ -22,17 +22,8 @@ fn manifest() -> Manifest {
 }
 
 fn entry(rel: &str) -> Entry {
-    let rel = PathBuf::from(rel);
-    let folder_label = rel
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned());
-    Entry {
-        path: PathBuf::from("/data/incoming").join(&rel),
-        rel,
-        folder_label,
-        walk_error: None,
-    }
+    let root = PathBuf::from("/data/incoming");
+    Entry::new(&root, root.join(rel))
 }
 
 fn key(c: char) -> Event {
@@ -98,7 +89,7 @@ const NAMES: [&str; 6] = [
     "normal/c.png",
     "normal/d.png",
     "pneumonia/e.png",
-    "pneumonia/broken.png",
+    "pneumonia/f-broken.png",
 ];
 
 /// Every item scored: a covid, b normal (disagrees), c normal, d normal, e pneumonia, broken fails.
@@ -128,7 +119,7 @@ fn shown(app: &App) -> Vec<String> {
     app.list
         .view
         .iter()
-        .map(|&i| app.items[i].entry.rel.to_string_lossy().into_owned())
+        .map(|&i| app.items[i].entry.rel().to_string_lossy().into_owned())
         .collect()
 }
 
@@ -256,7 +247,7 @@ fn sorting_by_a_label_puts_the_highest_first_and_keeps_the_cursor_on_its_item() 
             "pneumonia/e.png",
             "normal/d.png",
             "normal/c.png",
-            "pneumonia/broken.png"
+            "pneumonia/f-broken.png"
         ]
     );
     assert_eq!(app.current(), Some(1), "cursor follows b.png");
@@ -265,7 +256,7 @@ fn sorting_by_a_label_puts_the_highest_first_and_keeps_the_cursor_on_its_item() 
     }
     app.refresh_view();
     assert_eq!(app.list.sort, SortKey::Status);
-    assert_eq!(shown(&app).last().unwrap(), "pneumonia/broken.png");
+    assert_eq!(shown(&app).last().unwrap(), "pneumonia/f-broken.png");
     app.update(key('s'));
     assert_eq!(app.list.sort, SortKey::Name);
 }
@@ -285,7 +276,7 @@ fn filters_select_labels_errors_and_disagreements() {
     }
     app.refresh_view();
     assert_eq!(app.list.filter, Filter::Errors);
-    assert_eq!(shown(&app), ["pneumonia/broken.png"]);
+    assert_eq!(shown(&app), ["pneumonia/f-broken.png"]);
     app.update(key('f'));
     app.refresh_view();
     assert_eq!(app.list.filter, Filter::Disagree);
@@ -386,7 +377,11 @@ fn export_rows_refuses_the_image_folder_and_existing_files() {
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let app = scored_app();
-    let rows: Vec<_> = app.items.iter().filter_map(|i| i.row.clone()).collect();
+    let rows: Vec<_> = app
+        .items
+        .iter()
+        .filter_map(|i| i.row.as_deref().cloned())
+        .collect();
     let csv = cxr_triage::results::ExportFormat::Csv;
     let inside = images.join("sub/out.csv");
     let err =
@@ -947,12 +942,7 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
 }
 
 fn entry_at(path: &std::path::Path) -> Entry {
-    Entry {
-        path: path.to_path_buf(),
-        rel: PathBuf::from(path.file_name().unwrap()),
-        folder_label: None,
-        walk_error: None,
-    }
+    Entry::file(path.to_path_buf())
 }
 
 #[test]
@@ -1490,5 +1480,54 @@ fn the_summary_kept_item_by_item_equals_a_full_count() {
     assert_eq!(
         s.pending + s.running + s.errors + s.out_of_scope + s.per_label.iter().sum::<usize>(),
         120
+    );
+}
+
+#[test]
+fn files_arriving_out_of_order_are_listed_by_name_and_the_cursor_never_jumps() {
+    // A streamed big folder: chunks, each sorted, in no order between them.
+    let name = |i: usize| format!("img-{i}.png");
+    let mut app = App::new(PathBuf::from("/data/incoming"), &manifest());
+    app.list.list_rows = 10;
+    let chunks: [&[usize]; 3] = [&[40, 41, 45, 47, 50], &[3, 7, 44, 46], &[1, 2, 42, 43, 48]];
+    app.update(Event::Found(
+        chunks[0].iter().map(|&i| entry(&name(i))).collect(),
+    ));
+    app.refresh_view();
+    // Untouched while files arrive: the cursor stays on the first row, whatever comes first.
+    app.update(Event::Found(
+        chunks[1].iter().map(|&i| entry(&name(i))).collect(),
+    ));
+    app.refresh_view();
+    assert_eq!(app.list.cursor, 0);
+    assert_eq!(shown(&app)[0], "img-3.png");
+    // Moved onto img-44 (row 4 of the screen): new files above it keep it on row 4.
+    app.update(key('j'));
+    app.update(key('j'));
+    app.update(key('j'));
+    assert_eq!(shown(&app)[app.list.cursor], "img-41.png");
+    app.update(key('j'));
+    let at = app.current().unwrap();
+    assert_eq!(app.items[at].entry.rel().to_str(), Some("img-44.png"));
+    let row = app.list.cursor - app.list.scroll;
+    app.update(Event::Found(
+        chunks[2].iter().map(|&i| entry(&name(i))).collect(),
+    ));
+    app.update(Event::WalkDone);
+    app.refresh_view();
+    assert_eq!(app.current(), Some(at), "the cursor stays on its item");
+    assert_eq!(app.list.cursor - app.list.scroll, row, "and on its row");
+    let mut all: Vec<usize> = chunks.concat();
+    all.sort();
+    assert_eq!(
+        shown(&app),
+        all.iter().map(|&i| name(i)).collect::<Vec<_>>()
+    );
+    // Other sorts break ties by name too, and the export of everything is in name order.
+    app.update(key('s'));
+    app.refresh_view();
+    assert_eq!(
+        shown(&app),
+        all.iter().map(|&i| name(i)).collect::<Vec<_>>()
     );
 }

@@ -6,7 +6,7 @@ use crate::common::write_png8;
 
 fn names(root: &std::path::Path, options: &WalkOptions) -> Vec<String> {
     walk(root, options)
-        .map(|e| e.rel.to_string_lossy().into_owned())
+        .map(|e| e.rel().to_string_lossy().into_owned())
         .collect()
 }
 
@@ -34,7 +34,7 @@ fn natural_order_hidden_skipped_labels_from_folders() {
     std::fs::create_dir(root.join("y.jpg")).unwrap();
 
     let entries: Vec<_> = walk(root, &WalkOptions::default()).collect();
-    let rel: Vec<PathBuf> = entries.iter().map(|e| e.rel.clone()).collect();
+    let rel: Vec<PathBuf> = entries.iter().map(|e| e.rel().to_path_buf()).collect();
     assert_eq!(
         rel,
         [
@@ -103,4 +103,58 @@ fn symlink_loops_are_reported_not_followed_forever() {
         .collect();
     assert_eq!(errors.len(), 1, "{followed:?}");
     assert!(errors[0].contains("loop"), "{errors:?}");
+}
+
+#[test]
+fn a_streamed_walk_finds_the_same_files_and_sorting_them_by_path_gives_the_walk_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["b", "a10", "a2", "a2/deep", ".hidden"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for i in 0..25 {
+        std::fs::write(root.join(format!("img{i}.png")), b"").unwrap();
+        std::fs::write(root.join(format!("a2/x{i}.dcm")), b"").unwrap();
+    }
+    for f in [
+        "b/one.png",
+        "a10/two.png",
+        "a2/deep/three.png",
+        "a2.png",
+        ".hidden/no.png",
+    ] {
+        std::fs::write(root.join(f), b"").unwrap();
+    }
+    let sorted = names(root, &WalkOptions::default());
+    assert_eq!(sorted.len(), 54, "{sorted:?}");
+    assert_eq!(sorted[0], "a2/deep/three.png");
+    assert_eq!(sorted[1], "a2/x0.dcm");
+    assert_eq!(sorted[26], "a2.png");
+    assert_eq!(sorted[27], "a10/two.png");
+    let streamed: Vec<_> = walk(
+        root,
+        &WalkOptions {
+            stream_after: Some(4),
+            ..Default::default()
+        },
+    )
+    .collect();
+    let mut rel: Vec<PathBuf> = streamed.iter().map(|e| e.rel().to_path_buf()).collect();
+    rel.sort_by(|a, b| cxr_triage::catalog::path_cmp(a, b));
+    let rel: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(rel, sorted);
+    // Each streamed entry has the same folder label as in the sorted walk.
+    let label = |p: &str| {
+        streamed
+            .iter()
+            .find(|e| e.rel().to_str() == Some(p))
+            .unwrap()
+            .folder_label
+            .clone()
+    };
+    assert_eq!(label("a2/deep/three.png").as_deref(), Some("a2"));
+    assert_eq!(label("img3.png"), None);
 }
