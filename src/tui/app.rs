@@ -43,7 +43,9 @@ impl Status {
 /// One file in the list.
 #[derive(Clone, Debug)]
 pub struct Item {
-    pub entry: Entry,
+    /// Shared with a running job, which holds every pending item's entry (a million copies of
+    /// the paths otherwise).
+    pub entry: Arc<Entry>,
     pub status: Status,
     /// The result, once the model (or the decoder) has had its say.
     pub row: Option<Box<Row>>,
@@ -133,7 +135,7 @@ pub enum Mode {
 #[derive(Debug, PartialEq)]
 pub enum Command {
     /// Score these items (index, entry).
-    Score(Vec<(usize, Entry)>),
+    Score(Vec<(usize, Arc<Entry>)>),
     /// Cancel every inference job.
     Cancel,
     /// Decode previews of these items, most wanted first; replaces the previous request.
@@ -676,7 +678,7 @@ impl App {
                 let truth = &self.truth;
                 self.items.extend(entries.into_iter().map(|entry| Item {
                     truth: truth.of(&entry),
-                    entry,
+                    entry: Arc::new(entry),
                     status: Status::Pending,
                     row: None,
                     predicted: None,
@@ -1016,7 +1018,7 @@ impl App {
     }
 
     fn run(&mut self, chosen: Vec<usize>, rerun: bool, out: &mut Vec<Command>) {
-        let jobs: Vec<(usize, Entry)> = chosen
+        let jobs: Vec<(usize, Arc<Entry>)> = chosen
             .into_iter()
             .filter(|&i| {
                 let s = self.items[i].status;
@@ -1310,7 +1312,7 @@ impl App {
         }
         Review {
             labelled: self.items.iter().filter(|i| i.truth.is_some()).count(),
-            unmatched: self.truth.unmatched(self.items.iter().map(|i| &i.entry)),
+            unmatched: self.truth.unmatched(self.items.iter().map(|i| &*i.entry)),
             metrics: (!probs.is_empty()).then(|| {
                 crate::evaluation::metrics::Metrics::compute(&probs, &truth, &self.labels)
             }),
@@ -1364,7 +1366,7 @@ mod tests {
             std::mem::size_of::<Entry>()
         );
         assert!(
-            std::mem::size_of::<Item>() <= 144,
+            std::mem::size_of::<Item>() <= 64,
             "{}",
             std::mem::size_of::<Item>()
         );

@@ -158,7 +158,7 @@ struct PreviewQueue {
 }
 
 struct Job {
-    items: Vec<(usize, Entry)>,
+    items: Vec<(usize, Arc<Entry>)>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -205,7 +205,7 @@ impl Workers {
     }
 
     /// Queue images for scoring (a job the next [`Workers::cancel`] stops).
-    pub fn score(&mut self, items: Vec<(usize, Entry)>) {
+    pub fn score(&mut self, items: Vec<(usize, Arc<Entry>)>) {
         let cancel = Arc::new(AtomicBool::new(false));
         self.cancels.push(cancel.clone());
         if let Some(jobs) = &self.jobs {
@@ -348,7 +348,8 @@ fn inference_loop(
     for job in jobs {
         if !job.cancel.load(Ordering::Relaxed) {
             let map: Vec<usize> = job.items.iter().map(|(i, _)| *i).collect();
-            let entries: Vec<Entry> = job.items.into_iter().map(|(_, e)| e).collect();
+            // Copied one by one as the pipeline takes them, not all at once.
+            let entries = job.items.into_iter().map(|(_, e)| Arc::unwrap_or_clone(e));
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 score_all_stored(entries, model, options, store, &job.cancel, |s| {
                     let _ = tx.send(Event::Scored {

@@ -49,7 +49,7 @@ fn scored(app: &App, item: usize, probs: [f32; 3]) -> Event {
         item,
         scored: Box::new(Scored::new(
             0,
-            app.items[item].entry.clone(),
+            (*app.items[item].entry).clone(),
             Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
@@ -65,7 +65,7 @@ fn failed(app: &App, item: usize, error: &str) -> Event {
         item,
         scored: Box::new(Scored::new(
             0,
-            app.items[item].entry.clone(),
+            (*app.items[item].entry).clone(),
             Outcome::Failed {
                 info: None,
                 error: error.into(),
@@ -905,11 +905,11 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("img-000.png");
     crate::common::write_png8(&first, 512, 512);
-    let mut items = vec![(0, entry_at(&first))];
+    let mut items = vec![(0, Arc::new(entry_at(&first)))];
     for i in 1..300 {
         let p = dir.path().join(format!("img-{i:03}.png"));
         std::fs::hard_link(&first, &p).unwrap();
-        items.push((i, entry_at(&p)));
+        items.push((i, Arc::new(entry_at(&p))));
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let model = cxr_triage::model::Model::embedded().unwrap();
@@ -987,7 +987,7 @@ fn scored_with_hashes(
         cached: true,
         ..Scored::new(
             0,
-            app.items[item].entry.clone(),
+            (*app.items[item].entry).clone(),
             Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
@@ -1146,7 +1146,7 @@ fn multi_label_app() -> App {
     {
         let scored = Scored::new(
             0,
-            app.items[i].entry.clone(),
+            (*app.items[i].entry).clone(),
             Outcome::Scored {
                 info: info(),
                 probs: probs.to_vec(),
