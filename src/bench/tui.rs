@@ -140,6 +140,37 @@ fn start(dir: &Path) -> anyhow::Result<(App, Runtime, Receiver<Event>, SinkTermi
     Ok((app, runtime(workers, tx, dir), rx, terminal()))
 }
 
+/// Milliseconds to apply what is waiting, handle `ev` and draw a frame.
+fn timed_key(
+    app: &mut App,
+    runtime: &mut Runtime,
+    rx: &Receiver<Event>,
+    terminal: &mut SinkTerminal,
+    ev: Event,
+) -> f64 {
+    let t = Instant::now();
+    drain(app, runtime, rx);
+    for c in app.update(ev) {
+        runtime.execute(c, app);
+    }
+    frame(app, runtime, terminal);
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// (what, median, p99, max, keys) of one scenario's key times.
+fn scenario(name: &str, mut times: Vec<f64>) -> (String, f64, f64, f64, usize) {
+    times.sort_by(f64::total_cmp);
+    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+    let max = *times.last().unwrap_or(&0.0);
+    (
+        name.to_string(),
+        times[times.len() / 2],
+        p99,
+        max,
+        times.len(),
+    )
+}
+
 /// Long on purpose: one benchmark script (set-up, measured runs, key scenarios) read top to bottom.
 pub fn figures(
     dir: &Path,
@@ -202,53 +233,26 @@ pub fn figures(
                 break; // Inference finished: the rest would not be "while inference runs".
             }
             std::thread::sleep(Duration::from_millis(8));
-            let t = Instant::now();
-            drain(&mut app, &mut runtime, &rx);
             // Mostly down, with a jump back now and then, like a person reading the list.
             let ev = if k % 50 == 49 {
                 Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE))
             } else {
                 key('j')
             };
-            for c in app.update(ev) {
-                runtime.execute(c, &mut app);
-            }
-            frame(&mut app, &mut runtime, &mut terminal);
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            times.push(timed_key(&mut app, &mut runtime, &rx, &mut terminal, ev));
         }
-        times.sort_by(f64::total_cmp);
-        let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-        scenarios.push((
-            name.to_string(),
-            times[times.len() / 2],
-            p99,
-            *times.last().unwrap_or(&0.0),
-            times.len(),
-        ));
+        scenarios.push(scenario(name, times));
     }
     // Search: '/' then a few characters, each key filtering every path (no sleep between).
     while app.list.sort != crate::tui::app::SortKey::Name {
         app.update(key('s'));
     }
-    let mut times = Vec::new();
-    for c in "/img-12".chars() {
-        let t = Instant::now();
-        drain(&mut app, &mut runtime, &rx);
-        for c in app.update(key(c)) {
-            runtime.execute(c, &mut app);
-        }
-        frame(&mut app, &mut runtime, &mut terminal);
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    let times = "/img-12"
+        .chars()
+        .map(|c| timed_key(&mut app, &mut runtime, &rx, &mut terminal, key(c)))
+        .collect();
     app.update(Event::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)));
-    times.sort_by(f64::total_cmp);
-    scenarios.push((
-        "search (/img-12, per key)".to_string(),
-        times[times.len() / 2],
-        *times.last().unwrap_or(&0.0),
-        *times.last().unwrap_or(&0.0),
-        times.len(),
-    ));
+    scenarios.push(scenario("search (/img-12, per key)", times));
     let scored = app
         .items
         .iter()

@@ -50,23 +50,34 @@ fn tail_start(path: &Path, tail: &Path) -> Option<usize> {
 impl Entry {
     /// `path`, found under `root`; the first folder below the root is its folder label.
     pub fn new(root: &Path, path: PathBuf) -> Entry {
+        let mut entry = Entry::under(root, path);
+        entry.folder_label = entry.folder().map(|f| f.into());
+        entry
+    }
+
+    /// `path`, found under `root`, without a label.
+    fn under(root: &Path, path: PathBuf) -> Entry {
         let rel = match path.strip_prefix(root) {
             Ok(rel) if !rel.as_os_str().is_empty() => Some(rel),
             Ok(_) => path.file_name().map(Path::new),
             Err(_) => None,
         };
         let rel_start = rel.and_then(|rel| tail_start(&path, rel)).unwrap_or(0);
-        let mut entry = Entry {
+        Entry {
             rel_start: rel_start as u32,
             path,
             folder_label: None,
             walk_error: None,
-        };
-        let mut parts = entry.rel().components();
-        if let (Some(dir), Some(_)) = (parts.next(), parts.next()) {
-            entry.folder_label = Some(dir.as_os_str().to_string_lossy().into());
         }
-        entry
+    }
+
+    /// The first folder below the root, when the entry sits in one.
+    fn folder(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let mut parts = self.rel().components();
+        match (parts.next(), parts.next()) {
+            (Some(dir), Some(_)) => Some(dir.as_os_str().to_string_lossy()),
+            _ => None,
+        }
     }
 
     /// One file on its own: its relative path is its name.
@@ -203,12 +214,14 @@ fn identity(_: &std::fs::Metadata) -> Option<(u64, u64)> {
 }
 
 impl Walk {
+    /// An entry under the root, its folder label shared with the entry before when the same.
     fn entry(&mut self, path: PathBuf) -> Entry {
-        let mut entry = Entry::new(&self.root, path);
-        match (&entry.folder_label, &self.label) {
-            (Some(new), Some(old)) if new == old => entry.folder_label = Some(old.clone()),
-            (Some(new), _) => self.label = Some(new.clone()),
-            _ => {}
+        let mut entry = Entry::under(&self.root, path);
+        if let Some(folder) = entry.folder() {
+            if self.label.as_deref() != Some(&*folder) {
+                self.label = Some(folder.into());
+            }
+            entry.folder_label = self.label.clone();
         }
         entry
     }
@@ -232,55 +245,12 @@ impl Walk {
                     pending: Vec::new(),
                     rest: Some(listing),
                 };
-                self.read_more(&mut folder);
+                read_more(&self.options, &mut folder);
                 self.stack.push(folder);
                 None
             }
             Err(e) => Some(self.error(path, &e.to_string())),
         }
-    }
-
-    /// Fill `pending` from the listing: all of it, or the next chunk of a streamed folder.
-    fn read_more(&self, folder: &mut Folder) {
-        let Some(listing) = folder.rest.as_mut() else {
-            return;
-        };
-        let chunk = self.options.stream_after.unwrap_or(usize::MAX).max(1);
-        let mut found = Vec::new();
-        for item in listing.by_ref() {
-            let item = item.map_err(|e| e.to_string()).and_then(|d| {
-                let name = d.file_name();
-                let kind = match d.file_type() {
-                    Ok(t) if t.is_dir() => Kind::Dir,
-                    Ok(t) if t.is_file() => Kind::File,
-                    Ok(t) if t.is_symlink() => Kind::Link,
-                    Ok(_) => Kind::Special,
-                    Err(e) => return Err(e.to_string()),
-                };
-                Ok((name, kind))
-            });
-            if let Ok((name, _)) = &item
-                && !self.options.hidden
-                && name.as_encoded_bytes().starts_with(b".")
-            {
-                continue;
-            }
-            found.push(item);
-            if found.len() >= chunk {
-                break;
-            }
-        }
-        if found.len() < chunk {
-            folder.rest = None;
-        }
-        // Sorted, then reversed: the next to visit is popped from the end.
-        found.sort_by(|a, b| match (a, b) {
-            (Ok((a, _)), Ok((b, _))) => natural_cmp(&b.to_string_lossy(), &a.to_string_lossy()),
-            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
-            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
-            (Err(_), Err(_)) => std::cmp::Ordering::Equal,
-        });
-        folder.pending = found;
     }
 
     /// What one name in the folder on top of the stack gives: an entry, a folder to enter, or
@@ -332,6 +302,49 @@ impl Walk {
     }
 }
 
+/// Fill `pending` from the listing: all of it, or the next chunk of a streamed folder.
+fn read_more(options: &WalkOptions, folder: &mut Folder) {
+    let Some(listing) = folder.rest.as_mut() else {
+        return;
+    };
+    let chunk = options.stream_after.unwrap_or(usize::MAX).max(1);
+    let mut found = Vec::new();
+    for item in listing.by_ref() {
+        let item = item.map_err(|e| e.to_string()).and_then(|d| {
+            let name = d.file_name();
+            let kind = match d.file_type() {
+                Ok(t) if t.is_dir() => Kind::Dir,
+                Ok(t) if t.is_file() => Kind::File,
+                Ok(t) if t.is_symlink() => Kind::Link,
+                Ok(_) => Kind::Special,
+                Err(e) => return Err(e.to_string()),
+            };
+            Ok((name, kind))
+        });
+        if let Ok((name, _)) = &item
+            && !options.hidden
+            && name.as_encoded_bytes().starts_with(b".")
+        {
+            continue;
+        }
+        found.push(item);
+        if found.len() >= chunk {
+            break;
+        }
+    }
+    if found.len() < chunk {
+        folder.rest = None;
+    }
+    // Sorted, then reversed: the next to visit is popped from the end.
+    found.sort_by(|a, b| match (a, b) {
+        (Ok((a, _)), Ok((b, _))) => natural_cmp(&b.to_string_lossy(), &a.to_string_lossy()),
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+    });
+    folder.pending = found;
+}
+
 impl Iterator for Walk {
     type Item = Entry;
 
@@ -345,9 +358,7 @@ impl Iterator for Walk {
             let top = self.stack.last_mut()?;
             let Some(found) = top.pending.pop() else {
                 if top.rest.is_some() {
-                    let mut folder = self.stack.pop()?;
-                    self.read_more(&mut folder);
-                    self.stack.push(folder);
+                    read_more(&self.options, top);
                 } else {
                     self.stack.pop();
                 }

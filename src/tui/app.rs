@@ -258,21 +258,23 @@ pub struct Progress {
     pub jobs: usize,
 }
 
-/// Two sequences, each in `order`, merged into one in `order`.
+/// Two sequences, each in `order`, merged into one in `order` (on ties `a` first). Each
+/// element of `b` is placed by binary search and `a` is moved in blocks: k log n comparisons
+/// for k new elements, not one per element already there.
 fn merge_sorted(
-    a: impl Iterator<Item = usize>,
+    a: &[usize],
     b: Vec<usize>,
     order: impl Fn(&usize, &usize) -> std::cmp::Ordering,
 ) -> Vec<usize> {
-    let mut out = Vec::with_capacity(a.size_hint().0 + b.len());
-    let mut b = b.into_iter().peekable();
-    for x in a {
-        while let Some(y) = b.next_if(|y| order(y, &x).is_lt()) {
-            out.push(y);
-        }
-        out.push(x);
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut start = 0;
+    for y in b {
+        let at = start + a[start..].partition_point(|x| !order(&y, x).is_lt());
+        out.extend_from_slice(&a[start..at]);
+        out.push(y);
+        start = at;
     }
-    out.extend(b);
+    out.extend_from_slice(&a[start..]);
     out
 }
 
@@ -332,19 +334,7 @@ impl NameOrder {
             }
             self.sorted.extend(new);
         } else {
-            // Each new item found by binary search, the rest moved in blocks: no comparison
-            // per item already listed.
-            let old = std::mem::take(&mut self.sorted);
-            let mut merged = Vec::with_capacity(old.len() + new.len());
-            let mut start = 0;
-            for y in new {
-                let at = start + old[start..].partition_point(|x| by_path(x, &y).is_lt());
-                merged.extend_from_slice(&old[start..at]);
-                merged.push(y);
-                start = at;
-            }
-            merged.extend_from_slice(&old[start..]);
-            self.sorted = merged;
+            self.sorted = merge_sorted(&self.sorted, new, by_path);
             self.ranked = false;
         }
     }
@@ -1194,13 +1184,14 @@ impl App {
             let mut moved: Vec<usize> = changed.iter().copied().filter(|&i| keep(i)).collect();
             moved.sort_by(order);
             // The rest keep their values, so they are still in order.
-            let rest = self
+            let rest: Vec<usize> = self
                 .list
                 .view
                 .iter()
                 .copied()
-                .filter(|i| changed.binary_search(i).is_err());
-            merge_sorted(rest, moved, order)
+                .filter(|i| changed.binary_search(i).is_err())
+                .collect();
+            merge_sorted(&rest, moved, order)
         };
         self.list.view_dirty = false;
         self.list.view = view;

@@ -498,14 +498,8 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
             }
             if folder_w > 0 {
                 cells.push(
-                    Cell::from(
-                        item.entry
-                            .folder_label
-                            .as_deref()
-                            .unwrap_or_default()
-                            .to_string(),
-                    )
-                    .style(theme.dim()),
+                    Cell::from(item.entry.folder_label.as_deref().unwrap_or_default())
+                        .style(theme.dim()),
                 );
             }
             let mut row = Row::new(cells);

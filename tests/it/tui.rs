@@ -1400,13 +1400,7 @@ fn the_view_kept_up_with_each_burst_of_results_equals_a_full_rebuild() {
             app.update(key('f'));
         }
         app.refresh_view();
-        let mut seed = 12345u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 33) as f32 / (1u64 << 31) as f32
-        };
+        let mut next = uniform(12345u64);
         for burst in 0..40 {
             if burst == 20 {
                 // More files found mid-run.
@@ -1442,6 +1436,16 @@ fn the_view_kept_up_with_each_burst_of_results_equals_a_full_rebuild() {
     }
 }
 
+/// A repeatable stream of numbers in [0, 1) (a linear congruential generator).
+fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as f32 / (1u64 << 31) as f32
+    }
+}
+
 /// The summary counts kept item by item agree with a count from scratch through runs,
 /// results, failures, cancels, reruns and operating-point changes.
 #[test]
@@ -1449,13 +1453,7 @@ fn the_summary_kept_item_by_item_equals_a_full_count() {
     let names: Vec<String> = (0..120).map(|i| format!("f/img-{i:03}.png")).collect();
     let first: Vec<&str> = names[..80].iter().map(String::as_str).collect();
     let mut app = app_with(&first);
-    let mut seed = 99u64;
-    let mut next = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) as f32 / (1u64 << 31) as f32
-    };
+    let mut next = uniform(99u64);
     for step in 0..200 {
         let item = (next() * app.items.len() as f32) as usize % app.items.len();
         let ev = match step % 10 {
