@@ -19,7 +19,7 @@ use dicom_transfer_syntax_registry::entries::{
     EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN,
 };
 
-use super::dicom_check::{EXPLICIT_LE, Enc, IMPLICIT_LE};
+use super::dicom_check::{EXPLICIT_LE, Enc, IMPLICIT_LE, ImplicitInstead};
 
 use super::{Format, GrayImage, ImageError, Limits};
 
@@ -130,21 +130,29 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<DefaultDicomObject, ImageError
         super::dicom_check::check(bytes, bare, limits.max_bytes)
             .map_err(|e| fail(format!("cannot parse: {e}")))
     };
+    // A file with a meta group: `marked` starts at its `DICM`.
+    let with_marker = |marked: &[u8]| match checked(marked, None)? {
+        None => with_meta(marked),
+        // Implicit VR although the meta group says explicit: read the data set as implicit and
+        // keep the declared syntax for the pixel data.
+        Some(ImplicitInstead { at, syntax }) => {
+            #[allow(deprecated)]
+            let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
+            bare_dataset(&marked[at..], &ts, &syntax)
+        }
+    };
     if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
-        checked(&bytes[128..], None)?;
-        return with_meta(&bytes[128..]);
+        return with_marker(&bytes[128..]);
     }
     if bytes.starts_with(b"DICM") {
-        checked(bytes, None)?;
-        return with_meta(bytes);
+        return with_marker(bytes);
     }
     let enc = bare_encoding(bytes).unwrap_or(IMPLICIT_LE);
     if enc == EXPLICIT_LE && bytes.starts_with(&[0x02, 0x00]) {
         // The meta group without its marker: give it one (one copy of the file).
         let mut marked = b"DICM".to_vec();
         marked.extend_from_slice(bytes);
-        checked(&marked, None)?;
-        return with_meta(&marked);
+        return with_marker(&marked);
     }
     checked(bytes, Some(enc))?;
     #[allow(deprecated)]
@@ -153,7 +161,16 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<DefaultDicomObject, ImageError
         (true, false) => EXPLICIT_VR_LITTLE_ENDIAN.erased(),
         (true, true) => EXPLICIT_VR_BIG_ENDIAN.erased(),
     };
-    let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), &ts).map_err(|e| {
+    bare_dataset(bytes, &ts, ts.uid())
+}
+
+/// Read a data set without meta group in `ts` and give it one that names `meta_syntax`.
+fn bare_dataset(
+    bytes: &[u8],
+    ts: &dicom_encoding::TransferSyntax,
+    meta_syntax: &str,
+) -> Result<DefaultDicomObject, ImageError> {
+    let obj = InMemDicomObject::read_dataset_with_ts(Cursor::new(bytes), ts).map_err(|e| {
         fail(format!(
             "cannot parse as a bare data set ({}): {e}",
             ts.name()
@@ -164,7 +181,7 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<DefaultDicomObject, ImageError
     let sop_instance = text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.0".into());
     obj.with_meta(
         FileMetaTableBuilder::new()
-            .transfer_syntax(ts.uid())
+            .transfer_syntax(meta_syntax)
             .media_storage_sop_class_uid(sop_class)
             .media_storage_sop_instance_uid(sop_instance),
     )
@@ -376,7 +393,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     }
     let n = (rows * cols) as usize;
     // Bits Allocated 1 (segmentations, overlays as images) and 32 (RT dose, integer data):
-    // dicom-pixeldata reads neither, so native data is unpacked here, rescale applied.
+    // dicom-pixeldata reads neither, so native and 32-bit RLE data is unpacked here, rescale
+    // applied.
     // Native YBR_FULL_422 stores Y Y Cb Cr for each pair of pixels (2 bytes a pixel), which
     // dicom-pixeldata sizes as 3: its luminance is every Y.
     if colour && info.photometric == "YBR_FULL_422" && allocated == 8 {
@@ -394,6 +412,22 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
             return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
         }
     }
+    // RGB in JPEG Baseline with neither a JFIF nor an Adobe marker: the components are R, G
+    // and B as the Photometric Interpretation says (jpeg-decoder would take them for YCbCr).
+    if colour
+        && info.photometric == "RGB"
+        && ts_uid == "1.2.840.10008.1.2.4.50"
+        && let Some(out) = jpeg_rgb_untransformed(&obj, rows, cols, limits)
+    {
+        let out = out.map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+    }
+    // 32-bit colour in RLE (dicom-pixeldata's RLE decoder stops at 16 bits).
+    if colour && allocated == 32 && ts_uid == "1.2.840.10008.1.2.5" {
+        let out = rle_colour(&obj, n, info.bits_stored, &info.photometric)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+    }
     let (pixels, values) = if matches!(allocated, 1 | 32) && !colour {
         let values = native_samples(
             &obj,
@@ -401,6 +435,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
             allocated,
             info.bits_stored,
             ts_uid == "1.2.840.10008.1.2.2",
+            ts_uid == "1.2.840.10008.1.2.5",
         )
         .map_err(|e| fail(format!("{ts_name}: {e}")))?;
         (None, values)
@@ -502,8 +537,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
     Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info))
 }
 
-/// The first frame's samples of native (uncompressed) 1- or 32-bit monochrome pixel data, after
-/// the rescale. 1-bit data is packed little-endian bit first; 32-bit values follow the pixel
+/// The first frame's samples of native (uncompressed) 1- or 32-bit monochrome pixel data, or
+/// of 32-bit RLE data, after the rescale. 1-bit data is packed little-endian bit first; 32-bit values follow the pixel
 /// representation and the byte order of the transfer syntax.
 fn native_samples(
     obj: &DefaultDicomObject,
@@ -511,18 +546,27 @@ fn native_samples(
     allocated: i64,
     stored: u16,
     big_endian: bool,
+    rle: bool,
 ) -> Result<Vec<f32>, String> {
     use dicom_core::value::{DicomValueType, PrimitiveValue, Value};
     let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
-    let Value::Primitive(value) = element.value() else {
-        return Err(format!(
-            "compressed data with Bits Allocated {allocated} (only native data is read)"
-        ));
-    };
     let signed = int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
     let slope = float(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
     let intercept = float(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
     let rescale = |v: f64| (v * slope + intercept) as f32;
+    let value = match element.value() {
+        Value::Primitive(value) => value,
+        // RLE Lossless: dicom-pixeldata's decoder stops at 16 bits.
+        Value::PixelSequence(seq) if allocated == 32 && rle => {
+            let words = rle_samples(seq.fragments(), n, 1)?;
+            return Ok(bits_stored_values(&words, stored, signed, rescale));
+        }
+        _ => {
+            return Err(format!(
+                "compressed data with Bits Allocated {allocated} (read: native, and RLE for 32 bits)"
+            ));
+        }
+    };
     Ok(if allocated == 1 {
         let bytes: Vec<u8> = match value {
             PrimitiveValue::U8(b) => b.to_vec(),
@@ -573,20 +617,99 @@ fn native_samples(
                 words.len()
             ));
         }
-        let shift = 32 - stored.clamp(1, 32) as u32;
-        words[..n]
-            .iter()
-            .map(|&w| {
-                // Keep Bits Stored, sign-extended when signed.
-                let w = w << shift;
-                rescale(if signed {
-                    ((w as i32) >> shift) as f64
-                } else {
-                    (w >> shift) as f64
-                })
-            })
-            .collect()
+        bits_stored_values(&words[..n], stored, signed, rescale)
     })
+}
+
+/// 32-bit words to values: Bits Stored kept (sign-extended when signed), then the rescale.
+fn bits_stored_values(
+    words: &[u32],
+    stored: u16,
+    signed: bool,
+    rescale: impl Fn(f64) -> f32,
+) -> Vec<f32> {
+    let shift = 32 - stored.clamp(1, 32) as u32;
+    words
+        .iter()
+        .map(|&w| {
+            let w = w << shift;
+            rescale(if signed {
+                ((w as i32) >> shift) as f64
+            } else {
+                (w >> shift) as f64
+            })
+        })
+        .collect()
+}
+
+/// The first frame of RLE Lossless data with 32-bit samples (PS3.5 G): one fragment, a
+/// 64-byte header of segment offsets, then one PackBits segment per byte of each sample,
+/// most significant byte first. Returns `samples` planes of `n` words, one after another.
+/// Every segment is bounded to `n` bytes, whatever the stream says.
+fn rle_samples(fragments: &[Vec<u8>], n: usize, samples: usize) -> Result<Vec<u32>, String> {
+    let frame = fragments.first().ok_or("RLE data without a fragment")?;
+    let word = |i: usize| -> Result<usize, String> {
+        frame
+            .get(i * 4..i * 4 + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| "RLE header truncated".to_string())
+    };
+    let segments = samples * 4;
+    if word(0)? != segments {
+        return Err(format!(
+            "RLE header declares {} segments, 32-bit data with {samples} samples needs {segments}",
+            word(0)?
+        ));
+    }
+    let mut out = vec![0u32; n * samples];
+    for s in 0..segments {
+        let start = word(1 + s)?;
+        let end = if s + 1 < segments {
+            word(2 + s)?
+        } else {
+            frame.len()
+        };
+        let segment = frame
+            .get(start..end.max(start).min(frame.len()))
+            .filter(|_| start >= 64)
+            .ok_or_else(|| format!("RLE segment {} has offsets {start}..{end}", s + 1))?;
+        let bytes = unpackbits(segment, n);
+        if bytes.len() < n {
+            return Err(format!(
+                "RLE segment {} holds {} bytes for {n} pixels",
+                s + 1,
+                bytes.len()
+            ));
+        }
+        let (plane, shift) = (s / 4, 8 * (3 - s % 4));
+        for (w, &b) in out[plane * n..(plane + 1) * n].iter_mut().zip(&bytes) {
+            *w |= (b as u32) << shift;
+        }
+    }
+    Ok(out)
+}
+
+/// PackBits decoding of one RLE segment, at most `limit` bytes.
+fn unpackbits(segment: &[u8], limit: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(limit);
+    let mut i = 0;
+    while i < segment.len() && out.len() < limit {
+        let h = segment[i] as i8;
+        i += 1;
+        if h >= 0 {
+            let take = (h as usize + 1)
+                .min(segment.len() - i)
+                .min(limit - out.len());
+            out.extend_from_slice(&segment[i..i + take]);
+            i += h as usize + 1;
+        } else if h != -128 {
+            let Some(&b) = segment.get(i) else { break };
+            let run = (1 - h as isize) as usize;
+            out.resize(out.len() + run.min(limit - out.len()), b);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// A colour image's luminance (Rec. 601: 0.299 R + 0.587 G + 0.114 B, which is what YBR's Y
@@ -669,6 +792,97 @@ fn luminance(
         other => return Err(format!("photometric interpretation {other} after decoding")),
     };
     Ok((values, max))
+}
+
+/// The luminance of the first frame of a JPEG Baseline RGB image whose stream has no JFIF
+/// (APP0) and no Adobe (APP14) marker, decoded without a colour transform; `None` when the
+/// stream has one of them (then it says how its components are coded, and dicom-pixeldata
+/// follows it).
+fn jpeg_rgb_untransformed(
+    obj: &DefaultDicomObject,
+    rows: i64,
+    cols: i64,
+    limits: &Limits,
+) -> Option<Result<Vec<u16>, String>> {
+    use dicom_core::value::Value;
+    let element = obj.element(tags::PIXEL_DATA).ok()?;
+    let Value::PixelSequence(seq) = element.value() else {
+        return None;
+    };
+    // One frame may span several fragments; in a multi-frame file the first frame is the first.
+    let frame = if int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1) <= 1 {
+        seq.fragments().concat()
+    } else {
+        seq.fragments().first()?.clone()
+    };
+    // The markers before the first scan.
+    let mut at = 2;
+    while at + 4 <= frame.len() && frame[at] == 0xFF {
+        let marker = frame[at + 1];
+        let len = u16::from_be_bytes([frame[at + 2], frame[at + 3]]) as usize;
+        let body = frame.get(at + 4..(at + 2 + len).min(frame.len()))?;
+        if (marker == 0xE0 && body.starts_with(b"JFIF"))
+            || (marker == 0xEE && body.starts_with(b"Adobe"))
+        {
+            return None;
+        }
+        if marker == 0xDA {
+            break;
+        }
+        at += 2 + len;
+    }
+    Some((|| {
+        let n = (rows * cols) as usize;
+        let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(frame.as_slice()));
+        decoder.set_color_transform(jpeg_decoder::ColorTransform::RGB);
+        decoder.set_max_decoding_buffer_size(limits.max_pixels.saturating_mul(3) as usize);
+        let rgb = decoder.decode().map_err(|e| e.to_string())?;
+        let info = decoder.info().ok_or("no JPEG frame header")?;
+        if (info.width as i64, info.height as i64) != (cols, rows)
+            || info.pixel_format != jpeg_decoder::PixelFormat::RGB24
+            || rgb.len() != n * 3
+        {
+            return Err(format!(
+                "JPEG stream is {}x{} {:?}, Rows/Columns say {cols}x{rows} RGB",
+                info.width, info.height, info.pixel_format
+            ));
+        }
+        Ok(rgb
+            .chunks_exact(3)
+            .map(|c| {
+                let y = 0.299 * c[0] as f64 + 0.587 * c[1] as f64 + 0.114 * c[2] as f64;
+                ((y / 255.0).clamp(0.0, 1.0) * 65535.0).round() as u16
+            })
+            .collect())
+    })())
+}
+
+/// A 32-bit RGB (or YBR: its Y) RLE image's luminance over the full range of Bits Stored.
+fn rle_colour(
+    obj: &DefaultDicomObject,
+    n: usize,
+    stored: u16,
+    photometric: &str,
+) -> Result<Vec<u16>, String> {
+    use dicom_core::value::Value;
+    let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let Value::PixelSequence(seq) = element.value() else {
+        return Err("RLE pixel data is not encapsulated".into());
+    };
+    let planes = rle_samples(seq.fragments(), n, 3)?;
+    let top = ((1u64 << stored.clamp(1, 32)) - 1) as f64;
+    let (r, rest) = planes.split_at(n);
+    let (g, b) = rest.split_at(n);
+    Ok((0..n)
+        .map(|i| {
+            let y = if photometric == "RGB" {
+                0.299 * r[i] as f64 + 0.587 * g[i] as f64 + 0.114 * b[i] as f64
+            } else {
+                r[i] as f64
+            };
+            ((y / top).clamp(0.0, 1.0) * 65535.0).round() as u16
+        })
+        .collect())
 }
 
 struct Palette {

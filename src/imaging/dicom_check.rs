@@ -224,13 +224,28 @@ fn truncated() -> String {
     "the file ends inside an element header (truncated)".into()
 }
 
+/// A data set that is implicit VR little endian although its meta group declares an explicit
+/// VR transfer syntax (pydicom reads such files, with a warning): where the data set starts and
+/// the transfer syntax declared (its pixel data's encoding).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ImplicitInstead {
+    pub at: usize,
+    pub syntax: String,
+}
+
 /// Check a file whose `DICM` marker is at `bytes[0..4]` (meta group follows), or, with
 /// `bare`, a data set in that encoding from byte 0. A deflated data set is inflated (at most
-/// `max_inflated` bytes) and checked as explicit VR little endian.
-pub fn check(bytes: &[u8], bare: Option<Enc>, max_inflated: u64) -> Result<(), String> {
+/// `max_inflated` bytes) and checked as explicit VR little endian. A data set declared explicit
+/// VR little endian whose first element has no VR letters is checked as implicit VR and
+/// reported as [`ImplicitInstead`].
+pub fn check(
+    bytes: &[u8],
+    bare: Option<Enc>,
+    max_inflated: u64,
+) -> Result<Option<ImplicitInstead>, String> {
     if let Some(enc) = bare {
         let r = Reader { b: bytes, enc };
-        return r.elements(0, bytes.len(), 0, false).map(drop);
+        return r.elements(0, bytes.len(), 0, false).map(|_| None);
     }
     // The meta group: explicit VR little endian, group 0002, and it names the transfer syntax.
     let meta = Reader {
@@ -286,13 +301,24 @@ pub fn check(bytes: &[u8], bare: Option<Enc>, max_inflated: u64) -> Result<(), S
                 enc: EXPLICIT_LE,
             }
             .elements(0, inflated.len(), 0, false)
-            .map(drop);
+            .map(|_| None);
         }
         _ => EXPLICIT_LE,
     };
+    let vr_letters = bytes
+        .get(at + 4..at + 6)
+        .is_none_or(|vr| vr.iter().all(u8::is_ascii_uppercase));
+    if enc == EXPLICIT_LE && !vr_letters {
+        Reader {
+            b: bytes,
+            enc: IMPLICIT_LE,
+        }
+        .elements(at, bytes.len(), 0, false)?;
+        return Ok(Some(ImplicitInstead { at, syntax }));
+    }
     Reader { b: bytes, enc }
         .elements(at, bytes.len(), 0, false)
-        .map(drop)
+        .map(|_| None)
 }
 
 #[cfg(test)]
@@ -311,7 +337,7 @@ mod tests {
     fn lengths_that_fit_pass_and_lengths_that_do_not_are_named() {
         let mut ok = implicit(0x0008, 0x0060, b"DX");
         ok.extend(implicit(0x0028, 0x0010, &16u16.to_le_bytes()));
-        assert_eq!(check(&ok, Some(IMPLICIT_LE), u64::MAX), Ok(()));
+        assert_eq!(check(&ok, Some(IMPLICIT_LE), u64::MAX), Ok(None));
         let mut bad = ok.clone();
         bad.extend([0x28, 0x00, 0x02, 0x01]);
         bad.extend(0x6365_7073u32.to_le_bytes());
@@ -338,10 +364,19 @@ mod tests {
         let mut b = b"DICM".to_vec();
         b.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
         b.extend(b"1.2.840.10008.1.2.1\0");
-        b.extend([0x28, 0x00, 0x03, 0x01, b'$', b'S', 2, 0, 0, 0]);
-        b.extend([0xE0, 0x7F, 0x10, 0x00]);
-        let err = check(&b, None, u64::MAX).unwrap_err();
+        let unknown = [
+            0x28, 0x00, 0x03, 0x01, b'$', b'S', 2, 0, 0, 0, 0xE0, 0x7F, 0x10, 0x00,
+        ];
+        // After a well-formed first element: refused as an unknown VR.
+        let mut mid = b.clone();
+        mid.extend([0x08, 0x00, 0x60, 0x00, b'C', b'S', 2, 0, b'D', b'X']);
+        mid.extend(unknown);
+        let err = check(&mid, None, u64::MAX).unwrap_err();
         assert!(err.contains("(0028,0103) has an unknown VR"), "{err}");
+        // As the first element (no VR letters: checked as implicit VR), its length is refused.
+        b.extend(unknown);
+        let err = check(&b, None, u64::MAX).unwrap_err();
+        assert!(err.contains("(0028,0103) declares"), "{err}");
     }
 
     #[test]
@@ -352,7 +387,7 @@ mod tests {
         seq.extend(implicit(0x0008, 0x1150, b"1.2\0"));
         seq.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
         seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-        assert_eq!(check(&seq, Some(IMPLICIT_LE), u64::MAX), Ok(()));
+        assert_eq!(check(&seq, Some(IMPLICIT_LE), u64::MAX), Ok(None));
         // 40 nested undefined-length sequences.
         let mut deep = Vec::new();
         for _ in 0..40 {

@@ -259,18 +259,41 @@ fn big_endian_implicit_and_bare_data_sets_decode_the_same() {
 
 /// RLE Lossless for 8-bit samples: one segment of PackBits literal runs.
 fn rle_fragment(bytes: &[u8]) -> Vec<u8> {
-    let mut segment = Vec::new();
-    for chunk in bytes.chunks(128) {
-        segment.push((chunk.len() - 1) as u8);
-        segment.extend_from_slice(chunk);
-    }
-    if segment.len() % 2 == 1 {
-        segment.push(0x80); // no-op byte keeps the segment even
-    }
+    rle_segments(&[bytes.to_vec()])
+}
+
+/// An RLE frame of these byte planes, each PackBits-encoded with repeat runs (three or more
+/// equal bytes) and literal runs.
+fn rle_segments(planes: &[Vec<u8>]) -> Vec<u8> {
     let mut header = vec![0u8; 64];
-    header[0..4].copy_from_slice(&1u32.to_le_bytes());
-    header[4..8].copy_from_slice(&64u32.to_le_bytes());
-    [header, segment].concat()
+    header[0..4].copy_from_slice(&(planes.len() as u32).to_le_bytes());
+    let mut body = Vec::new();
+    for (k, bytes) in planes.iter().enumerate() {
+        let at = 4 + 4 * k;
+        header[at..at + 4].copy_from_slice(&(64 + body.len() as u32).to_le_bytes());
+        let mut i = 0;
+        while i < bytes.len() {
+            let run = bytes[i..]
+                .iter()
+                .take(128)
+                .take_while(|&&b| b == bytes[i])
+                .count();
+            if run >= 3 {
+                body.push((257 - run) as u8);
+                body.push(bytes[i]);
+                i += run;
+            } else {
+                let len = (bytes.len() - i).min(run.max(1));
+                body.push((len - 1) as u8);
+                body.extend_from_slice(&bytes[i..i + len]);
+                i += len;
+            }
+        }
+        if body.len() % 2 == 1 {
+            body.push(0x80); // no-op byte keeps the segment even
+        }
+    }
+    [header, body].concat()
 }
 
 #[test]
@@ -893,4 +916,135 @@ fn one_and_thirty_two_bit_pixels_decode() {
             .enumerate()
             .all(|(i, &v)| v == if i % 2 == 1 { 65535 } else { 0 })
     );
+}
+
+/// 32-bit RLE (RT dose, 32-bit secondary captures): dicom-pixeldata's RLE decoder stops at 16
+/// bits, ours reads the four byte planes of each sample; monochrome equals the native decode,
+/// RGB becomes its luminance over Bits Stored.
+#[test]
+fn thirty_two_bit_rle_decodes_like_native() {
+    let mut spec = Spec::eight_bit(16, 16);
+    spec.allocated = 32;
+    spec.stored = 32;
+    let n = 16 * 16;
+    let values: Vec<u32> = (0..n as u32).map(|i| i * 7_000_000 + (i % 3)).collect();
+    let planes = |values: &[u32]| -> Vec<Vec<u8>> {
+        (0..4)
+            .map(|b| values.iter().map(|v| v.to_be_bytes()[b]).collect())
+            .collect()
+    };
+    let native = DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::from(
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
+    );
+    let native = decode(&file(dataset(&spec), native, EXPLICIT_LE)).unwrap();
+    let rle = decode(&file(
+        dataset(&spec),
+        encapsulated(rle_segments(&planes(&values))),
+        RLE,
+    ))
+    .unwrap();
+    assert_eq!(rle.image, native.image);
+    assert_eq!(rle.image.pixels[n - 1], 65535);
+
+    // RGB with R = G = B: the luminance is the value itself, over 2^32 - 1.
+    let mut obj = dataset(&spec);
+    obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
+    obj.put(us(tags::PLANAR_CONFIGURATION, 0));
+    obj.put(text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
+    let all = [planes(&values), planes(&values), planes(&values)].concat();
+    let d = decode(&file(obj, encapsulated(rle_segments(&all)), RLE)).unwrap();
+    for i in [0, 100, n - 1] {
+        let want = (values[i] as f64 / u32::MAX as f64 * 65535.0).round() as u16;
+        assert!(
+            d.image.pixels[i].abs_diff(want) <= 1,
+            "{i}: {}",
+            d.image.pixels[i]
+        );
+    }
+    // A frame whose header counts the segments of 16-bit data is refused, not misread.
+    let d = decode(&file(
+        dataset(&spec),
+        encapsulated(rle_segments(&planes(&values)[..2])),
+        RLE,
+    ));
+    assert!(d.unwrap_err().to_string().contains("needs 4"));
+}
+
+/// RGB in JPEG Baseline: a stream with a JFIF marker is YCbCr-coded (converted back to RGB);
+/// one with neither JFIF nor Adobe marker holds R, G and B as they are (pydicom's
+/// SC_jpeg_no_color_transform.dcm). The same stream, once with its JFIF marker and once without,
+/// must give the two pictures.
+#[test]
+fn rgb_jpeg_without_jfif_or_adobe_marker_is_not_colour_transformed() {
+    let (w, h) = (64u32, 16u32);
+    // A gray ramp: its YCbCr components are (x, 128, 128).
+    let source = image::RgbImage::from_fn(w, h, |x, _| {
+        let v = (x * 255 / (w - 1)) as u8;
+        image::Rgb([v, v, v])
+    });
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 100)
+        .encode_image(&source)
+        .unwrap();
+    let jfif = jpeg.into_inner();
+    assert_eq!(&jfif[2..4], [0xFF, 0xE0], "the encoder writes JFIF first");
+    let app0 = 2 + u16::from_be_bytes([jfif[4], jfif[5]]) as usize;
+    let bare = [&jfif[..2], &jfif[2 + app0..]].concat();
+    let mut spec = Spec::eight_bit(h as u16, w as u16);
+    spec.photometric = "RGB";
+    let decode_rgb = |stream: &[u8]| {
+        let mut fragment = stream.to_vec();
+        if fragment.len() % 2 == 1 {
+            fragment.push(0);
+        }
+        let mut obj = dataset(&spec);
+        obj.put(us(tags::SAMPLES_PER_PIXEL, 3));
+        obj.put(us(tags::PLANAR_CONFIGURATION, 0));
+        decode(&file(obj, encapsulated(fragment), JPEG_BASELINE)).unwrap()
+    };
+    let level = |d: &cxr_triage::imaging::Decoded, x: usize| d.image.pixels[x] as f64 / 257.0;
+    let with = decode_rgb(&jfif);
+    assert!(level(&with, 0) < 3.0 && level(&with, 63) > 252.0);
+    // Untransformed: (x, 128, 128) read as R, G, B, so luminance 0.299 x + 0.701 * 128.
+    let without = decode_rgb(&bare);
+    for x in [0usize, 32, 63] {
+        let want = 0.299 * (x as f64 * 255.0 / 63.0).floor() + 0.701 * 128.0;
+        assert!(
+            (level(&without, x) - want).abs() < 3.0,
+            "x {x}: {} want {want}",
+            level(&without, x)
+        );
+    }
+}
+
+/// A data set written in implicit VR under a meta group that declares explicit VR (pydicom's
+/// SC_rgb_jpeg.dcm; pydicom reads it with a warning): read as implicit, not refused for the
+/// "unknown VR" its tag bytes make.
+#[test]
+fn an_implicit_data_set_under_an_explicit_meta_group_is_read() {
+    let spec = Spec::eight_bit(8, 12);
+    let values = ramp(&spec, 255);
+    let data_start = |f: &[u8]| {
+        // (0002,0000) UL 4 at 132: the meta group's length follows its 12-byte element.
+        assert_eq!(&f[132..138], [0x02, 0x00, 0x00, 0x00, b'U', b'L']);
+        144 + u32::from_le_bytes([f[140], f[141], f[142], f[143]]) as usize
+    };
+    let explicit = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+    let implicit = file(dataset(&spec), native_pixels(&spec, &values), IMPLICIT_LE);
+    let mixed = [
+        &explicit[..data_start(&explicit)],
+        &implicit[data_start(&implicit)..],
+    ]
+    .concat();
+    let want = decode(&implicit).unwrap();
+    let got = decode(&mixed).unwrap();
+    assert_eq!(got.image, want.image);
+    assert_eq!(got.image.pixels[values.len() - 1], 65535);
 }
