@@ -1004,25 +1004,11 @@ pub fn write_dicom(stored: &[u16], width: u32, height: u32, o: &DicomWrite) -> V
     }
     let ts = if o.rle {
         let shifts: &[u32] = if allocated == 16 { &[8, 0] } else { &[0] };
-        let segments: Vec<Vec<u8>> = shifts
+        let planes: Vec<Vec<u8>> = shifts
             .iter()
-            .map(|shift| {
-                packbits(
-                    &stored
-                        .iter()
-                        .map(|v| (v >> shift) as u8)
-                        .collect::<Vec<_>>(),
-                )
-            })
+            .map(|shift| stored.iter().map(|v| (v >> shift) as u8).collect())
             .collect();
-        let mut fragment = vec![0u8; 64];
-        fragment[0..4].copy_from_slice(&(segments.len() as u32).to_le_bytes());
-        let mut offset = 64u32;
-        for (i, seg) in segments.iter().enumerate() {
-            fragment[4 + 4 * i..8 + 4 * i].copy_from_slice(&offset.to_le_bytes());
-            offset += seg.len() as u32;
-        }
-        segments.iter().for_each(|seg| fragment.extend(seg));
+        let fragment = rle_frame(&planes);
         let sequence = PixelFragmentSequence::new(Vec::<u32>::new(), vec![fragment]);
         obj.put(DataElement::new(
             tags::PIXEL_DATA,
@@ -1052,6 +1038,21 @@ pub fn write_dicom(stored: &[u16], width: u32, height: u32, o: &DicomWrite) -> V
     let mut out = Vec::new();
     file.write_all(&mut out).expect("writing to memory");
     out
+}
+
+/// One RLE Lossless frame (PS3.5 G) of these byte planes, most significant byte of each sample
+/// first: the 64-byte header of segment offsets, then each plane PackBits-encoded.
+pub fn rle_frame(planes: &[Vec<u8>]) -> Vec<u8> {
+    let segments: Vec<Vec<u8>> = planes.iter().map(|p| packbits(p)).collect();
+    let mut fragment = vec![0u8; 64];
+    fragment[0..4].copy_from_slice(&(segments.len() as u32).to_le_bytes());
+    let mut offset = 64u32;
+    for (i, seg) in segments.iter().enumerate() {
+        fragment[4 + 4 * i..8 + 4 * i].copy_from_slice(&offset.to_le_bytes());
+        offset += seg.len() as u32;
+    }
+    segments.iter().for_each(|seg| fragment.extend(seg));
+    fragment
 }
 
 /// PackBits (DICOM RLE segment) encoding, padded to an even length.

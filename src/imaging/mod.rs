@@ -12,7 +12,7 @@ mod dicom_check;
 pub mod guard;
 mod thumb;
 
-pub use dicom::{DicomInfo, DicomWrite, Phi, read_phi, write_dicom};
+pub use dicom::{DicomInfo, DicomWrite, Phi, read_phi, rle_frame, write_dicom};
 
 pub use decode::{Format, Limits, decode_bytes, load, load_with, read_file, sniff};
 pub use thumb::{Crop, Thumbnail, resize_gray, thumbnail};

@@ -262,38 +262,9 @@ fn rle_fragment(bytes: &[u8]) -> Vec<u8> {
     rle_segments(&[bytes.to_vec()])
 }
 
-/// An RLE frame of these byte planes, each PackBits-encoded with repeat runs (three or more
-/// equal bytes) and literal runs.
+/// An RLE frame of these byte planes (the writer's encoder: repeat and literal runs).
 fn rle_segments(planes: &[Vec<u8>]) -> Vec<u8> {
-    let mut header = vec![0u8; 64];
-    header[0..4].copy_from_slice(&(planes.len() as u32).to_le_bytes());
-    let mut body = Vec::new();
-    for (k, bytes) in planes.iter().enumerate() {
-        let at = 4 + 4 * k;
-        header[at..at + 4].copy_from_slice(&(64 + body.len() as u32).to_le_bytes());
-        let mut i = 0;
-        while i < bytes.len() {
-            let run = bytes[i..]
-                .iter()
-                .take(128)
-                .take_while(|&&b| b == bytes[i])
-                .count();
-            if run >= 3 {
-                body.push((257 - run) as u8);
-                body.push(bytes[i]);
-                i += run;
-            } else {
-                let len = (bytes.len() - i).min(run.max(1));
-                body.push((len - 1) as u8);
-                body.extend_from_slice(&bytes[i..i + len]);
-                i += len;
-            }
-        }
-        if body.len() % 2 == 1 {
-            body.push(0x80); // no-op byte keeps the segment even
-        }
-    }
-    [header, body].concat()
+    cxr_triage::imaging::rle_frame(planes)
 }
 
 #[test]
