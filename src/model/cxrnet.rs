@@ -5,7 +5,10 @@
 //! safetensors load in a PyTorch twin (`benches/cxrnet_torch.py`).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
+
+use super::kernels::{self, Act, Folded, Pad};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
+use gemm::Parallelism;
 use serde::{Deserialize, Serialize};
 
 /// Layer widths: `widths[0]` is the stem, each further entry one stride-2 residual stage.
@@ -37,11 +40,9 @@ impl CxrNetConfig {
 #[derive(Debug)]
 struct ConvBn {
     weight: Tensor,
-    padding: usize,
+    k: usize,
     stride: usize,
     bn: BatchNorm,
-    /// Inference only: the batch norm folded into the convolution (weight, bias).
-    folded: Option<(Tensor, Tensor)>,
 }
 
 impl ConvBn {
@@ -51,37 +52,34 @@ impl ConvBn {
             weight: vb
                 .pp("conv")
                 .get_with_hints((cout, cin, k, k), "weight", init)?,
-            padding: k / 2,
+            k,
             stride,
             bn: candle_nn::batch_norm(cout, 1e-5, vb.pp("bn"))?,
-            folded: None,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match (&self.folded, train) {
-            (Some((w, b)), false) => {
-                let y = x.conv2d(w, self.padding, self.stride, 1, 1)?;
-                y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
-            }
-            _ => {
-                let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-                self.bn.forward_t(&y, train)
-            }
-        }
+        let y = x.conv2d(&self.weight, self.k / 2, self.stride, 1, 1)?;
+        self.bn.forward_t(&y, train)
     }
 
-    /// `bn(conv(x, w))` in eval mode equals `conv(x, w * s) + (beta - mean * s)` with
-    /// `s = gamma / sqrt(var + eps)`: one convolution instead of a convolution and five
-    /// element-wise passes.
-    fn fold(&mut self) -> Result<()> {
-        let (scale, b) = super::bn_scale_shift(&self.bn)?;
-        let cout = scale.dim(0)?;
-        let w = self
-            .weight
-            .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
-        self.folded = Some((w, b));
-        Ok(())
+    /// The batch norm folded into the convolution, for the buffer kernels.
+    fn fold(&self) -> Result<Folded> {
+        Folded::new(&self.weight, &self.bn)
+    }
+
+    /// One image through the folded layer (padding `k / 2`, as the training form).
+    fn infer(
+        &self,
+        f: &Folded,
+        x: &[f32],
+        dims: (usize, usize, usize),
+        act: Act,
+        residual: Option<&[f32]>,
+        par: Parallelism,
+    ) -> (Vec<f32>, usize, usize) {
+        let pad = Pad::Sym(self.k / 2);
+        kernels::conv_dense(x, f, dims, self.k, self.stride, pad, act, residual, par)
     }
 }
 
@@ -114,6 +112,8 @@ pub struct CxrNet {
     stem: ConvBn,
     blocks: Vec<Block>,
     head: Linear,
+    /// Inference only: every layer folded (stem, then each block's a, b, down).
+    folded: Option<(Folded, Vec<[Folded; 3]>)>,
 }
 
 impl CxrNet {
@@ -131,21 +131,43 @@ impl CxrNet {
             .map(|(i, pair)| Block::new(pair[0], pair[1], vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let head = candle_nn::linear(w[w.len() - 1], labels, vb.pp("head"))?;
-        Ok(Self { stem, blocks, head })
+        Ok(Self {
+            stem,
+            blocks,
+            head,
+            folded: None,
+        })
     }
 }
 
 impl CxrNet {
-    /// Fold every batch norm into its convolution for inference. Training (`train = true`)
-    /// still uses the unfolded layers.
+    /// Fold every batch norm into its convolution for inference on the buffer kernels
+    /// ([`kernels`]): a loaded model does this once; training never does (its variables
+    /// change), so its eval passes run candle's layers.
     pub fn fold_batchnorm(&mut self) -> Result<()> {
-        self.stem.fold()?;
-        for block in &mut self.blocks {
-            for layer in [&mut block.a, &mut block.b, &mut block.down] {
-                layer.fold()?;
-            }
-        }
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| Ok([b.a.fold()?, b.b.fold()?, b.down.fold()?]))
+            .collect::<Result<Vec<_>>>()?;
+        self.folded = Some((self.stem.fold()?, blocks));
         Ok(())
+    }
+
+    /// The folded network over a batch (see [`kernels::batch`]).
+    fn infer(&self, (stem, folded): &(Folded, Vec<[Folded; 3]>), x: &Tensor) -> Result<Tensor> {
+        kernels::batch(x, |img, dims, par, _| {
+            let (mut y, mut h, mut w) = self.stem.infer(stem, img, dims, Act::Relu, None, par);
+            let mut c = stem.bias.len();
+            for (block, [a, b, down]) in self.blocks.iter().zip(folded) {
+                let (ya, oh, ow) = block.a.infer(a, &y, (c, h, w), Act::Relu, None, par);
+                let (skip, _, _) = block.down.infer(down, &y, (c, h, w), Act::None, None, par);
+                c = b.bias.len();
+                let next = (c, oh, ow);
+                (y, h, w) = block.b.infer(b, &ya, next, Act::Relu, Some(&skip), par);
+            }
+            (y, (c, h, w))
+        })
     }
 
     /// Pooled features `(n, widths.last())`; training applies its own dropout between these
@@ -157,6 +179,9 @@ impl CxrNet {
     /// The last convolutional stage (the last block's output): what the pool averages and
     /// Grad-CAM weighs, `(n, widths.last(), h', w')`.
     pub fn stage_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let (Some(folded), false) = (&self.folded, train) {
+            return self.infer(folded, x);
+        }
         let mut x = self.stem.forward_t(x, train)?.relu()?;
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;

@@ -12,7 +12,10 @@
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
+use gemm::Parallelism;
 use serde::{Deserialize, Serialize};
+
+use super::kernels::{self, Act, Folded, Pad, bn_affine};
 
 /// The shape of a DenseNet; the default is DenseNet-121.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,6 +116,33 @@ pub struct DenseNet {
     blocks: Vec<Block>,
     norm5: BatchNorm,
     classifier: Linear,
+    growth_rate: usize,
+    /// Inference only: the buffer kernels' form of every layer.
+    folded: Option<FoldedNet>,
+}
+
+/// A batch norm in eval mode as (scale, shift) per channel.
+type Affine = (Vec<f32>, Vec<f32>);
+
+/// The inference form: batch norms that follow a convolution folded into it (`norm0` into
+/// `conv0`, each layer's `norm2` into its `conv1`); the pre-activations (`norm1`, each
+/// transition's `norm`, `norm5`) stay per-channel affine maps, since their input is a
+/// concatenation that other layers read unnormalised.
+#[derive(Debug)]
+struct FoldedNet {
+    conv0: Folded,
+    blocks: Vec<(Vec<FoldedLayer>, Option<FoldedTransition>)>,
+    norm5: Affine,
+}
+
+/// A transition's pre-activation and its 1x1 convolution.
+type FoldedTransition = (Affine, Folded);
+
+#[derive(Debug)]
+struct FoldedLayer {
+    norm1: Affine,
+    conv1: Folded,
+    conv2: Folded,
 }
 
 impl DenseNet {
@@ -163,6 +193,87 @@ impl DenseNet {
             blocks,
             norm5,
             classifier,
+            growth_rate: cfg.growth_rate,
+            folded: None,
+        })
+    }
+
+    /// Fold the batch norms for inference on the buffer kernels ([`kernels`]): a loaded
+    /// model does this once; training never does, so its eval passes run candle's layers.
+    pub fn fold_batchnorm(&mut self) -> Result<()> {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let layers = b
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        Ok(FoldedLayer {
+                            norm1: bn_affine(&l.norm1)?,
+                            conv1: Folded::new(&l.conv1, &l.norm2)?,
+                            conv2: Folded::plain(&l.conv2)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let transition = match &b.transition {
+                    Some(t) => Some((bn_affine(&t.norm)?, Folded::plain(&t.conv)?)),
+                    None => None,
+                };
+                Ok((layers, transition))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.folded = Some(FoldedNet {
+            conv0: Folded::new(&self.conv0, &self.norm0)?,
+            blocks,
+            norm5: bn_affine(&self.norm5)?,
+        });
+        Ok(())
+    }
+
+    /// The folded network over a batch (see [`kernels::batch`]). Each dense block fills one
+    /// buffer of all its channels, so the concatenations copy nothing; a transition pools
+    /// before its 1x1 convolution (both are linear, so the order does not change the result)
+    /// and convolves a quarter of the pixels.
+    fn infer(&self, f: &FoldedNet, x: &Tensor) -> Result<Tensor> {
+        let g = self.growth_rate;
+        kernels::batch(x, |img, dims, par, _| {
+            let (y, h, w) =
+                kernels::conv_dense(img, &f.conv0, dims, 7, 2, Pad::Sym(3), Act::Relu, None, par);
+            let (mut x, mut h, mut w) = kernels::max_pool(&y, (f.conv0.bias.len(), h, w), 3, 2, 1);
+            let mut c = f.conv0.bias.len();
+            for (layers, transition) in &f.blocks {
+                let plane = h * w;
+                let total = c + layers.len() * g;
+                let mut all = x;
+                all.resize(total * plane, 0.0);
+                let mut pre = vec![0f32; total * plane];
+                for (l, layer) in layers.iter().enumerate() {
+                    let cin = c + l * g;
+                    dense_layer(&mut all, &mut pre, layer, (cin, h, w), par);
+                }
+                c = total;
+                x = all;
+                if let Some((norm, conv)) = transition {
+                    kernels::affine(&x, &mut pre, (&norm.0, &norm.1), Act::Relu);
+                    let (pooled, ph, pw) = kernels::avg_pool2(&pre, (c, h, w));
+                    (h, w) = (ph, pw);
+                    x = kernels::pointwise(
+                        &pooled,
+                        &conv.weight,
+                        &conv.bias,
+                        c,
+                        h * w,
+                        Act::None,
+                        None,
+                        par,
+                    );
+                    c = conv.bias.len();
+                }
+            }
+            let mut out = vec![0f32; x.len()];
+            kernels::affine(&x, &mut out, (&f.norm5.0, &f.norm5.1), Act::Relu);
+            (out, (c, h, w))
         })
     }
 
@@ -174,6 +285,9 @@ impl DenseNet {
     /// The last convolutional stage (the last dense block after `norm5` and its ReLU): what the
     /// pool averages and Grad-CAM weighs, `(n, num_features, h / 32, w / 32)`.
     pub fn stage_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let (Some(folded), false) = (&self.folded, train) {
+            return self.infer(folded, x);
+        }
         let x = x.conv2d(&self.conv0, 3, 2, 1, 1)?;
         let x = self.norm0.forward_t(&x, train)?.relu()?;
         let mut x = if train {
@@ -205,6 +319,49 @@ impl DenseNet {
     pub fn head(&self, features: &Tensor) -> Result<Tensor> {
         self.classifier.forward(features)
     }
+}
+
+/// One dense layer on the block's buffer `all` (`cin` channels filled, room for the layer's
+/// `growth` more): `norm1` + ReLU into `pre`, the 1x1 convolution with `norm2` + ReLU folded,
+/// the 3x3 convolution, its output written after the `cin` channels.
+fn dense_layer(
+    all: &mut [f32],
+    pre: &mut [f32],
+    layer: &FoldedLayer,
+    (cin, h, w): (usize, usize, usize),
+    par: Parallelism,
+) {
+    let plane = h * w;
+    let (norm, conv1, conv2) = (&layer.norm1, &layer.conv1, &layer.conv2);
+    kernels::affine(
+        &all[..cin * plane],
+        &mut pre[..cin * plane],
+        (&norm.0, &norm.1),
+        Act::Relu,
+    );
+    let mid = conv1.bias.len();
+    let y = kernels::pointwise(
+        &pre[..cin * plane],
+        &conv1.weight,
+        &conv1.bias,
+        cin,
+        plane,
+        Act::Relu,
+        None,
+        par,
+    );
+    let (out, _, _) = kernels::conv_dense(
+        &y,
+        conv2,
+        (mid, h, w),
+        3,
+        1,
+        Pad::Sym(1),
+        Act::None,
+        None,
+        par,
+    );
+    all[cin * plane..cin * plane + out.len()].copy_from_slice(&out);
 }
 
 /// The stem's MaxPool2d(3, stride 2, padding 1). candle's pool has no padding; after the

@@ -19,7 +19,7 @@ use candle_core::{DType, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
 use gemm::Parallelism;
 
-use super::kernels::{self, Act};
+use super::kernels::{self, Act, Folded, Pad, bn_affine};
 
 /// One stage of blocks: (repeats, kernel, stride of the first block, expand ratio, out width).
 const STAGES: [(usize, usize, usize, usize, usize); 7] = [
@@ -53,12 +53,6 @@ pub fn same_padding(size: usize, k: usize, stride: usize) -> (usize, usize, usiz
 
 fn relu6(x: &Tensor) -> Result<Tensor> {
     x.clamp(0f32, 6f32)
-}
-
-/// `bn` in eval mode as a per-channel affine map: (scale, shift).
-fn bn_affine(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (scale, shift) = super::bn_scale_shift(bn)?;
-    Ok((scale.to_vec1()?, shift.to_vec1()?))
 }
 
 /// A 1x1 convolution as a matrix product: `(n, cin, h, w)` -> `(n, cout, h, w)`.
@@ -115,26 +109,6 @@ fn depthwise_slices(x: &Tensor, w: &Tensor, stride: usize) -> Result<Tensor> {
         }
     }
     acc.ok_or_else(|| candle_core::Error::Msg("empty depthwise kernel".into()))
-}
-
-/// Inference form of a convolution + batch norm: weight scaled per output channel (row-major
-/// `(cout, cin * k * k)`), bias added.
-#[derive(Debug)]
-struct Folded {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Folded {
-    fn new(w: &Tensor, bn: &BatchNorm) -> Result<Self> {
-        let (scale, bias) = bn_affine(bn)?;
-        let per = w.elem_count() / scale.len();
-        let mut weight = w.flatten_all()?.to_vec1::<f32>()?;
-        for (row, s) in weight.chunks_mut(per).zip(&scale) {
-            row.iter_mut().for_each(|v| *v *= s);
-        }
-        Ok(Self { weight, bias })
-    }
 }
 
 /// A block's inference form: expand, depthwise (weights, scale, shift), project.
@@ -366,20 +340,18 @@ impl EfficientNetLite {
         )
     }
 
-    /// The folded network over a batch: images in parallel (one thread each, single-threaded
-    /// kernels) when there are at least as many as cores, else one at a time with every core.
+    /// The folded network over a batch (see [`kernels::batch`]).
     fn infer(&self, (stem, head): &(Folded, Folded), x: &Tensor) -> Result<Tensor> {
-        let (n, cin, h, w) = x.dims4()?;
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
-        let one = |img: &[f32], par: Parallelism, threads: usize| -> (Vec<f32>, usize, usize) {
+        kernels::batch(x, |img, (cin, h, w), par, threads| {
             let (mut y, mut oh, mut ow) = kernels::conv_dense(
                 img,
-                &stem.weight,
-                &stem.bias,
+                stem,
                 (cin, h, w),
                 3,
                 2,
+                Pad::Same,
                 Act::Relu6,
+                None,
                 par,
             );
             for block in &self.blocks {
@@ -396,36 +368,8 @@ impl EfficientNetLite {
                 None,
                 par,
             );
-            (y, oh, ow)
-        };
-        // TF-SAME halves each side rounding up, five times.
-        let (oh, ow) = (h.div_ceil(32).max(1), w.div_ceil(32).max(1));
-        let map = FEATURES * oh * ow;
-        let threads = kernels::threads();
-        let per = cin * h * w;
-        let mut out = vec![0f32; n * map];
-        let put = |d: &mut [f32], (y, yh, yw): (Vec<f32>, usize, usize)| {
-            assert_eq!((yh, yw), (oh, ow), "TF-SAME map size");
-            d.copy_from_slice(&y);
-        };
-        if n >= threads && threads > 1 {
-            let images = n.div_ceil(threads);
-            std::thread::scope(|scope| {
-                for (dst, src) in out.chunks_mut(images * map).zip(data.chunks(images * per)) {
-                    let (one, put) = (&one, &put);
-                    scope.spawn(move || {
-                        for (d, img) in dst.chunks_mut(map).zip(src.chunks(per)) {
-                            put(d, one(img, Parallelism::None, 1));
-                        }
-                    });
-                }
-            });
-        } else {
-            for (d, img) in out.chunks_mut(map).zip(data.chunks(per)) {
-                put(d, one(img, Parallelism::Rayon(threads), threads));
-            }
-        }
-        Tensor::from_vec(out, (n, FEATURES, oh, ow), x.device())
+            (y, (FEATURES, oh, ow))
+        })
     }
 
     /// The linear classifier on pooled features: logits `(n, labels)`.
@@ -567,19 +511,19 @@ mod tests {
             let w = rand(&[5, cin, 3, 3], 12);
             let want = conv_same(&x, &w, 2).unwrap();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let zero = vec![0f32; 5];
+            let folded = Folded::plain(&w).unwrap();
             let mut got = Vec::new();
             let mut dims = (0, 0);
             for img in xs.chunks(cin * h * wd) {
                 let (out, oh, ow) = kernels::conv_dense(
                     img,
-                    &ws,
-                    &zero,
+                    &folded,
                     (cin, h, wd),
                     3,
                     2,
+                    Pad::Same,
                     Act::None,
+                    None,
                     Parallelism::Rayon(2),
                 );
                 got.extend(out);

@@ -1,9 +1,13 @@
 //! Inference kernels over contiguous buffers (one image's `(channels, h, w)` planes, row-major):
-//! 1x1 convolutions as one `gemm` call with the bias, ReLU6 and residual add fused into one pass
-//! over the output, dense k x k convolutions as im2col + `gemm`, and a direct depthwise kernel.
-//! Padding is TF-SAME throughout (see [`super::efficientnet::same_padding`]). No autograd:
-//! training runs candle's own operations on the same weights.
+//! 1x1 convolutions as one `gemm` call with the bias, activation and residual add fused into
+//! one pass over the output, dense k x k convolutions (stride, TF-SAME or symmetric padding) as
+//! im2col + `gemm`, a direct depthwise kernel, max and average pooling, and batch norm + ReLU
+//! as one pass (DenseNet's pre-activation). Every inference path of every network runs on
+//! these ([`batch`] spreads a batch over the cores); training runs candle's own operations on
+//! the same weights, and candle's convolution stays the reference the tests compare with.
 
+use candle_core::{Result, Tensor};
+use candle_nn::BatchNorm;
 use gemm::Parallelism;
 
 use super::efficientnet::same_padding;
@@ -12,7 +16,79 @@ use super::efficientnet::same_padding;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
     None,
+    Relu,
     Relu6,
+}
+
+impl Act {
+    fn apply(self, row: &mut [f32]) {
+        match self {
+            Act::None => {}
+            Act::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Relu6 => row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        }
+    }
+}
+
+/// How a convolution or pool pads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pad {
+    /// TensorFlow's SAME: output `ceil(size / stride)`, the padding split with the odd one after.
+    Same,
+    /// `p` on every side (PyTorch's `padding = p`): output `(size + 2p - k) / stride + 1`.
+    Sym(usize),
+}
+
+impl Pad {
+    /// (padding before, output size) along one axis of `size` for `k` taps at `stride`.
+    fn axis(self, size: usize, k: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Pad::Same => {
+                let (before, _, out) = same_padding(size, k, stride);
+                (before, out)
+            }
+            Pad::Sym(p) => match (size + 2 * p).checked_sub(k) {
+                Some(span) => (p, span / stride + 1),
+                None => (p, 0),
+            },
+        }
+    }
+}
+
+/// A batch norm in eval mode as a per-channel affine map: (scale, shift).
+pub(super) fn bn_affine(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (scale, shift) = super::bn_scale_shift(bn)?;
+    Ok((scale.to_vec1()?, shift.to_vec1()?))
+}
+
+/// Inference form of a convolution (+ the batch norm after it): weight scaled per output
+/// channel (row-major `(cout, cin * k * k)`), bias added.
+#[derive(Debug)]
+pub(super) struct Folded {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Folded {
+    /// `bn(conv(x, w))` in eval mode equals `conv(x, w * s) + (beta - mean * s)` with
+    /// `s = gamma / sqrt(var + eps)`.
+    pub fn new(w: &Tensor, bn: &BatchNorm) -> Result<Self> {
+        let (scale, bias) = bn_affine(bn)?;
+        let per = w.elem_count() / scale.len();
+        let mut weight = w.flatten_all()?.to_vec1::<f32>()?;
+        for (row, s) in weight.chunks_mut(per).zip(&scale) {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(Self { weight, bias })
+    }
+
+    /// A convolution without a batch norm after it (bias zero).
+    pub fn plain(w: &Tensor) -> Result<Self> {
+        Ok(Self {
+            bias: vec![0.0; w.dim(0)?],
+            weight: w.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
 }
 
 /// `dst (m, n) = w (m, k) x src (k, n)`, all row-major.
@@ -56,9 +132,7 @@ fn epilogue(dst: &mut [f32], bias: &[f32], plane: usize, act: Act, residual: Opt
             }
             None => row.iter_mut().for_each(|v| *v += b),
         }
-        if act == Act::Relu6 {
-            row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
-        }
+        act.apply(row);
     }
 }
 
@@ -82,47 +156,78 @@ pub fn pointwise(
     dst
 }
 
-/// A dense `k x k` convolution with stride (TF-SAME) via im2col: `(cin, h, w)` ->
-/// (`(cout, oh, ow)`, oh, ow). `w` is `(cout, cin, k, k)`.
+/// The output columns `lo..=hi` of one tap `kx` whose input column `ox * stride + kx - l`
+/// lies inside `0..wd`, and the input column of `lo`; `None` when no column does.
+fn tap_run(
+    wd: usize,
+    l: usize,
+    kx: usize,
+    stride: usize,
+    ow: usize,
+) -> Option<(usize, usize, usize)> {
+    let lo = l.saturating_sub(kx).div_ceil(stride);
+    let last = (wd + l).checked_sub(kx + 1)?;
+    let hi = (last / stride).min(ow.checked_sub(1)?);
+    (lo <= hi).then(|| (lo, hi, lo * stride + kx - l))
+}
+
+/// A dense `k x k` convolution with stride and padding: `(cin, h, w)` -> (`(cout, oh, ow)`,
+/// oh, ow), `w` being `(cout, cin, k, k)`, with the bias, the residual (`(cout, oh, ow)`) and
+/// the activation fused. A 1x1 stride-1 convolution is one matrix product on the input as it
+/// is; anything else goes through im2col, copied a row run at a time (no per-pixel bounds
+/// checks), then one matrix product.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_dense(
     src: &[f32],
-    w: &[f32],
-    bias: &[f32],
+    w: &Folded,
     (cin, h, wd): (usize, usize, usize),
     k: usize,
     stride: usize,
+    pad: Pad,
     act: Act,
+    residual: Option<&[f32]>,
     par: Parallelism,
 ) -> (Vec<f32>, usize, usize) {
-    let (t, _, oh) = same_padding(h, k, stride);
-    let (l, _, ow) = same_padding(wd, k, stride);
-    let rows = cin * k * k;
-    let mut cols = vec![0f32; rows * oh * ow];
-    for ci in 0..cin {
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * oh * ow..][..oh * ow];
-                for oy in 0..oh {
-                    let y = (oy * stride + ky) as isize - t as isize;
-                    if y < 0 || y >= h as isize {
+    let (t, oh) = pad.axis(h, k, stride);
+    let (l, ow) = pad.axis(wd, k, stride);
+    let cout = w.bias.len();
+    let mut dst = vec![0f32; cout * oh * ow];
+    if oh == 0 || ow == 0 {
+        return (dst, oh, ow);
+    }
+    if k == 1 && stride == 1 && t == 0 && l == 0 {
+        matmul(&mut dst, &w.weight, src, cout, cin, oh * ow, par);
+    } else {
+        let rows = cin * k * k;
+        let mut cols = vec![0f32; rows * oh * ow];
+        for ci in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = &mut cols[((ci * k + ky) * k + kx) * oh * ow..][..oh * ow];
+                    let Some((lo, hi, first)) = tap_run(wd, l, kx, stride, ow) else {
                         continue;
-                    }
-                    let line = &src[(ci * h + y as usize) * wd..][..wd];
-                    for ox in 0..ow {
-                        let x = (ox * stride + kx) as isize - l as isize;
-                        if x >= 0 && x < wd as isize {
-                            row[oy * ow + ox] = line[x as usize];
+                    };
+                    for oy in 0..oh {
+                        let y = (oy * stride + ky) as isize - t as isize;
+                        if y < 0 || y >= h as isize {
+                            continue;
+                        }
+                        let line = &src[(ci * h + y as usize) * wd..][..wd];
+                        let out = &mut row[oy * ow + lo..=oy * ow + hi];
+                        if stride == 1 {
+                            out.copy_from_slice(&line[first..first + out.len()]);
+                        } else {
+                            for (j, o) in out.iter_mut().enumerate() {
+                                *o = line[first + j * stride];
+                            }
                         }
                     }
                 }
             }
         }
+        matmul(&mut dst, &w.weight, &cols, cout, rows, oh * ow, par);
     }
-    let cout = bias.len();
-    let mut dst = vec![0f32; cout * oh * ow];
-    matmul(&mut dst, w, &cols, cout, rows, oh * ow, par);
-    epilogue(&mut dst, bias, oh * ow, act, None);
+    epilogue(&mut dst, &w.bias, oh * ow, act, residual);
     (dst, oh, ow)
 }
 
@@ -160,16 +265,9 @@ pub fn depthwise(
                 let line = &src[y as usize * wd..(y as usize + 1) * wd];
                 for kx in 0..k {
                     let wv = kw[ky * k + kx];
-                    // Output columns with 0 <= ox * stride + kx - l < wd.
-                    let lo = l.saturating_sub(kx).div_ceil(stride);
-                    let Some(last) = (wd + l).checked_sub(kx + 1) else {
+                    let Some((lo, hi, first)) = tap_run(wd, l, kx, stride, ow) else {
                         continue;
                     };
-                    let hi = (last / stride).min(ow - 1);
-                    if lo > hi {
-                        continue;
-                    }
-                    let first = lo * stride + kx - l;
                     if stride == 1 {
                         let out = &mut row[lo..=hi];
                         let inp = &line[first..first + out.len()];
@@ -206,7 +304,331 @@ pub fn depthwise(
     (out, oh, ow)
 }
 
+/// Per-channel `x * scale + shift`, then the activation, from `src` into `dst` (both
+/// `(c, plane)`): a batch norm in eval mode where it cannot be folded into a convolution
+/// (DenseNet's pre-activation, before a concatenation's consumers).
+pub fn affine(src: &[f32], dst: &mut [f32], (scale, shift): (&[f32], &[f32]), act: Act) {
+    let plane = src.len() / scale.len().max(1);
+    for (c, (out, inp)) in dst.chunks_mut(plane).zip(src.chunks(plane)).enumerate() {
+        let (s, b) = (scale[c], shift[c]);
+        out.iter_mut().zip(inp).for_each(|(o, v)| *o = v * s + b);
+        act.apply(out);
+    }
+}
+
+/// `k x k` max pool with stride and symmetric padding `p` (padded cells never win, as
+/// PyTorch's `-inf` padding): `(c, h, w)` -> (`(c, oh, ow)`, oh, ow).
+pub fn max_pool(
+    src: &[f32],
+    (c, h, wd): (usize, usize, usize),
+    k: usize,
+    stride: usize,
+    p: usize,
+) -> (Vec<f32>, usize, usize) {
+    let (t, oh) = Pad::Sym(p).axis(h, k, stride);
+    let (l, ow) = Pad::Sym(p).axis(wd, k, stride);
+    let mut out = vec![f32::NEG_INFINITY; c * oh * ow];
+    if oh == 0 || ow == 0 {
+        return (out, oh, ow);
+    }
+    for (plane, dst) in src.chunks(h * wd).zip(out.chunks_mut(oh * ow)) {
+        for oy in 0..oh {
+            let row = &mut dst[oy * ow..(oy + 1) * ow];
+            for ky in 0..k {
+                let y = (oy * stride + ky) as isize - t as isize;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                let line = &plane[y as usize * wd..(y as usize + 1) * wd];
+                for kx in 0..k {
+                    let Some((lo, hi, first)) = tap_run(wd, l, kx, stride, ow) else {
+                        continue;
+                    };
+                    for (j, o) in row[lo..=hi].iter_mut().enumerate() {
+                        *o = o.max(line[first + j * stride]);
+                    }
+                }
+            }
+        }
+    }
+    (out, oh, ow)
+}
+
+/// 2x2 average pool, stride 2, no padding (an odd last row or column is dropped, as PyTorch's
+/// `AvgPool2d(2)`): `(c, h, w)` -> (`(c, h / 2, w / 2)`, h / 2, w / 2).
+pub fn avg_pool2(src: &[f32], (c, h, wd): (usize, usize, usize)) -> (Vec<f32>, usize, usize) {
+    let (oh, ow) = (h / 2, wd / 2);
+    let mut out = vec![0f32; c * oh * ow];
+    if oh == 0 || ow == 0 {
+        return (out, oh, ow);
+    }
+    for (plane, dst) in src.chunks(h * wd).zip(out.chunks_mut(oh * ow)) {
+        for oy in 0..oh {
+            let (a, b) = (
+                &plane[2 * oy * wd..][..wd],
+                &plane[(2 * oy + 1) * wd..][..wd],
+            );
+            for (ox, o) in dst[oy * ow..(oy + 1) * ow].iter_mut().enumerate() {
+                *o = 0.25 * (a[2 * ox] + a[2 * ox + 1] + b[2 * ox] + b[2 * ox + 1]);
+            }
+        }
+    }
+    (out, oh, ow)
+}
+
+/// One image's map from a network's inference form: `(channels, h, w)` and its planes.
+pub type Map = (Vec<f32>, (usize, usize, usize));
+
+/// Run `one` over every image of `x` (`(n, c, h, w)`): images in parallel (one thread each,
+/// single-threaded kernels) when there are at least as many as cores, else one at a time
+/// with every core (`Parallelism::Rayon` for the matrix products, the thread count for the
+/// kernels that split channels). Every image must give a map of the same shape.
+pub fn batch<F>(x: &Tensor, one: F) -> Result<Tensor>
+where
+    F: Fn(&[f32], (usize, usize, usize), Parallelism, usize) -> Map + Sync,
+{
+    let (n, cin, h, w) = x.dims4()?;
+    let data = x.flatten_all()?.to_vec1::<f32>()?;
+    let per = cin * h * w;
+    let threads = threads();
+    let maps: Vec<Map> = if n >= threads && threads > 1 {
+        let images = n.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = data
+                .chunks(images * per)
+                .map(|src| {
+                    let one = &one;
+                    scope.spawn(move || {
+                        src.chunks(per)
+                            .map(|img| one(img, (cin, h, w), Parallelism::None, 1))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|t| t.join().expect("an inference thread panicked"))
+                .collect()
+        })
+    } else {
+        data.chunks(per)
+            .map(|img| one(img, (cin, h, w), Parallelism::Rayon(threads), threads))
+            .collect()
+    };
+    let dims = maps.first().map_or((0, 0, 0), |m| m.1);
+    if maps.iter().any(|m| m.1 != dims) {
+        candle_core::bail!("images of one batch gave maps of different shapes");
+    }
+    let flat: Vec<f32> = maps.into_iter().flat_map(|m| m.0).collect();
+    Tensor::from_vec(flat, (n, dims.0, dims.1, dims.2), x.device())
+}
+
 /// Threads for inference: the machine's cores.
 pub fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    fn tensor(v: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// One case: (batch, cin, cout, h, w, k, stride, padding).
+    type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    /// Every dense convolution shape of cxrnet-v1 (128 px) and DenseNet-121 (224 px: the stem,
+    /// the first and last 1x1 of each block, the 3x3 at every resolution, the transitions
+    /// after their pool), then odd shapes: 1x1 images, width 1, channels no multiple of 16,
+    /// padding larger than the image, batch 1 and 7.
+    const CASES: &[Case] = &[
+        (1, 1, 24, 128, 128, 5, 2, 2),
+        (1, 24, 32, 64, 64, 3, 2, 1),
+        (1, 24, 32, 64, 64, 1, 2, 0),
+        (1, 32, 32, 32, 32, 3, 1, 1),
+        (1, 32, 64, 32, 32, 3, 2, 1),
+        (1, 64, 64, 16, 16, 3, 1, 1),
+        (1, 64, 128, 16, 16, 3, 2, 1),
+        (1, 128, 192, 8, 8, 3, 2, 1),
+        (1, 192, 192, 4, 4, 3, 1, 1),
+        (1, 3, 64, 224, 224, 7, 2, 3),
+        (1, 64, 128, 56, 56, 1, 1, 0),
+        (1, 224, 128, 56, 56, 1, 1, 0),
+        (1, 128, 32, 56, 56, 3, 1, 1),
+        (1, 256, 128, 28, 28, 1, 1, 0),
+        (1, 128, 32, 28, 28, 3, 1, 1),
+        (1, 480, 128, 28, 28, 1, 1, 0),
+        (1, 512, 256, 14, 14, 1, 1, 0),
+        (1, 992, 128, 14, 14, 1, 1, 0),
+        (1, 128, 32, 14, 14, 3, 1, 1),
+        (1, 1024, 512, 7, 7, 1, 1, 0),
+        (1, 992, 128, 7, 7, 1, 1, 0),
+        (1, 128, 32, 7, 7, 3, 1, 1),
+        (7, 17, 5, 9, 7, 3, 2, 1),
+        (1, 3, 9, 1, 1, 3, 1, 1),
+        (2, 5, 3, 1, 1, 7, 2, 3),
+        (7, 19, 11, 6, 1, 5, 1, 2),
+        (1, 1, 1, 1, 13, 3, 2, 1),
+        (3, 33, 7, 5, 4, 1, 2, 0),
+    ];
+
+    /// The dense kernel against candle's convolution with the same padding, bias, residual and
+    /// activation, within 1e-4 of the largest output.
+    #[test]
+    fn dense_convolutions_match_candle_on_every_network_shape() {
+        for (i, &(n, cin, cout, h, w, k, s, p)) in CASES.iter().enumerate() {
+            let seed = 10 * i as u64;
+            let x = rand(n * cin * h * w, seed);
+            let wt = rand(cout * cin * k * k, seed + 1);
+            let bias = rand(cout, seed + 2);
+            let reference = tensor(&x, &[n, cin, h, w])
+                .conv2d(&tensor(&wt, &[cout, cin, k, k]), p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&tensor(&bias, &[1, cout, 1, 1]))
+                .unwrap();
+            let (_, _, oh, ow) = reference.dims4().unwrap();
+            let residual = rand(n * cout * oh * ow, seed + 3);
+            let folded = Folded { weight: wt, bias };
+            for (act, with_residual) in [(Act::None, false), (Act::Relu, true), (Act::Relu6, false)]
+            {
+                let mut want = reference.clone();
+                if with_residual {
+                    want = (want + tensor(&residual, &[n, cout, oh, ow])).unwrap();
+                }
+                let want = match act {
+                    Act::None => want,
+                    Act::Relu => want.relu().unwrap(),
+                    Act::Relu6 => want.clamp(0f32, 6f32).unwrap(),
+                };
+                let mut got = Vec::new();
+                for (b, img) in x.chunks(cin * h * w).enumerate() {
+                    let r = &residual[b * cout * oh * ow..(b + 1) * cout * oh * ow];
+                    let par = if b % 2 == 0 {
+                        Parallelism::None
+                    } else {
+                        Parallelism::Rayon(2)
+                    };
+                    let (out, gh, gw) = conv_dense(
+                        img,
+                        &folded,
+                        (cin, h, w),
+                        k,
+                        s,
+                        Pad::Sym(p),
+                        act,
+                        with_residual.then_some(r),
+                        par,
+                    );
+                    assert_eq!((gh, gw), (oh, ow), "case {i}");
+                    got.extend(out);
+                }
+                let err = max_rel(&got, &flat(&want));
+                assert!(err < 1e-4, "case {i} {:?} {act:?}: {err}", CASES[i]);
+            }
+        }
+    }
+
+    /// Max pool with -inf padding against a direct definition; average pool against candle's.
+    #[test]
+    fn pools_match_their_definitions() {
+        for &(c, h, w, k, s, p) in &[
+            (64, 112, 112, 3, 2, 1),
+            (3, 7, 5, 3, 2, 1),
+            (2, 1, 1, 3, 2, 1),
+            (5, 6, 1, 3, 1, 1),
+            (1, 9, 9, 2, 2, 0),
+        ] {
+            let x = rand(c * h * w, (h * 31 + w) as u64);
+            let (got, oh, ow) = max_pool(&x, (c, h, w), k, s, p);
+            assert_eq!((oh, ow), ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1));
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut m = f32::NEG_INFINITY;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (y, xx) = (
+                                    (oy * s + ky) as isize - p as isize,
+                                    (ox * s + kx) as isize - p as isize,
+                                );
+                                if (0..h as isize).contains(&y) && (0..w as isize).contains(&xx) {
+                                    m = m.max(x[(ch * h + y as usize) * w + xx as usize]);
+                                }
+                            }
+                        }
+                        assert_eq!(
+                            got[(ch * oh + oy) * ow + ox],
+                            m,
+                            "{c} {h} {w} at {ch} {oy} {ox}"
+                        );
+                    }
+                }
+            }
+            let (got, oh, ow) = avg_pool2(&x, (c, h, w));
+            assert_eq!((oh, ow), (h / 2, w / 2));
+            if oh > 0 && ow > 0 {
+                let want = tensor(&x, &[1, c, h, w]).avg_pool2d(2).unwrap();
+                assert!(max_rel(&got, &flat(&want)) < 1e-6, "avg {c} {h} {w}");
+            } else {
+                assert!(got.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn affine_applies_scale_shift_and_activation_per_channel() {
+        let x = [1.0, -2.0, 3.0, 4.0, -5.0, 6.0];
+        let mut out = [0f32; 6];
+        affine(&x, &mut out, (&[2.0, -1.0], &[0.5, 1.0]), Act::Relu);
+        assert_eq!(out, [2.5, 0.0, 6.5, 0.0, 6.0, 0.0]);
+        affine(&x, &mut out, (&[2.0, -1.0], &[0.5, 1.0]), Act::Relu6);
+        assert_eq!(out, [2.5, 0.0, 6.0, 0.0, 6.0, 0.0]);
+    }
+
+    /// A batch gives every image's map whether the images run in parallel or one at a time.
+    #[test]
+    fn batches_keep_image_order_and_refuse_ragged_maps() {
+        let x = tensor(&rand(7 * 2 * 3 * 3, 5), &[7, 2, 3, 3]);
+        let twice = |img: &[f32], dims: (usize, usize, usize), _: Parallelism, _: usize| {
+            (img.iter().map(|v| 2.0 * v).collect(), dims)
+        };
+        for n in [1, 7] {
+            let xs = x.narrow(0, 0, n).unwrap();
+            let got = batch(&xs, twice).unwrap();
+            assert_eq!(flat(&got), flat(&(&xs * 2.0).unwrap()));
+        }
+        let ragged = |img: &[f32], _: (usize, usize, usize), _: Parallelism, _: usize| {
+            let len = if img[0] > 0.0 { 2 } else { 1 };
+            (vec![0.0; len], (1, 1, len))
+        };
+        let signs = tensor(&[1.0, -1.0, 1.0, -1.0], &[4, 1, 1, 1]);
+        assert!(batch(&signs, ragged).is_err());
+    }
 }

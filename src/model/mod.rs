@@ -237,7 +237,8 @@ impl Net {
     pub fn prepare_inference(&mut self) -> candle_core::Result<()> {
         match self {
             Net::EfficientNet(n) => n.fold_batchnorm(),
-            Net::CxrNet(_) | Net::DenseNet(_) => Ok(()),
+            Net::CxrNet(n) => n.fold_batchnorm(),
+            Net::DenseNet(n) => n.fold_batchnorm(),
         }
     }
 
