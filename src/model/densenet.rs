@@ -240,7 +240,8 @@ impl DenseNet {
         kernels::batch(x, |img, dims, par, _| {
             let (y, h, w) =
                 kernels::conv_dense(img, &f.conv0, dims, 7, 2, Pad::Sym(3), Act::Relu, None, par);
-            let (mut x, mut h, mut w) = kernels::max_pool(&y, (f.conv0.bias.len(), h, w), 3, 2, 1);
+            let (mut x, mut h, mut w) =
+                kernels::max_pool(&y, (f.conv0.bias.len(), h, w), 3, 2, 1, par);
             let mut c = f.conv0.bias.len();
             for (layers, transition) in &f.blocks {
                 let plane = h * w;
@@ -255,7 +256,7 @@ impl DenseNet {
                 c = total;
                 x = all;
                 if let Some((norm, conv)) = transition {
-                    kernels::affine(&x, &mut pre, (&norm.0, &norm.1), Act::Relu);
+                    kernels::affine(&x, &mut pre, (&norm.0, &norm.1), Act::Relu, par);
                     let (pooled, ph, pw) = kernels::avg_pool2(&pre, (c, h, w));
                     (h, w) = (ph, pw);
                     x = kernels::pointwise(
@@ -272,7 +273,7 @@ impl DenseNet {
                 }
             }
             let mut out = vec![0f32; x.len()];
-            kernels::affine(&x, &mut out, (&f.norm5.0, &f.norm5.1), Act::Relu);
+            kernels::affine(&x, &mut out, (&f.norm5.0, &f.norm5.1), Act::Relu, par);
             (out, (c, h, w))
         })
     }
@@ -338,6 +339,7 @@ fn dense_layer(
         &mut pre[..cin * plane],
         (&norm.0, &norm.1),
         Act::Relu,
+        par,
     );
     let mid = conv1.bias.len();
     let y = kernels::pointwise(

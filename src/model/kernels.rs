@@ -9,6 +9,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::BatchNorm;
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use super::efficientnet::same_padding;
 
@@ -93,8 +94,52 @@ impl Folded {
 
 /// `dst (m, n) = w (m, k) x src (k, n)`, all row-major.
 fn matmul(dst: &mut [f32], w: &[f32], src: &[f32], m: usize, k: usize, n: usize, par: Parallelism) {
-    assert!(dst.len() >= m * n && w.len() >= m * k && src.len() >= k * n);
-    // SAFETY: the asserts above keep every index the strides reach inside the three slices;
+    let lhs = Strided {
+        data: w,
+        row: k,
+        col: 1,
+    };
+    let rhs = Strided {
+        data: src,
+        row: n,
+        col: 1,
+    };
+    matmul_strided(dst, n, lhs, rhs, (m, k, n), false, par);
+}
+
+/// A matrix inside a slice: element `(i, j)` at `i * row + j * col`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    row: usize,
+    col: usize,
+}
+
+impl Strided<'_> {
+    /// Does every element of an `r x c` matrix lie inside the slice?
+    fn fits(&self, r: usize, c: usize) -> bool {
+        r == 0 || c == 0 || (r - 1) * self.row + (c - 1) * self.col < self.data.len()
+    }
+}
+
+/// `dst (m, n) [+]= lhs (m, k) x rhs (k, n)`, `dst` row-major with row stride `dst_row`;
+/// `accumulate` adds to what `dst` holds instead of overwriting it.
+fn matmul_strided(
+    dst: &mut [f32],
+    dst_row: usize,
+    lhs: Strided,
+    rhs: Strided,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let out = Strided {
+        data: dst,
+        row: dst_row,
+        col: 1,
+    };
+    assert!(out.fits(m, n) && lhs.fits(m, k) && rhs.fits(k, n));
+    // SAFETY: the assert above keeps every index the strides reach inside the three slices;
     // `dst` does not alias the inputs (a `&mut` borrow).
     unsafe {
         gemm::gemm(
@@ -103,15 +148,15 @@ fn matmul(dst: &mut [f32], w: &[f32], src: &[f32], m: usize, k: usize, n: usize,
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
-            false,
-            w.as_ptr(),
-            1,
-            k as isize,
-            src.as_ptr(),
-            1,
-            n as isize,
-            0.0,
+            dst_row as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.data.as_ptr(),
+            rhs.col as isize,
+            rhs.row as isize,
+            1.0,
             1.0,
             false,
             false,
@@ -122,8 +167,15 @@ fn matmul(dst: &mut [f32], w: &[f32], src: &[f32], m: usize, k: usize, n: usize,
 }
 
 /// Add the bias per output channel, then the residual, then the activation, in one pass.
-fn epilogue(dst: &mut [f32], bias: &[f32], plane: usize, act: Act, residual: Option<&[f32]>) {
-    for (c, row) in dst.chunks_mut(plane).enumerate() {
+fn epilogue(
+    dst: &mut [f32],
+    bias: &[f32],
+    plane: usize,
+    act: Act,
+    residual: Option<&[f32]>,
+    par: Parallelism,
+) {
+    per_channel(dst, plane, par, |c, row| {
         let b = bias[c];
         match residual {
             Some(r) => {
@@ -133,6 +185,28 @@ fn epilogue(dst: &mut [f32], bias: &[f32], plane: usize, act: Act, residual: Opt
             None => row.iter_mut().for_each(|v| *v += b),
         }
         act.apply(row);
+    });
+}
+
+/// `f(channel, plane)` for each `plane`-sized chunk of `dst`, split over the pool when `par`
+/// allows and the work is big enough.
+fn per_channel(
+    dst: &mut [f32],
+    plane: usize,
+    par: Parallelism,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if plane == 0 {
+        return;
+    }
+    if parallel(par, dst.len()) {
+        dst.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(c, row)| f(c, row));
+    } else {
+        for (c, row) in dst.chunks_mut(plane).enumerate() {
+            f(c, row);
+        }
     }
 }
 
@@ -152,7 +226,7 @@ pub fn pointwise(
     let cout = bias.len();
     let mut dst = vec![0f32; cout * plane];
     matmul(&mut dst, w, src, cout, cin, plane, par);
-    epilogue(&mut dst, bias, plane, act, residual);
+    epilogue(&mut dst, bias, plane, act, residual, par);
     dst
 }
 
@@ -169,6 +243,151 @@ fn tap_run(
     let last = (wd + l).checked_sub(kx + 1)?;
     let hi = (last / stride).min(ow.checked_sub(1)?);
     (lo <= hi).then(|| (lo, hi, lo * stride + kx - l))
+}
+
+/// Work smaller than this (in elements) runs on the calling thread: splitting it costs more
+/// than it saves.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Should a pass of `len` elements be split over the pool?
+fn parallel(par: Parallelism, len: usize) -> bool {
+    matches!(par, Parallelism::Rayon(n) if n != 1) && len >= PARALLEL_MIN
+}
+
+thread_local! {
+    /// The im2col buffer, reused between convolutions on this thread (it only grows).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on a buffer of `len` elements whose contents are stale (`f` overwrites them all):
+/// this thread's reused scratch, or a fresh one if it is in use (a convolution reached
+/// again through the pool's work stealing).
+fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len]);
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// im2col of one image: row `(ci, ky, kx)` holds the input under that tap for every output
+/// pixel, zero where the tap falls in the padding.
+struct Im2col<'a> {
+    src: &'a [f32],
+    h: usize,
+    wd: usize,
+    k: usize,
+    stride: usize,
+    t: usize,
+    l: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Im2col<'_> {
+    /// Channel `ci`'s `k * k` rows, every element written (the buffer may be stale).
+    fn channel(&self, ci: usize, rows: &mut [f32]) {
+        let Self {
+            src,
+            h,
+            wd,
+            k,
+            stride,
+            t,
+            l,
+            oh,
+            ow,
+        } = *self;
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut rows[(ky * k + kx) * oh * ow..][..oh * ow];
+                let Some((lo, hi, first)) = tap_run(wd, l, kx, stride, ow) else {
+                    row.fill(0.0);
+                    continue;
+                };
+                for (oy, out) in row.chunks_mut(ow).enumerate() {
+                    let y = (oy * stride + ky) as isize - t as isize;
+                    if y < 0 || y >= h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &src[(ci * h + y as usize) * wd..][..wd];
+                    out[..lo].fill(0.0);
+                    out[hi + 1..].fill(0.0);
+                    let run = &mut out[lo..=hi];
+                    if stride == 1 {
+                        run.copy_from_slice(&line[first..first + run.len()]);
+                    } else {
+                        for (j, o) in run.iter_mut().enumerate() {
+                            *o = line[first + j * stride];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stride-1 `k x k` convolution without im2col: the input copied once into a zero-padded
+/// buffer `ow + k - 1` wide, then one matrix product per tap, each reading that buffer shifted
+/// by the tap's offset and adding into an output as wide as the padded rows (the `k - 1`
+/// extra columns of each row are discarded when the result is copied into `dst`). k * k
+/// products with `cin` deep sums read far less memory than one product over an im2col
+/// buffer k * k times the input's size.
+#[allow(clippy::too_many_arguments)]
+fn shifted_products(
+    dst: &mut [f32],
+    src: &[f32],
+    w: &Folded,
+    (cin, h, wd): (usize, usize, usize),
+    k: usize,
+    (t, l): (usize, usize),
+    (oh, ow): (usize, usize),
+    par: Parallelism,
+) {
+    let cout = w.bias.len();
+    let wp = ow + k - 1;
+    // One spare row so that the last tap's reads past the last output row stay inside.
+    let plane = (oh + k) * wp;
+    let wide = oh * wp;
+    with_scratch(cin * plane + cout * wide, |buf| {
+        let (padded, out) = buf.split_at_mut(cin * plane);
+        per_channel(padded, plane, par, |ci, p| {
+            p.fill(0.0);
+            // Input rows that land inside the padded frame (t before, output-sized after).
+            for y in 0..h.min(oh + k - 1 - t.min(oh + k - 1)) {
+                let row = (y + t) * wp + l;
+                let cols = wd.min(wp.saturating_sub(l));
+                p[row..row + cols].copy_from_slice(&src[(ci * h + y) * wd..][..cols]);
+            }
+        });
+        for ky in 0..k {
+            for kx in 0..k {
+                let lhs = Strided {
+                    data: &w.weight[ky * k + kx..],
+                    row: cin * k * k,
+                    col: k * k,
+                };
+                let rhs = Strided {
+                    data: &padded[ky * wp + kx..],
+                    row: plane,
+                    col: 1,
+                };
+                let first = ky == 0 && kx == 0;
+                matmul_strided(out, wide, lhs, rhs, (cout, cin, wide), !first, par);
+            }
+        }
+        let out = &*out;
+        per_channel(dst, oh * ow, par, |c, d| {
+            for (dr, or) in d.chunks_mut(ow).zip(out[c * wide..].chunks(wp)) {
+                dr.copy_from_slice(&or[..ow]);
+            }
+        });
+    });
 }
 
 /// A dense `k x k` convolution with stride and padding: `(cin, h, w)` -> (`(cout, oh, ow)`,
@@ -197,43 +416,49 @@ pub fn conv_dense(
     }
     if k == 1 && stride == 1 && t == 0 && l == 0 {
         matmul(&mut dst, &w.weight, src, cout, cin, oh * ow, par);
+    } else if stride == 1 && k > 1 {
+        shifted_products(&mut dst, src, w, (cin, h, wd), k, (t, l), (oh, ow), par);
     } else {
         let rows = cin * k * k;
-        let mut cols = vec![0f32; rows * oh * ow];
-        for ci in 0..cin {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut cols[((ci * k + ky) * k + kx) * oh * ow..][..oh * ow];
-                    let Some((lo, hi, first)) = tap_run(wd, l, kx, stride, ow) else {
-                        continue;
-                    };
-                    for oy in 0..oh {
-                        let y = (oy * stride + ky) as isize - t as isize;
-                        if y < 0 || y >= h as isize {
-                            continue;
-                        }
-                        let line = &src[(ci * h + y as usize) * wd..][..wd];
-                        let out = &mut row[oy * ow + lo..=oy * ow + hi];
-                        if stride == 1 {
-                            out.copy_from_slice(&line[first..first + out.len()]);
-                        } else {
-                            for (j, o) in out.iter_mut().enumerate() {
-                                *o = line[first + j * stride];
-                            }
-                        }
-                    }
+        let geometry = Im2col {
+            src,
+            h,
+            wd,
+            k,
+            stride,
+            t,
+            l,
+            oh,
+            ow,
+        };
+        with_scratch(rows * oh * ow, |cols| {
+            // One chunk per input channel: its k * k rows.
+            let chunk = k * k * oh * ow;
+            if parallel(par, cols.len()) {
+                cols.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(ci, c)| geometry.channel(ci, c));
+            } else {
+                for (ci, c) in cols.chunks_mut(chunk).enumerate() {
+                    geometry.channel(ci, c);
                 }
             }
-        }
-        matmul(&mut dst, &w.weight, &cols, cout, rows, oh * ow, par);
+            matmul(&mut dst, &w.weight, cols, cout, rows, oh * ow, par);
+        });
     }
-    epilogue(&mut dst, &w.bias, oh * ow, act, residual);
+    epilogue(&mut dst, &w.bias, oh * ow, act, residual, par);
     (dst, oh, ow)
 }
 
 /// Depthwise `k x k` convolution (TF-SAME) of one image, the batch norm folded in as a
 /// per-channel `scale` and `shift`, then ReLU6: `(c, h, w)` -> (`(c, oh, ow)`, oh, ow).
 /// Channels are split over `threads` threads.
+///
+/// Each channel is first split into `stride x stride` zero-padded phases (phase `(a, b)`
+/// holds the padded input's rows `a, a + s, ...` and columns `b, b + s, ...`), so that every
+/// tap reads one phase at stride 1; each tap is then a single multiply-add over the whole
+/// output laid out as wide as a phase row, with no bounds checks, and the `k - 1` spare
+/// columns of each row are dropped when the batch norm and ReLU6 are applied.
 #[allow(clippy::too_many_arguments)]
 pub fn depthwise(
     src: &[f32],
@@ -247,57 +472,64 @@ pub fn depthwise(
 ) -> (Vec<f32>, usize, usize) {
     let (t, _, oh) = same_padding(h, k, stride);
     let (l, _, ow) = same_padding(wd, k, stride);
+    let s = stride.max(1);
+    // How far a tap reaches inside its phase, the phase's width and height (one spare row
+    // for the flat loops' overrun past the last output row).
+    let reach = (k - 1) / s;
+    let (wq, hq) = (ow + reach, oh + reach + 1);
+    let phase = hq * wq;
     let mut out = vec![0f32; c * oh * ow];
-    // Row by row: for each tap, one multiply-add over the run of output pixels whose input
-    // lies inside the image (no per-pixel bounds checks; stride 1 vectorises).
-    let plane = |ch: usize, dst: &mut [f32]| {
-        let src = &src[ch * h * wd..(ch + 1) * h * wd];
-        let kw = &w[ch * k * k..(ch + 1) * k * k];
-        let (s, b) = (scale[ch], shift[ch]);
-        for oy in 0..oh {
-            let row = &mut dst[oy * ow..(oy + 1) * ow];
-            row.fill(0.0);
-            for ky in 0..k {
-                let y = (oy * stride + ky) as isize - t as isize;
-                if y < 0 || y >= h as isize {
-                    continue;
-                }
-                let line = &src[y as usize * wd..(y as usize + 1) * wd];
-                for kx in 0..k {
-                    let wv = kw[ky * k + kx];
-                    let Some((lo, hi, first)) = tap_run(wd, l, kx, stride, ow) else {
-                        continue;
-                    };
-                    if stride == 1 {
-                        let out = &mut row[lo..=hi];
-                        let inp = &line[first..first + out.len()];
-                        out.iter_mut().zip(inp).for_each(|(o, v)| *o += wv * v);
-                    } else {
-                        for (j, o) in row[lo..=hi].iter_mut().enumerate() {
-                            *o += wv * line[first + j * stride];
+    if oh == 0 || ow == 0 {
+        return (out, oh, ow);
+    }
+    let channels = |first: usize, dst: &mut [f32]| {
+        let mut phases = vec![0f32; s * s * phase];
+        let mut wide = vec![0f32; oh * wq];
+        for (i, dst) in dst.chunks_mut(oh * ow).enumerate() {
+            let ch = first + i;
+            let plane = &src[ch * h * wd..(ch + 1) * h * wd];
+            phases.fill(0.0);
+            for (y, line) in plane.chunks(wd).enumerate() {
+                let (a, row) = ((y + t) % s, (y + t) / s);
+                for (b, dst_row) in (0..s).map(|b| (b, ((a * s + b) * hq + row) * wq)) {
+                    // Input columns x with (x + l) % s == b land at (x + l) / s.
+                    let x0 = (b + s - l % s) % s;
+                    for (j, x) in (x0..wd).step_by(s).enumerate() {
+                        let q = (x0 + l) / s + j;
+                        if q < wq {
+                            phases[dst_row + q] = line[x];
                         }
                     }
                 }
             }
-            row.iter_mut()
-                .for_each(|v| *v = (*v * s + b).clamp(0.0, 6.0));
+            wide.fill(0.0);
+            let kw = &w[ch * k * k..(ch + 1) * k * k];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let p = &phases[((ky % s) * s + kx % s) * phase..][..phase];
+                    let off = (ky / s) * wq + kx / s;
+                    let wv = kw[ky * k + kx];
+                    let inp = &p[off..off + wide.len()];
+                    wide.iter_mut().zip(inp).for_each(|(o, v)| *o += wv * v);
+                }
+            }
+            let (sc, sh) = (scale[ch], shift[ch]);
+            for (d, o) in dst.chunks_mut(ow).zip(wide.chunks(wq)) {
+                d.iter_mut()
+                    .zip(o)
+                    .for_each(|(d, v)| *d = (v * sc + sh).clamp(0.0, 6.0));
+            }
         }
     };
     let threads = threads.clamp(1, c.max(1));
+    let per = c.div_ceil(threads);
     if threads == 1 {
-        for (ch, dst) in out.chunks_mut(oh * ow).enumerate() {
-            plane(ch, dst);
-        }
+        channels(0, &mut out);
     } else {
-        let per = c.div_ceil(threads);
         std::thread::scope(|scope| {
             for (i, chunk) in out.chunks_mut(per * oh * ow).enumerate() {
-                let plane = &plane;
-                scope.spawn(move || {
-                    for (j, dst) in chunk.chunks_mut(oh * ow).enumerate() {
-                        plane(i * per + j, dst);
-                    }
-                });
+                let channels = &channels;
+                scope.spawn(move || channels(i * per, chunk));
             }
         });
     }
@@ -307,13 +539,20 @@ pub fn depthwise(
 /// Per-channel `x * scale + shift`, then the activation, from `src` into `dst` (both
 /// `(c, plane)`): a batch norm in eval mode where it cannot be folded into a convolution
 /// (DenseNet's pre-activation, before a concatenation's consumers).
-pub fn affine(src: &[f32], dst: &mut [f32], (scale, shift): (&[f32], &[f32]), act: Act) {
+pub fn affine(
+    src: &[f32],
+    dst: &mut [f32],
+    (scale, shift): (&[f32], &[f32]),
+    act: Act,
+    par: Parallelism,
+) {
     let plane = src.len() / scale.len().max(1);
-    for (c, (out, inp)) in dst.chunks_mut(plane).zip(src.chunks(plane)).enumerate() {
+    per_channel(dst, plane, par, |c, out| {
         let (s, b) = (scale[c], shift[c]);
+        let inp = &src[c * plane..(c + 1) * plane];
         out.iter_mut().zip(inp).for_each(|(o, v)| *o = v * s + b);
         act.apply(out);
-    }
+    });
 }
 
 /// `k x k` max pool with stride and symmetric padding `p` (padded cells never win, as
@@ -324,14 +563,13 @@ pub fn max_pool(
     k: usize,
     stride: usize,
     p: usize,
+    par: Parallelism,
 ) -> (Vec<f32>, usize, usize) {
     let (t, oh) = Pad::Sym(p).axis(h, k, stride);
     let (l, ow) = Pad::Sym(p).axis(wd, k, stride);
     let mut out = vec![f32::NEG_INFINITY; c * oh * ow];
-    if oh == 0 || ow == 0 {
-        return (out, oh, ow);
-    }
-    for (plane, dst) in src.chunks(h * wd).zip(out.chunks_mut(oh * ow)) {
+    per_channel(&mut out, oh * ow, par, |ch, dst| {
+        let plane = &src[ch * h * wd..(ch + 1) * h * wd];
         for oy in 0..oh {
             let row = &mut dst[oy * ow..(oy + 1) * ow];
             for ky in 0..k {
@@ -350,7 +588,7 @@ pub fn max_pool(
                 }
             }
         }
-    }
+    });
     (out, oh, ow)
 }
 
@@ -566,7 +804,7 @@ mod tests {
             (1, 9, 9, 2, 2, 0),
         ] {
             let x = rand(c * h * w, (h * 31 + w) as u64);
-            let (got, oh, ow) = max_pool(&x, (c, h, w), k, s, p);
+            let (got, oh, ow) = max_pool(&x, (c, h, w), k, s, p, Parallelism::Rayon(2));
             assert_eq!((oh, ow), ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1));
             for ch in 0..c {
                 for oy in 0..oh {
@@ -606,9 +844,21 @@ mod tests {
     fn affine_applies_scale_shift_and_activation_per_channel() {
         let x = [1.0, -2.0, 3.0, 4.0, -5.0, 6.0];
         let mut out = [0f32; 6];
-        affine(&x, &mut out, (&[2.0, -1.0], &[0.5, 1.0]), Act::Relu);
+        affine(
+            &x,
+            &mut out,
+            (&[2.0, -1.0], &[0.5, 1.0]),
+            Act::Relu,
+            Parallelism::None,
+        );
         assert_eq!(out, [2.5, 0.0, 6.5, 0.0, 6.0, 0.0]);
-        affine(&x, &mut out, (&[2.0, -1.0], &[0.5, 1.0]), Act::Relu6);
+        affine(
+            &x,
+            &mut out,
+            (&[2.0, -1.0], &[0.5, 1.0]),
+            Act::Relu6,
+            Parallelism::None,
+        );
         assert_eq!(out, [2.5, 0.0, 6.0, 0.0, 6.0, 0.0]);
     }
 
