@@ -162,12 +162,20 @@ fn inference(args: &BenchArgs, model: &crate::model::Model) {
         args.runs,
         fixed.join(", ")
     );
+    let macs = model.multiply_adds_per_image().unwrap_or(0) as f64;
     for batch in [1, 8] {
+        let rate = inference_figure(model, batch, args.runs);
         println!(
-            "  batch {batch}: {:>8.1} images/s",
-            inference_figure(model, batch, args.runs)
+            "  batch {batch}: {rate:>8.1} images/s  {:>6.1} GFLOP/s",
+            2.0 * macs * rate / 1e9
         );
     }
+    println!(
+        "  {:.3} GFLOP per image (the kernels' multiply-adds x 2); ceiling: one 1024^3 matrix \
+         product on every core {:.1} GFLOP/s",
+        2.0 * macs / 1e9,
+        crate::model::matmul_gflops(1024, args.runs.min(9))
+    );
 }
 
 fn scan(args: &BenchArgs, model: &crate::model::Model) -> anyhow::Result<()> {

@@ -92,6 +92,43 @@ impl Folded {
     }
 }
 
+/// Multiply-adds the kernels have done in this process (for `bench`'s GFLOP/s figures).
+static MULTIPLY_ADDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count(n: usize) {
+    MULTIPLY_ADDS.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Multiply-adds done by the kernels while `f` ran, in every thread of the process (so the
+/// figure is only meaningful when nothing else runs inference meanwhile, as in `bench`).
+/// Each convolution counts its nominal `cout * cin * k * k` per output pixel (depthwise:
+/// `k * k`), whatever its kernel does to get there.
+pub fn multiply_adds<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = MULTIPLY_ADDS.load(Relaxed);
+    let r = f();
+    (r, MULTIPLY_ADDS.load(Relaxed) - before)
+}
+
+/// GFLOP/s of one `n x n x n` matrix product on every core (median of `runs`): the ceiling the
+/// networks' own figures compare with.
+pub fn matmul_gflops(n: usize, runs: usize) -> f64 {
+    let a = vec![0.5f32; n * n];
+    let b = vec![0.25f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let par = Parallelism::Rayon(threads());
+    let mut times: Vec<f64> = (0..=runs.max(1))
+        .map(|_| {
+            let t = std::time::Instant::now();
+            matmul(&mut c, &a, &b, n, n, n, par);
+            t.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9
+}
+
 /// `dst (m, n) = w (m, k) x src (k, n)`, all row-major.
 fn matmul(dst: &mut [f32], w: &[f32], src: &[f32], m: usize, k: usize, n: usize, par: Parallelism) {
     let lhs = Strided {
@@ -139,30 +176,74 @@ fn matmul_strided(
         col: 1,
     };
     assert!(out.fits(m, n) && lhs.fits(m, k) && rhs.fits(k, n));
-    // SAFETY: the assert above keeps every index the strides reach inside the three slices;
-    // `dst` does not alias the inputs (a `&mut` borrow).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_row as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.data.as_ptr(),
-            rhs.col as isize,
-            rhs.row as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+    // Split over the pool by blocks of output columns, each a single-threaded product: on
+    // two cores gemm's own finer split of these shapes gained nothing over one thread.
+    let tasks = match par {
+        Parallelism::Rayon(t) if m * n * k >= SPLIT_MIN => {
+            let t = if t == 0 {
+                rayon::current_num_threads()
+            } else {
+                t
+            };
+            t.min(n / 16).max(1)
+        }
+        _ => 1,
+    };
+    let cols = n.div_ceil(tasks);
+    let dst = Shared(dst.as_mut_ptr());
+    let block = |j0: usize| {
+        let nj = cols.min(n - j0);
+        // SAFETY: the assert above keeps every index the strides reach inside the three
+        // slices (a block reads and writes columns j0..j0 + nj of them); blocks write
+        // disjoint columns of `dst`, which no input aliases (it was a `&mut` borrow).
+        unsafe {
+            gemm::gemm(
+                m,
+                nj,
+                k,
+                dst.at(j0),
+                1,
+                dst_row as isize,
+                accumulate,
+                lhs.data.as_ptr(),
+                lhs.col as isize,
+                lhs.row as isize,
+                rhs.data.as_ptr().add(j0 * rhs.col),
+                rhs.col as isize,
+                rhs.row as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    };
+    if tasks == 1 {
+        block(0);
+    } else {
+        (0..tasks)
+            .into_par_iter()
+            .map(|i| i * cols)
+            .filter(|&j0| j0 < n)
+            .for_each(block);
+    }
+}
+
+/// Products smaller than this (multiply-adds) run on the calling thread.
+const SPLIT_MIN: usize = 1 << 23;
+
+/// The output of a product split by columns, written by several threads at once.
+struct Shared(*mut f32);
+
+// SAFETY: each thread writes only its own columns (see `matmul_strided`).
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// SAFETY: `offset` must lie inside the buffer.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -225,6 +306,7 @@ pub fn pointwise(
 ) -> Vec<f32> {
     let cout = bias.len();
     let mut dst = vec![0f32; cout * plane];
+    count(cout * cin * plane);
     matmul(&mut dst, w, src, cout, cin, plane, par);
     epilogue(&mut dst, bias, plane, act, residual, par);
     dst
@@ -247,7 +329,7 @@ fn tap_run(
 
 /// Work smaller than this (in elements) runs on the calling thread: splitting it costs more
 /// than it saves.
-const PARALLEL_MIN: usize = 1 << 16;
+const PARALLEL_MIN: usize = 1 << 18;
 
 /// Should a pass of `len` elements be split over the pool?
 fn parallel(par: Parallelism, len: usize) -> bool {
@@ -414,6 +496,7 @@ pub fn conv_dense(
     if oh == 0 || ow == 0 {
         return (dst, oh, ow);
     }
+    count(cout * cin * k * k * oh * ow);
     if k == 1 && stride == 1 && t == 0 && l == 0 {
         matmul(&mut dst, &w.weight, src, cout, cin, oh * ow, par);
     } else if stride == 1 && k > 1 {
@@ -482,6 +565,7 @@ pub fn depthwise(
     if oh == 0 || ow == 0 {
         return (out, oh, ow);
     }
+    count(c * k * k * oh * ow);
     let channels = |first: usize, dst: &mut [f32]| {
         let mut phases = vec![0f32; s * s * phase];
         let mut wide = vec![0f32; oh * wq];
@@ -765,32 +849,43 @@ mod tests {
                     Act::Relu => want.relu().unwrap(),
                     Act::Relu6 => want.clamp(0f32, 6f32).unwrap(),
                 };
-                let mut got = Vec::new();
-                for (b, img) in x.chunks(cin * h * w).enumerate() {
-                    let r = &residual[b * cout * oh * ow..(b + 1) * cout * oh * ow];
-                    let par = if b % 2 == 0 {
-                        Parallelism::None
-                    } else {
-                        Parallelism::Rayon(2)
-                    };
-                    let (out, gh, gw) = conv_dense(
-                        img,
-                        &folded,
-                        (cin, h, w),
-                        k,
-                        s,
-                        Pad::Sym(p),
-                        act,
-                        with_residual.then_some(r),
-                        par,
-                    );
-                    assert_eq!((gh, gw), (oh, ow), "case {i}");
-                    got.extend(out);
+                // One thread, and split over three (the column blocks of big products).
+                for par in [Parallelism::None, Parallelism::Rayon(3)] {
+                    let mut got = Vec::new();
+                    for (b, img) in x.chunks(cin * h * w).enumerate() {
+                        let r = &residual[b * cout * oh * ow..(b + 1) * cout * oh * ow];
+                        let (out, gh, gw) = conv_dense(
+                            img,
+                            &folded,
+                            (cin, h, w),
+                            k,
+                            s,
+                            Pad::Sym(p),
+                            act,
+                            with_residual.then_some(r),
+                            par,
+                        );
+                        assert_eq!((gh, gw), (oh, ow), "case {i}");
+                        got.extend(out);
+                    }
+                    let err = max_rel(&got, &flat(&want));
+                    assert!(err < 1e-4, "case {i} {:?} {act:?} {par:?}: {err}", CASES[i]);
                 }
-                let err = max_rel(&got, &flat(&want));
-                assert!(err < 1e-4, "case {i} {:?} {act:?}: {err}", CASES[i]);
             }
         }
+    }
+
+    /// A product split into column blocks (the last one shorter) equals the one-thread one.
+    #[test]
+    fn products_split_by_columns_equal_one_thread() {
+        let (m, k, n) = (64, 2700, 50);
+        assert!(m * k * n >= SPLIT_MIN);
+        let (w, x) = (rand(m * k, 1), rand(k * n, 2));
+        let mut one = vec![0f32; m * n];
+        let mut split = vec![1f32; m * n];
+        matmul(&mut one, &w, &x, m, k, n, Parallelism::None);
+        matmul(&mut split, &w, &x, m, k, n, Parallelism::Rayon(3));
+        assert!(max_rel(&split, &one) < 1e-6);
     }
 
     /// Max pool with -inf padding against a direct definition; average pool against candle's.

@@ -5,6 +5,7 @@ pub mod densenet;
 pub mod efficientnet;
 pub mod heatmap;
 mod kernels;
+pub use kernels::matmul_gflops;
 mod manifest;
 mod preprocess;
 pub mod unusual;
@@ -202,6 +203,15 @@ impl Model {
     fn stage(&self, planes: &[Vec<f32>]) -> Result<Tensor, ModelError> {
         let x = input_tensor(planes, &self.manifest.input, &self.device)?;
         Ok(self.net.stage_t(&x, false)?)
+    }
+
+    /// Multiply-adds of one image through the network on the inference kernels (see
+    /// [`kernels::multiply_adds`]: measured while nothing else runs inference).
+    pub fn multiply_adds_per_image(&self) -> Result<u64, ModelError> {
+        let s = self.manifest.input.size;
+        let (probs, n) = kernels::multiply_adds(|| self.predict(&[vec![0.5; s * s]]));
+        probs?;
+        Ok(n)
     }
 
     /// Pooled features (the classifier's input) for a batch of planes: `(n, d)`.

@@ -243,7 +243,12 @@ fn train_inner(
     };
     let mut opt = optimizer(cfg, &varmap, &net)?;
     let frozen = if cfg.freeze {
-        Some(frozen_features(&net.net, &p, log, batch_done)?)
+        // Under --freeze the backbone never trains: its features come from a copy of the
+        // network over the same variables, folded once for the inference kernels.
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mut fast = build_net(&manifest, vb)?;
+        fast.prepare_inference()?;
+        Some(frozen_features(&fast, &p, log, batch_done)?)
     } else {
         None
     };

@@ -8,6 +8,7 @@ mod efficientnet;
 mod heatmap;
 mod hostile;
 mod imaging;
+mod kernels;
 mod layers;
 mod model;
 mod pydicom;
