@@ -12,14 +12,15 @@ softmax of a fixed input so the twin can be compared with `cxr-triage`.
 """
 
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from twin_common import report  # noqa: E402
 
 
 class ConvBn(nn.Module):
@@ -62,30 +63,13 @@ def main():
     manifest_path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/cxrnet-v1.json")
     m = json.loads(manifest_path.read_text())
     widths = (m.get("cxrnet") or {}).get("widths", [24, 32, 64, 128, 192])
-    size, channels = m["input"]["size"], m["input"]["channels"]
-    net = CxrNet(widths, channels, len(m["labels"])).eval()
+    net = CxrNet(widths, m["input"]["channels"], len(m["labels"])).eval()
     state = load_file(str(manifest_path.parent / m["weights"]))
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     assert not missing and not unexpected, (missing, unexpected)
-    torch.set_num_threads(torch.get_num_threads())
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {size}x{size} input")
-
-    # Fixed input: a smooth ramp, normalised like the manifest does.
-    ramp = torch.linspace(0, 1, size * size).reshape(1, 1, size, size).repeat(1, channels, 1, 1)
-    x = (ramp - m["input"]["mean"][0]) / m["input"]["std"][0]
-    with torch.inference_mode():
-        probs = torch.softmax(net(x) / m.get("temperature", 1.0), dim=1)
-        print("fixed-input probabilities:", [round(v, 4) for v in probs[0].tolist()])
-        for batch in (1, 8):
-            xb = x.repeat(batch, 1, 1, 1)
-            net(xb)
-            times = []
-            for _ in range(15):
-                t = time.perf_counter()
-                net(xb)
-                times.append(time.perf_counter() - t)
-            print(f"  batch {batch}: {batch / statistics.median(times):8.1f} images/s")
+    temperature = m.get("temperature", 1.0)
+    report(net, m, 15, lambda y: torch.softmax(y / temperature, dim=1))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ mean equal networks), and images/s at batch 1 and 8 (median of --runs, after a w
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +25,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from export_torchxrayvision import export  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from twin_common import report  # noqa: E402
 
 
 def make(prefix):
@@ -68,22 +69,7 @@ def main():
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked") and k != "op_threshs"]
     assert not missing and not unexpected, (missing, unexpected)
-    size, channels = m["input"]["size"], m["input"]["channels"]
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {size}x{size} input")
-    ramp = torch.linspace(0, 1, size * size).reshape(1, 1, size, size).repeat(1, channels, 1, 1)
-    x = (ramp - m["input"]["mean"][0]) / m["input"]["std"][0]
-    with torch.inference_mode():
-        probs = net(x)
-        print("fixed-input probabilities:", [round(v, 4) for v in probs[0].tolist()])
-        for batch in (1, 8):
-            xb = x.repeat(batch, 1, 1, 1)
-            net(xb)
-            times = []
-            for _ in range(args.runs):
-                t = time.perf_counter()
-                net(xb)
-                times.append(time.perf_counter() - t)
-            print(f"  batch {batch}: {batch / statistics.median(times):8.1f} images/s")
+    report(net, m, args.runs, lambda y: y)  # apply_sigmoid: the output is the probabilities
 
 
 if __name__ == "__main__":

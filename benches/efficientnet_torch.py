@@ -14,9 +14,7 @@ after a warm-up).
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +22,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from train_twin import Lite0  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from twin_common import report  # noqa: E402
 
 
 def main():
@@ -33,29 +34,15 @@ def main():
     args = p.parse_args()
     path = Path(args.manifest)
     m = json.loads(path.read_text())
-    size, channels = m["input"]["size"], m["input"]["channels"]
-    net = Lite0(channels, len(m["labels"]), 0.0, 0).eval()
+    net = Lite0(m["input"]["channels"], len(m["labels"]), 0.0, 0).eval()
     state = load_file(str(path.parent / m["weights"]))
     own = net.state_dict()
     state = {k: v for k, v in state.items() if k in own}
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     assert not missing, missing
     net.load_state_dict(state, strict=False)
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {size}x{size} input")
-    ramp = torch.linspace(0, 1, size * size).reshape(1, 1, size, size).repeat(1, channels, 1, 1)
-    x = (ramp - m["input"]["mean"][0]) / m["input"]["std"][0]
-    with torch.inference_mode():
-        probs = torch.softmax(net(x) / m.get("temperature", 1.0), dim=1)
-        print("fixed-input probabilities:", [round(v, 4) for v in probs[0].tolist()])
-        for batch in (1, 8):
-            xb = x.repeat(batch, 1, 1, 1)
-            net(xb)
-            times = []
-            for _ in range(args.runs):
-                t = time.perf_counter()
-                net(xb)
-                times.append(time.perf_counter() - t)
-            print(f"  batch {batch}: {batch / statistics.median(times):8.1f} images/s")
+    temperature = m.get("temperature", 1.0)
+    report(net, m, args.runs, lambda y: torch.softmax(y / temperature, dim=1))
 
 
 if __name__ == "__main__":

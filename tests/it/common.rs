@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use cxr_triage::model::cxrnet::CxrNetConfig;
 use cxr_triage::model::{CropMode, InputSpec, Intensity, Manifest, Output, build_net, save};
@@ -110,4 +110,16 @@ pub fn cxr_std() -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cxr-triage"));
     cmd.env("XDG_CACHE_HOME", fresh_cache_home());
     cmd
+}
+
+/// The largest |a - b| over two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

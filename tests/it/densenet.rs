@@ -9,7 +9,7 @@ use candle_nn::{VarBuilder, VarMap};
 use cxr_triage::model::densenet::{DenseNet, DenseNetConfig};
 use cxr_triage::model::{Model, Output};
 
-use crate::common::cxr;
+use crate::common::{cxr, max_abs_diff};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/densenet")
@@ -17,17 +17,6 @@ fn fixtures() -> PathBuf {
 
 fn fixture() -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join("fixture.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -9,6 +9,8 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use cxr_triage::model::{Manifest, Model, build_net, read_parts};
 
+use crate::common::max_abs_diff;
+
 fn check(manifest_path: &Path) {
     let (manifest, weights) = read_parts(manifest_path).unwrap();
     let fast = Model::from_parts(manifest.clone(), &weights).unwrap();
@@ -28,21 +30,8 @@ fn check_inputs(manifest: &Manifest, fast: &Model, reference: impl Fn(&Tensor) -
         let x = Tensor::from_vec(v, (n, c, s, s), &Device::Cpu).unwrap();
         let got = fast.logits(&x).unwrap();
         let want = reference(&x);
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (&got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
+        let diff = max_abs_diff(&got, &want);
         eprintln!(
             "{} batch {n}: max |difference| {diff:e} of {scale:e}",
             manifest.name
