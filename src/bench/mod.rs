@@ -203,6 +203,14 @@ pub fn inference_figure(model: &Model, batch: usize, runs: usize) -> f64 {
     batch as f64 / (ms / 1000.0)
 }
 
+/// GFLOP/s of one 1024^3 matrix product on every core (median of `runs`): the ceiling for the
+/// networks' own figures.
+pub fn matmul_ceiling(runs: usize) -> f64 {
+    let n = 1024;
+    let ms = time_ms(runs, crate::model::square_product(n));
+    2.0 * (n * n * n) as f64 / (ms / 1000.0) / 1e9
+}
+
 /// Milliseconds per batch (medians, the three taken in turn in each run so that the machine's
 /// noise hits them alike): inference alone, inference with the predicted label's Grad-CAM (what
 /// `scan` does for `border_attention`), and the heatmap of a chosen label (what the UI's `<` `>`

@@ -1,6 +1,7 @@
 use super::{BenchArgs, BenchPart, Exit, load_model};
 use crate::bench::{
-    decode_figures, fixed_input_probabilities, inference_figure, scan_figures, store_scan_figures,
+    decode_figures, fixed_input_probabilities, inference_figure, matmul_ceiling, scan_figures,
+    store_scan_figures,
 };
 use crate::scoring::PipelineOptions;
 
@@ -174,7 +175,7 @@ fn inference(args: &BenchArgs, model: &crate::model::Model) {
         "  {:.3} GFLOP per image (the kernels' multiply-adds x 2); ceiling: one 1024^3 matrix \
          product on every core {:.1} GFLOP/s",
         2.0 * macs / 1e9,
-        crate::model::matmul_gflops(1024, args.runs.min(9))
+        matmul_ceiling(args.runs.min(9))
     );
 }
 

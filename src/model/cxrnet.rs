@@ -5,11 +5,11 @@
 //! safetensors load in a PyTorch twin (`benches/cxrnet_torch.py`).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-
-use super::kernels::{self, Act, Folded, Pad};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
 use gemm::Parallelism;
 use serde::{Deserialize, Serialize};
+
+use super::kernels::{self, Act, Folded, Pad};
 
 /// Layer widths: `widths[0]` is the stem, each further entry one stride-2 residual stage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

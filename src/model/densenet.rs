@@ -15,7 +15,7 @@ use candle_nn::{BatchNorm, Linear, VarBuilder};
 use gemm::Parallelism;
 use serde::{Deserialize, Serialize};
 
-use super::kernels::{self, Act, Folded, Pad, bn_affine};
+use super::kernels::{self, Act, Affine, Folded, Pad, bn_affine};
 
 /// The shape of a DenseNet; the default is DenseNet-121.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -120,9 +120,6 @@ pub struct DenseNet {
     /// Inference only: the buffer kernels' form of every layer.
     folded: Option<FoldedNet>,
 }
-
-/// A batch norm in eval mode as (scale, shift) per channel.
-type Affine = (Vec<f32>, Vec<f32>);
 
 /// The inference form: batch norms that follow a convolution folded into it (`norm0` into
 /// `conv0`, each layer's `norm2` into its `conv1`); the pre-activations (`norm1`, each
@@ -256,24 +253,15 @@ impl DenseNet {
                 c = total;
                 x = all;
                 if let Some((norm, conv)) = transition {
-                    kernels::affine(&x, &mut pre, (&norm.0, &norm.1), Act::Relu, par);
+                    kernels::affine(&x, &mut pre, norm, Act::Relu, par);
                     let (pooled, ph, pw) = kernels::avg_pool2(&pre, (c, h, w));
                     (h, w) = (ph, pw);
-                    x = kernels::pointwise(
-                        &pooled,
-                        &conv.weight,
-                        &conv.bias,
-                        c,
-                        h * w,
-                        Act::None,
-                        None,
-                        par,
-                    );
+                    x = kernels::pointwise(&pooled, conv, h * w, Act::None, None, par);
                     c = conv.bias.len();
                 }
             }
             let mut out = vec![0f32; x.len()];
-            kernels::affine(&x, &mut out, (&f.norm5.0, &f.norm5.1), Act::Relu, par);
+            kernels::affine(&x, &mut out, &f.norm5, Act::Relu, par);
             (out, (c, h, w))
         })
     }
@@ -337,21 +325,12 @@ fn dense_layer(
     kernels::affine(
         &all[..cin * plane],
         &mut pre[..cin * plane],
-        (&norm.0, &norm.1),
+        norm,
         Act::Relu,
         par,
     );
     let mid = conv1.bias.len();
-    let y = kernels::pointwise(
-        &pre[..cin * plane],
-        &conv1.weight,
-        &conv1.bias,
-        cin,
-        plane,
-        Act::Relu,
-        None,
-        par,
-    );
+    let y = kernels::pointwise(&pre[..cin * plane], conv1, plane, Act::Relu, None, par);
     let (out, _, _) = kernels::conv_dense(
         &y,
         conv2,

@@ -189,12 +189,10 @@ impl MbBlock {
         threads: usize,
     ) -> (Vec<f32>, usize, usize) {
         let f = self.folded.as_ref().expect("folded before inference");
-        let cin = x.len() / (h * w);
         let expanded;
         let y = match &f.expand {
             Some(e) => {
-                expanded =
-                    kernels::pointwise(x, &e.weight, &e.bias, cin, h * w, Act::Relu6, None, par);
+                expanded = kernels::pointwise(x, e, h * w, Act::Relu6, None, par);
                 &expanded
             }
             None => x,
@@ -212,16 +210,7 @@ impl MbBlock {
             threads,
         );
         let residual = self.skip.then_some(x);
-        let out = kernels::pointwise(
-            &y,
-            &f.project.weight,
-            &f.project.bias,
-            mid,
-            oh * ow,
-            Act::None,
-            residual,
-            par,
-        );
+        let out = kernels::pointwise(&y, &f.project, oh * ow, Act::None, residual, par);
         (out, oh, ow)
     }
 
@@ -357,17 +346,7 @@ impl EfficientNetLite {
             for block in &self.blocks {
                 (y, oh, ow) = block.infer(&y, (oh, ow), par, threads);
             }
-            let c = y.len() / (oh * ow);
-            let y = kernels::pointwise(
-                &y,
-                &head.weight,
-                &head.bias,
-                c,
-                oh * ow,
-                Act::Relu6,
-                None,
-                par,
-            );
+            let y = kernels::pointwise(&y, head, oh * ow, Act::Relu6, None, par);
             (y, (FEATURES, oh, ow))
         })
     }
@@ -496,11 +475,14 @@ mod tests {
         let b = Tensor::from_vec(bias.clone(), (1, 9, 1, 1), &Device::Cpu).unwrap();
         let want = want.broadcast_add(&b).unwrap().clamp(0f32, 6f32).unwrap();
         let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let folded = Folded {
+            weight: w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            bias,
+        };
         let got: Vec<f32> = xs
             .chunks(17 * 20)
             .flat_map(|img| {
-                kernels::pointwise(img, &ws, &bias, 17, 20, Act::Relu6, None, Parallelism::None)
+                kernels::pointwise(img, &folded, 20, Act::Relu6, None, Parallelism::None)
             })
             .collect();
         let got = Tensor::from_vec(got, (3, 9, 5, 4), &Device::Cpu).unwrap();

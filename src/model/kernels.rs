@@ -57,7 +57,10 @@ impl Pad {
 }
 
 /// A batch norm in eval mode as a per-channel affine map: (scale, shift).
-pub(super) fn bn_affine(bn: &BatchNorm) -> Result<(Vec<f32>, Vec<f32>)> {
+pub(super) type Affine = (Vec<f32>, Vec<f32>);
+
+/// `bn` as an [`Affine`] map.
+pub(super) fn bn_affine(bn: &BatchNorm) -> Result<Affine> {
     let (scale, shift) = super::bn_scale_shift(bn)?;
     Ok((scale.to_vec1()?, shift.to_vec1()?))
 }
@@ -110,23 +113,14 @@ pub fn multiply_adds<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (r, MULTIPLY_ADDS.load(Relaxed) - before)
 }
 
-/// GFLOP/s of one `n x n x n` matrix product on every core (median of `runs`): the ceiling the
-/// networks' own figures compare with.
-pub fn matmul_gflops(n: usize, runs: usize) -> f64 {
+/// One `n x n x n` matrix product on every core, each call (`bench` times it: the ceiling the
+/// networks' own GFLOP/s compare with).
+pub fn square_product(n: usize) -> impl FnMut() {
     let a = vec![0.5f32; n * n];
     let b = vec![0.25f32; n * n];
     let mut c = vec![0f32; n * n];
     let par = Parallelism::Rayon(threads());
-    let mut times: Vec<f64> = (0..=runs.max(1))
-        .map(|_| {
-            let t = std::time::Instant::now();
-            matmul(&mut c, &a, &b, n, n, n, par);
-            t.elapsed().as_secs_f64()
-        })
-        .skip(1)
-        .collect();
-    times.sort_by(f64::total_cmp);
-    2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9
+    move || matmul(&mut c, &a, &b, n, n, n, par)
 }
 
 /// `dst (m, n) = w (m, k) x src (k, n)`, all row-major.
@@ -291,24 +285,22 @@ fn per_channel(
     }
 }
 
-/// A 1x1 convolution: `(cin, plane)` -> `(cout, plane)` with bias, optional residual and
-/// activation.
-#[allow(clippy::too_many_arguments)]
+/// A 1x1 convolution: `(cin, plane)` -> `(cout, plane)` with the bias, optional residual and
+/// activation (`cin` is the weight's row length).
 pub fn pointwise(
     src: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    cin: usize,
+    w: &Folded,
     plane: usize,
     act: Act,
     residual: Option<&[f32]>,
     par: Parallelism,
 ) -> Vec<f32> {
-    let cout = bias.len();
+    let cout = w.bias.len();
+    let cin = w.weight.len() / cout.max(1);
     let mut dst = vec![0f32; cout * plane];
     count(cout * cin * plane);
-    matmul(&mut dst, w, src, cout, cin, plane, par);
-    epilogue(&mut dst, bias, plane, act, residual, par);
+    matmul(&mut dst, &w.weight, src, cout, cin, plane, par);
+    epilogue(&mut dst, &w.bias, plane, act, residual, par);
     dst
 }
 
@@ -623,13 +615,7 @@ pub fn depthwise(
 /// Per-channel `x * scale + shift`, then the activation, from `src` into `dst` (both
 /// `(c, plane)`): a batch norm in eval mode where it cannot be folded into a convolution
 /// (DenseNet's pre-activation, before a concatenation's consumers).
-pub fn affine(
-    src: &[f32],
-    dst: &mut [f32],
-    (scale, shift): (&[f32], &[f32]),
-    act: Act,
-    par: Parallelism,
-) {
+pub fn affine(src: &[f32], dst: &mut [f32], (scale, shift): &Affine, act: Act, par: Parallelism) {
     let plane = src.len() / scale.len().max(1);
     per_channel(dst, plane, par, |c, out| {
         let (s, b) = (scale[c], shift[c]);
@@ -942,7 +928,7 @@ mod tests {
         affine(
             &x,
             &mut out,
-            (&[2.0, -1.0], &[0.5, 1.0]),
+            &(vec![2.0, -1.0], vec![0.5, 1.0]),
             Act::Relu,
             Parallelism::None,
         );
@@ -950,7 +936,7 @@ mod tests {
         affine(
             &x,
             &mut out,
-            (&[2.0, -1.0], &[0.5, 1.0]),
+            &(vec![2.0, -1.0], vec![0.5, 1.0]),
             Act::Relu6,
             Parallelism::None,
         );

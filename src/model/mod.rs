@@ -5,7 +5,7 @@ pub mod densenet;
 pub mod efficientnet;
 pub mod heatmap;
 mod kernels;
-pub use kernels::matmul_gflops;
+pub use kernels::square_product;
 mod manifest;
 mod preprocess;
 pub mod unusual;
