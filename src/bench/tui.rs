@@ -13,8 +13,9 @@ use ratatui::{Terminal, TerminalOptions, Viewport};
 
 use crate::catalog::WalkOptions;
 use crate::model::Model;
-use crate::tui::app::{App, Command, Event};
+use crate::tui::app::{App, Command, Event, Screen};
 use crate::tui::image::ColorMode;
+use crate::tui::image::graphics::{Graphics, ImageProtocol};
 use crate::tui::{Runtime, Workers, spawn_walk, ui};
 
 pub struct TuiFigures {
@@ -52,7 +53,7 @@ fn terminal() -> SinkTerminal {
 
 fn frame(app: &mut App, runtime: &mut Runtime, terminal: &mut SinkTerminal) {
     app.now = Instant::now();
-    if let Some(c) = ui::prepare(app, SIZE) {
+    for c in ui::prepare(app, SIZE) {
         runtime.execute(c, app);
     }
     terminal
@@ -121,21 +122,28 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 /// The UI's command runner, without a screen of its own.
 fn runtime(workers: Workers, tx: crossbeam_channel::Sender<Event>, dir: &Path) -> Runtime {
-    Runtime::new(
-        workers,
-        tx,
-        dir.to_path_buf(),
-        ColorMode::TrueColor,
-        Default::default(),
-    )
+    Runtime::new(workers, tx, dir.to_path_buf(), ColorMode::TrueColor)
 }
 
-/// What `tui::run` does before its first frame: model, state, workers, walk, terminal.
-fn start(dir: &Path) -> anyhow::Result<(App, Runtime, Receiver<Event>, SinkTerminal)> {
+/// What `tui::run` does before its first frame: model, state, workers, walk, terminal; the
+/// pictures drawn as `graphics` says (a forced protocol needs no terminal to ask).
+fn start(
+    dir: &Path,
+    graphics: Graphics,
+) -> anyhow::Result<(App, Runtime, Receiver<Event>, SinkTerminal)> {
     let model = Model::embedded()?;
     let (tx, rx) = unbounded();
-    let app = App::new(dir.to_path_buf(), &model.manifest);
-    let workers = Workers::start(model, false, None, tx.clone());
+    let mut app = App::new(dir.to_path_buf(), &model.manifest);
+    app.screen = Screen {
+        graphics: graphics.is_graphics(),
+        cell_px: graphics.cell_px(),
+    };
+    let side = if graphics.is_graphics() {
+        crate::tui::PREVIEW_SIDE_GRAPHICS
+    } else {
+        crate::tui::PREVIEW_SIDE
+    };
+    let workers = Workers::start(model, false, None, tx.clone(), graphics, side);
     spawn_walk(dir.to_path_buf(), WalkOptions::default(), None, tx.clone());
     Ok((app, runtime(workers, tx, dir), rx, terminal()))
 }
@@ -185,7 +193,7 @@ pub fn figures(
     let mut all = Vec::new();
     for run in 0..=runs {
         let started = Instant::now();
-        let (mut app, mut runtime, rx, mut terminal) = start(dir)?;
+        let (mut app, mut runtime, rx, mut terminal) = start(dir, Graphics::halfblocks())?;
         let mut first_ms = None;
         while app.work.walking {
             let Ok(ev) = rx.recv() else { break };
@@ -209,40 +217,68 @@ pub fn figures(
         }
     }
 
-    // Keys while inference runs over the whole folder.
-    let (mut app, mut runtime, rx, mut terminal) = start(dir)?;
-    while app.work.walking {
-        let Ok(ev) = rx.recv() else { break };
-        for c in app.update(ev) {
+    // Keys while inference runs over the whole folder: half-blocks, then each graphics
+    // protocol forced (10 x 20-pixel cells), its pictures made by the worker as in the UI.
+    let mut scenarios = Vec::new();
+    let key = |c: char| Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+    // Half-blocks last: its run is kept (inference still going) for the search figure.
+    let protocols = [
+        (
+            ", kitty previews",
+            Graphics::forced(ImageProtocol::Kitty, (10, 20)),
+        ),
+        (
+            ", sixel previews",
+            Graphics::forced(ImageProtocol::Sixel, (10, 20)),
+        ),
+        ("", Graphics::halfblocks()),
+    ];
+    let mut halfblocks = None;
+    for (suffix, graphics) in protocols {
+        let (mut app, mut runtime, rx, mut terminal) = start(dir, graphics)?;
+        while app.work.walking {
+            let Ok(ev) = rx.recv() else { break };
+            for c in app.update(ev) {
+                runtime.execute(c, &mut app);
+            }
+        }
+        for c in app.update(key('R')) {
+            assert!(matches!(c, Command::Score(_)));
             runtime.execute(c, &mut app);
         }
-    }
-    let key = |c: char| Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
-    for c in app.update(key('R')) {
-        assert!(matches!(c, Command::Score(_)));
-        runtime.execute(c, &mut app);
-    }
-    let mut scenarios = Vec::new();
-    for (name, sort_presses) in [("sorted by name", 0), ("sorted by P(first label), live", 1)] {
-        for _ in 0..sort_presses {
-            app.update(key('s'));
-        }
-        let mut times = Vec::with_capacity(keys);
-        for k in 0..keys {
-            if app.work.progress.is_none() {
-                break; // Inference finished: the rest would not be "while inference runs".
+        let sorts: &[(&str, usize)] = if suffix.is_empty() {
+            &[("sorted by name", 0), ("sorted by P(first label), live", 1)]
+        } else {
+            &[("sorted by name", 0)]
+        };
+        for &(name, sort_presses) in sorts {
+            for _ in 0..sort_presses {
+                app.update(key('s'));
             }
-            std::thread::sleep(Duration::from_millis(8));
-            // Mostly down, with a jump back now and then, like a person reading the list.
-            let ev = if k % 50 == 49 {
-                Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE))
-            } else {
-                key('j')
-            };
-            times.push(timed_key(&mut app, &mut runtime, &rx, &mut terminal, ev));
+            let mut times = Vec::with_capacity(keys);
+            for k in 0..keys {
+                if app.work.progress.is_none() {
+                    break; // Inference finished: the rest would not be "while inference runs".
+                }
+                std::thread::sleep(Duration::from_millis(8));
+                // Mostly down, with a jump back now and then, like a person reading the list.
+                let ev = if k % 50 == 49 {
+                    Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE))
+                } else {
+                    key('j')
+                };
+                times.push(timed_key(&mut app, &mut runtime, &rx, &mut terminal, ev));
+            }
+            scenarios.push(scenario(&format!("{name}{suffix}"), times));
         }
-        scenarios.push(scenario(name, times));
+        if suffix.is_empty() {
+            // Kept for the search figure and the count of images scored meanwhile.
+            halfblocks = Some((app, runtime, rx, terminal));
+        } else {
+            runtime.workers.stop();
+        }
     }
+    let (mut app, mut runtime, rx, mut terminal) = halfblocks.expect("the half-block run");
     // Search: '/' then a few characters, each key filtering every path (no sleep between).
     while app.list.sort != crate::tui::app::SortKey::Name {
         app.update(key('s'));
@@ -329,7 +365,14 @@ pub fn reopen_figures(
         let store = std::sync::Arc::new(Store::open(store_path, &id)?);
         let (tx, rx) = unbounded();
         let mut app = App::new(dir.to_path_buf(), &model.manifest);
-        let workers = Workers::start(model, false, Some(store.clone()), tx.clone());
+        let workers = Workers::start(
+            model,
+            false,
+            Some(store.clone()),
+            tx.clone(),
+            Graphics::halfblocks(),
+            crate::tui::PREVIEW_SIDE,
+        );
         spawn_walk(
             dir.to_path_buf(),
             WalkOptions::default(),

@@ -74,6 +74,19 @@ pub struct BrowseArgs {
     pub cache: CacheArgs,
     #[command(flatten)]
     pub review: ReviewArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
+}
+
+/// How the UI draws pictures: shared by the UI and `samples`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ViewArgs {
+    /// How pictures reach the terminal: `auto` asks it (kitty, sixel, iTerm2; half-blocks if
+    /// it names none, as plain tmux and most SSH clients); `halfblocks` works everywhere.
+    /// Default: $CXR_TRIAGE_IMAGE_PROTOCOL, else auto. Inside tmux, auto turns on the pane's
+    /// allow-passthrough (as yazi does) so that the outer terminal's protocol gets through.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub image_protocol: Option<crate::tui::image::graphics::ImageProtocol>,
 }
 
 /// Where results are kept between runs: shared by the UI, `samples`, `scan` and `cache`.
@@ -265,6 +278,8 @@ pub struct SamplesArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
 }
 
 #[derive(Debug, Args)]
@@ -575,6 +590,11 @@ fn browse(args: BrowseArgs) -> anyhow::Result<Exit> {
     if !root.exists() {
         return Err(UsageError(format!("{}: no such file or folder", root.display())).into());
     }
+    let protocol = crate::tui::image::graphics::ImageProtocol::resolve(
+        args.view.image_protocol,
+        std::env::var_os(crate::tui::image::graphics::PROTOCOL_ENV).as_deref(),
+    )
+    .map_err(UsageError)?;
     let model = load_model(&args.model)?;
     let truth = args
         .review
@@ -582,6 +602,7 @@ fn browse(args: BrowseArgs) -> anyhow::Result<Exit> {
         .map_err(|e| UsageError(format!("{e:#}")))?;
     let (store, store_problem) = args.cache.open(&root, &model.manifest);
     crate::tui::run(crate::tui::TuiConfig {
+        protocol,
         truth,
         root,
         model,
@@ -620,6 +641,7 @@ fn samples(args: SamplesArgs) -> anyhow::Result<Exit> {
         input: InputArgs::default(),
         cache: args.cache,
         review: ReviewArgs::default(),
+        view: args.view,
     })
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
-use super::{Decoded, GrayImage, ImageError};
+use super::{Decoded, Film, GrayImage, ImageError};
 
 /// Container formats recognised from their first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -113,6 +113,30 @@ pub fn read_file(path: &Path, limits: &Limits) -> Result<(Vec<u8>, std::fs::Meta
 
 /// Decode an in-memory file. The format comes from the bytes, never from a name.
 pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError> {
+    decode_inner(bytes, limits, None)
+}
+
+/// Read and decode one file for a viewer: what [`load`] gives, and the [`Film`] to window
+/// (a DICOM's values before its VOI window; any other image as decoded).
+pub fn load_film(path: &Path) -> Result<(Decoded, Film), ImageError> {
+    let limits = Limits::default();
+    let (bytes, _) = read_file(path, &limits)?;
+    decode_film(&bytes, &limits)
+}
+
+/// [`decode_bytes`] and the [`Film`] a viewer windows (see [`load_film`]).
+pub fn decode_film(bytes: &[u8], limits: &Limits) -> Result<(Decoded, Film), ImageError> {
+    let mut film = None;
+    let decoded = decode_inner(bytes, limits, Some(&mut film))?;
+    let film = film.unwrap_or_else(|| Film::plain(decoded.image.clone()));
+    Ok((decoded, film))
+}
+
+fn decode_inner(
+    bytes: &[u8],
+    limits: &Limits,
+    film: Option<&mut Option<Film>>,
+) -> Result<Decoded, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -123,7 +147,7 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Decoded, ImageError
         Format::Bmp => ImageFormat::Bmp,
         Format::Tiff => ImageFormat::Tiff,
         Format::Dicom => {
-            let decoded = super::guard::catch(|| super::dicom::decode(bytes, limits))
+            let decoded = super::guard::catch(|| super::dicom::decode(bytes, limits, film))
                 .unwrap_or_else(|m| Err(ImageError::decode(format, panicked(&m))));
             let (image, info) = decoded?;
             return Ok(Decoded {

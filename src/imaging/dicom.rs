@@ -21,7 +21,7 @@ use dicom_transfer_syntax_registry::entries::{
 
 use super::dicom_check::{EXPLICIT_LE, Enc, IMPLICIT_LE, ImplicitInstead};
 
-use super::{Format, GrayImage, ImageError, Limits};
+use super::{Film, Format, GrayImage, ImageError, Limits, Window};
 
 /// What the user sees about a DICOM file (and what decides whether it is in scope).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -287,7 +287,14 @@ pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
 ///
 /// Long on purpose: one checklist over the data set's attributes in the order a reader meets them;
 /// each step needs the ones before.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), ImageError> {
+/// Decode the first frame. With `film`, monochrome images also give what a viewer shows: the
+/// rescaled values before the VOI window (the model's input went through it), with the file's
+/// own window; other images leave `film` empty (their output is already all there is).
+pub fn decode(
+    bytes: &[u8],
+    limits: &Limits,
+    film: Option<&mut Option<Film>>,
+) -> Result<(GrayImage, DicomInfo), ImageError> {
     let obj = parse(bytes, limits)?;
     let ts_uid = obj
         .meta()
@@ -534,7 +541,68 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<(GrayImage, DicomInfo), I
             (unit * 65535.0).round() as u16
         })
         .collect();
+    if let Some(film) = film {
+        *film = Some(film_of(&values, &is_padding, window, invert, cols, rows)?);
+    }
     Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info))
+}
+
+/// The viewer's film: the rescaled values spread linearly over 16 bits (padding black,
+/// MONOCHROME1 turned so bone is bright), the file's window in the same samples.
+fn film_of(
+    values: &[f32],
+    is_padding: &dyn Fn(f64) -> bool,
+    window: Option<(f64, f64)>,
+    invert: bool,
+    cols: i64,
+    rows: i64,
+) -> Result<Film, ImageError> {
+    let kept = || {
+        values
+            .iter()
+            .map(|&v| v as f64)
+            .filter(|&v| v.is_finite() && !is_padding(v))
+    };
+    let lo = kept().fold(f64::INFINITY, f64::min);
+    let hi = kept().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, span) = if lo.is_finite() && hi > lo {
+        (lo, hi - lo)
+    } else {
+        (0.0, 1.0)
+    };
+    let sample = |v: f64| -> f64 {
+        let s = (v - lo) / span * 65535.0;
+        if invert { 65535.0 - s } else { s }
+    };
+    let pixels = values
+        .iter()
+        .map(|&v| {
+            let v = v as f64;
+            if is_padding(v) || !v.is_finite() {
+                0
+            } else {
+                sample(v).round().clamp(0.0, 65535.0) as u16
+            }
+        })
+        .collect();
+    let window = window.map(|(a, b)| {
+        let (a, b) = (sample(a) as f32, sample(b) as f32);
+        Window {
+            lo: a.min(b),
+            hi: a.max(b),
+        }
+    });
+    // value = offset + scale * sample, the inverse of `sample`.
+    let units = if invert {
+        (lo + span, -span / 65535.0)
+    } else {
+        (lo, span / 65535.0)
+    };
+    Ok(Film {
+        image: GrayImage::new(cols as u32, rows as u32, 16, pixels)?,
+        window,
+        units: Some(units),
+    })
 }
 
 /// The first frame's samples of native (uncompressed) 1- or 32-bit monochrome pixel data, or
@@ -947,6 +1015,8 @@ pub struct DicomWrite {
     pub rescale: Option<(f64, f64)>,
     /// RLE Lossless instead of explicit VR little endian.
     pub rle: bool,
+    /// Window Center and Width to record.
+    pub window: Option<(f64, f64)>,
 }
 
 impl Default for DicomWrite {
@@ -958,6 +1028,7 @@ impl Default for DicomWrite {
             bits_stored: 16,
             rescale: None,
             rle: false,
+            window: None,
         }
     }
 }
@@ -1001,6 +1072,10 @@ pub fn write_dicom(stored: &[u16], width: u32, height: u32, o: &DicomWrite) -> V
             VR::DS,
             &intercept.to_string(),
         ));
+    }
+    if let Some((center, width)) = o.window {
+        obj.put(text(tags::WINDOW_CENTER, VR::DS, &center.to_string()));
+        obj.put(text(tags::WINDOW_WIDTH, VR::DS, &width.to_string()));
     }
     let ts = if o.rle {
         let shifts: &[u32] = if allocated == 16 { &[8, 0] } else { &[0] };

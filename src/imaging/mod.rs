@@ -14,8 +14,10 @@ mod thumb;
 
 pub use dicom::{DicomInfo, DicomWrite, Phi, read_phi, rle_frame, write_dicom};
 
-pub use decode::{Format, Limits, decode_bytes, load, load_with, read_file, sniff};
-pub use thumb::{Crop, Thumbnail, resize_gray, thumbnail};
+pub use decode::{
+    Format, Limits, decode_bytes, decode_film, load, load_film, load_with, read_file, sniff,
+};
+pub use thumb::{Crop, Film, Thumbnail, Window, fit, render, resize_gray, thumbnail};
 
 use thiserror::Error;
 

@@ -11,11 +11,12 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind};
 
 use super::keys::{self, Action};
 use crate::catalog::Entry;
-use crate::imaging::Thumbnail;
+use crate::imaging::{Crop, Film, Thumbnail, Window};
 use crate::model::heatmap::{Heatmap, Region};
 use crate::model::{Manifest, argmax};
 use crate::results::Scored;
 use crate::results::{ExportFormat, Row, Status as RowStatus, Tally};
+use crate::tui::image::graphics::{Picture, Shot, ShotKey};
 
 /// Where an item is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,12 +77,33 @@ impl Item {
 #[derive(Clone, Debug)]
 pub enum Preview {
     Ready {
+        /// The film through its own window, 8 bits: what the list and grid draw.
         thumb: Arc<Thumbnail>,
+        /// The film itself (16 bits, the thumbnail's size), for window/level; `None` when only
+        /// the 8-bit picture is known.
+        film: Option<Arc<Film>>,
         /// e.g. `2048x2500 DICOM 12-bit DX PA`.
         describe: String,
     },
     Failed(String),
 }
+
+/// How the reader looks at the films: the current film's window (`w W , .`; `v` back to the
+/// file's own) and white-on-black or black-on-white (`i`, kept for every film). Only what is
+/// drawn changes: the model reads the file as decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Look {
+    /// The current film's window, in its samples; `None`: the file's own.
+    pub window: Option<Window>,
+    pub invert: bool,
+    /// The item the window belongs to (another film opens with its own window).
+    pub(super) item: Option<usize>,
+}
+
+/// Window steps: `w`/`W` narrow or widen by this factor, `,`/`.` move the level by this share
+/// of the container's range.
+pub const WINDOW_STEP: f32 = 1.25;
+pub const LEVEL_STEP: f32 = 0.05;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortKey {
@@ -124,6 +146,8 @@ pub enum Mode {
     /// Typing a `/` search.
     Search,
     Help,
+    /// One film full-screen, zoomed and panned ([`App::zoom`]).
+    Zoom,
     /// Typing the export path.
     Export {
         path: String,
@@ -140,11 +164,14 @@ pub enum Command {
     Cancel,
     /// Decode previews of these items, most wanted first; replaces the previous request.
     Previews(Vec<(usize, PathBuf)>),
-    /// Show this file full-screen, with this heatmap over it when there is one.
+    /// Decode this file whole for the zoom (answered by [`Event::ZoomReady`]), with this
+    /// heatmap over it when there is one.
     Zoom {
         path: PathBuf,
         heat: Option<Arc<HeatView>>,
     },
+    /// Make these pictures, most wanted first; replaces the previous request.
+    Pictures(Vec<Shot>),
     /// Compute the heatmap of `label` (`None`: the predicted label) for this item
     /// (answered by [`Event::Heatmap`]; a newer request replaces one not started).
     Heatmap {
@@ -190,8 +217,13 @@ pub enum Event {
         preview: Preview,
     },
     Exported(Result<String, String>),
-    /// The zoom image is decoded (handled by the runtime, which owns the terminal).
-    ZoomReady(Result<Box<crate::imaging::Thumbnail>, String>),
+    /// The zoom's film is decoded, whole.
+    ZoomReady(Result<Arc<Film>, String>),
+    /// A picture is made (or why not).
+    Picture {
+        key: ShotKey,
+        picture: Result<Picture, String>,
+    },
     /// An item's heatmap, or why there is none.
     Heatmap {
         item: usize,
@@ -362,43 +394,47 @@ impl NameOrder {
     }
 }
 
-/// A small LRU cache of previews.
-#[derive(Debug, Default)]
-pub struct PreviewCache {
-    map: HashMap<usize, (Preview, u64)>,
+/// A small LRU cache (previews by item, pictures by shot).
+#[derive(Debug)]
+pub struct Lru<K, V> {
+    map: HashMap<K, (V, u64)>,
     clock: u64,
     capacity: usize,
 }
 
-impl PreviewCache {
+/// Decoded previews by item.
+pub type PreviewCache = Lru<usize, Preview>;
+
+impl<K: std::hash::Hash + Eq + Copy, V> Lru<K, V> {
     pub fn new(capacity: usize) -> Self {
         Self {
+            map: HashMap::new(),
+            clock: 0,
             capacity: capacity.max(1),
-            ..Default::default()
         }
     }
 
-    pub fn get(&mut self, item: usize) -> Option<&Preview> {
+    pub fn get(&mut self, key: K) -> Option<&V> {
         self.clock += 1;
         let clock = self.clock;
-        self.map.get_mut(&item).map(|(p, used)| {
+        self.map.get_mut(&key).map(|(p, used)| {
             *used = clock;
             &*p
         })
     }
 
-    pub fn peek(&self, item: usize) -> Option<&Preview> {
-        self.map.get(&item).map(|(p, _)| p)
+    pub fn peek(&self, key: K) -> Option<&V> {
+        self.map.get(&key).map(|(p, _)| p)
     }
 
-    pub fn contains(&self, item: usize) -> bool {
-        self.map.contains_key(&item)
+    pub fn contains(&self, key: K) -> bool {
+        self.map.contains_key(&key)
     }
 
-    pub fn insert(&mut self, item: usize, preview: Preview) {
+    pub fn insert(&mut self, key: K, value: V) {
         self.clock += 1;
         if self.map.len() >= self.capacity
-            && !self.map.contains_key(&item)
+            && !self.map.contains_key(&key)
             && let Some(oldest) = self
                 .map
                 .iter()
@@ -407,7 +443,7 @@ impl PreviewCache {
         {
             self.map.remove(&oldest);
         }
-        self.map.insert(item, (preview, self.clock));
+        self.map.insert(key, (value, self.clock));
     }
 
     pub fn len(&self) -> usize {
@@ -416,6 +452,11 @@ impl PreviewCache {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Forget what `keep` says no to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.map.retain(|k, _| keep(k));
     }
 }
 
@@ -440,6 +481,17 @@ pub struct App {
     pub message: Option<String>,
     /// The preview pane: decoded thumbnails and the probabilities' scroll.
     pub preview: PreviewPane,
+    /// Window/level and invert of what is shown.
+    pub look: Look,
+    /// The full-screen view, while it is open (`z`).
+    pub zoom: Option<ZoomView>,
+    /// First line of the `?` help shown (it scrolls on small terminals).
+    pub help_scroll: usize,
+    /// The terminal's size, as the last frame drew it (the zoom's keys need it).
+    pub zoom_area: ratatui::layout::Rect,
+    /// How pictures are drawn: with a graphics protocol (made by a worker, see
+    /// [`Command::Pictures`]) or half-blocks, and a cell's size in pixels.
+    pub screen: Screen,
     /// The time now, for rates and ETA (set by the runtime; tests set it by hand).
     pub now: Instant,
     pub show_phi: bool,
@@ -494,6 +546,105 @@ pub struct PreviewPane {
     pub(super) last_request: Vec<usize>,
     /// First row of the probability pane when a model has more labels than fit (`[` `]`).
     pub prob_scroll: usize,
+    /// The current film through the reader's window: (item, window, picture).
+    pub(super) adjusted: Option<(usize, Window, Arc<Thumbnail>)>,
+    /// Pictures made for the screen (graphics protocols, and the zoom).
+    pub pictures: Lru<ShotKey, Result<Picture, String>>,
+    /// The pictures last asked for.
+    pub(super) asked: Vec<ShotKey>,
+}
+
+/// The terminal's way with pictures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Screen {
+    /// Pictures go out in a graphics protocol (else the list and grid draw half-blocks).
+    pub graphics: bool,
+    /// Pixels of one cell: the font's, or 1 x 2 for half-blocks.
+    pub cell_px: (u32, u32),
+}
+
+impl Default for Screen {
+    fn default() -> Self {
+        Self {
+            graphics: false,
+            cell_px: (1, 2),
+        }
+    }
+}
+
+/// Zoom steps multiply or divide the scale by this.
+pub const ZOOM_STEP: f64 = 1.5;
+
+/// The full-screen view of one film: how far in, and where.
+#[derive(Clone, Debug)]
+pub struct ZoomView {
+    pub item: usize,
+    /// The whole film, once decoded.
+    pub film: Option<Arc<Film>>,
+    pub error: Option<String>,
+    /// 1: the whole film fits the screen; 2: twice as large.
+    pub scale: f64,
+    /// The film pixel at the middle of the view.
+    pub center: (f64, f64),
+    pub heat: Option<Arc<HeatView>>,
+    /// The picture last drawn, kept on screen while the next one is made.
+    pub(super) last: Option<Picture>,
+}
+
+impl ZoomView {
+    pub fn new(item: usize, heat: Option<Arc<HeatView>>) -> Self {
+        Self {
+            item,
+            film: None,
+            error: None,
+            scale: 1.0,
+            center: (0.0, 0.0),
+            heat,
+            last: None,
+        }
+    }
+
+    /// Screen pixels per film pixel at fit.
+    fn fit(w: f64, h: f64, screen: (u32, u32)) -> f64 {
+        (screen.0.max(1) as f64 / w).min(screen.1.max(1) as f64 / h)
+    }
+
+    /// The largest scale: 32 screen pixels a film pixel (or the fit, if already more).
+    pub fn max_scale(w: f64, h: f64, screen: (u32, u32)) -> f64 {
+        (32.0 / Self::fit(w, h, screen)).max(1.0)
+    }
+
+    /// The part of a `w` x `h` film the view shows on a screen of `screen` pixels: the
+    /// screen's shape at this scale, never larger than the film, centred as close to
+    /// `center` as the film's edges allow.
+    pub fn crop(&self, w: u32, h: u32, screen: (u32, u32)) -> Crop {
+        let (w, h) = (w.max(1) as f64, h.max(1) as f64);
+        let per_px = Self::fit(w, h, screen) * self.scale;
+        let cw = (screen.0.max(1) as f64 / per_px).min(w);
+        let ch = (screen.1.max(1) as f64 / per_px).min(h);
+        let cx = self.center.0.clamp(cw / 2.0, w - cw / 2.0);
+        let cy = self.center.1.clamp(ch / 2.0, h - ch / 2.0);
+        Crop {
+            left: cx - cw / 2.0,
+            top: cy - ch / 2.0,
+            width: cw,
+            height: ch,
+        }
+    }
+
+    /// Zoom by `factor` (within 1 and [`ZoomView::max_scale`]) or pan by a share of the
+    /// view; the centre is kept where the crop can reach.
+    pub fn step(&mut self, factor: f64, pan: (f64, f64), w: u32, h: u32, screen: (u32, u32)) {
+        let max = Self::max_scale(w.max(1) as f64, h.max(1) as f64, screen);
+        self.scale = (self.scale * factor).clamp(1.0, max);
+        let crop = self.crop(w, h, screen);
+        self.center = (
+            crop.left + crop.width / 2.0 + pan.0 * crop.width,
+            crop.top + crop.height / 2.0 + pan.1 * crop.height,
+        );
+        let crop = self.crop(w, h, screen);
+        self.center = (crop.left + crop.width / 2.0, crop.top + crop.height / 2.0);
+    }
 }
 
 /// Background work: the walk and the scoring jobs.
@@ -571,7 +722,15 @@ impl App {
                 requested: HashSet::new(),
                 last_request: Vec::new(),
                 prob_scroll: 0,
+                adjusted: None,
+                pictures: Lru::new(40),
+                asked: Vec::new(),
             },
+            look: Look::default(),
+            zoom: None,
+            zoom_area: ratatui::layout::Rect::new(0, 0, 80, 24),
+            help_scroll: 0,
+            screen: Screen::default(),
             now: Instant::now(),
             show_phi: false,
             export_default: "cxr-triage-results.csv".into(),
@@ -741,7 +900,30 @@ impl App {
                 });
             }
             Event::Problem(m) => self.message = Some(m),
-            Event::ZoomReady(_) => {}
+            Event::ZoomReady(result) => {
+                if let Some(z) = &mut self.zoom {
+                    match result {
+                        Ok(film) => {
+                            z.center = (
+                                film.image.width as f64 / 2.0,
+                                film.image.height as f64 / 2.0,
+                            );
+                            z.film = Some(film);
+                        }
+                        Err(e) => z.error = Some(e),
+                    }
+                }
+            }
+            Event::Picture { key, picture } => {
+                self.preview.asked.retain(|k| *k != key);
+                if key.zoom
+                    && let (Some(z), Ok(p)) = (&mut self.zoom, &picture)
+                    && z.item == key.item
+                {
+                    z.last = Some(p.clone());
+                }
+                self.preview.pictures.insert(key, picture);
+            }
             Event::Heatmap {
                 item,
                 label,
@@ -809,7 +991,18 @@ impl App {
             return;
         }
         match self.mode.clone() {
-            Mode::Help | Mode::Review => self.mode = Mode::Normal,
+            Mode::Help => match key.code {
+                KeyCode::Down | KeyCode::Char('j') => self.help_scroll += 1,
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.help_scroll = self.help_scroll.saturating_sub(1)
+                }
+                _ => {
+                    self.help_scroll = 0;
+                    self.mode = Mode::Normal;
+                }
+            },
+            Mode::Review => self.mode = Mode::Normal,
+            Mode::Zoom => self.zoom_key(key),
             Mode::Search => match key.code {
                 KeyCode::Esc => {
                     self.list.search.clear();
@@ -965,6 +1158,8 @@ impl App {
             Action::Zoom => {
                 if let Some(i) = self.current() {
                     let heat = self.heat.shown(i).cloned();
+                    self.zoom = Some(ZoomView::new(i, heat.clone()));
+                    self.mode = Mode::Zoom;
                     out.push(Command::Zoom {
                         path: self.items[i].entry.path.clone(),
                         heat,
@@ -991,6 +1186,201 @@ impl App {
                 }
             }
             Action::Help => self.mode = Mode::Help,
+            Action::Invert => self.look.invert = !self.look.invert,
+            Action::WindowNarrow
+            | Action::WindowWiden
+            | Action::LevelDown
+            | Action::LevelUp
+            | Action::WindowReset => self.adjust_window(action),
+            // Zoom-only actions (their keys are the zoom's).
+            Action::ZoomIn
+            | Action::ZoomOut
+            | Action::Fit
+            | Action::PanLeft
+            | Action::PanRight
+            | Action::PanUp
+            | Action::PanDown
+            | Action::Back => {}
+        }
+    }
+
+    /// The shot of `item` for `rect` of the grid or the preview pane (`pane`: with the
+    /// heatmap when it is on), once its film is decoded.
+    pub fn shot(&self, item: usize, rect: ratatui::layout::Rect, pane: bool) -> Option<Shot> {
+        let Some(Preview::Ready {
+            film: Some(film), ..
+        }) = self.preview.previews.peek(item)
+        else {
+            return None;
+        };
+        let window = self.look.window.filter(|_| self.look.item == Some(item));
+        let heat = self.heat.shown(item).filter(|_| pane).cloned();
+        Some(Shot::new(
+            item,
+            film.clone(),
+            Crop::full(&film.image),
+            (rect.width, rect.height),
+            window,
+            self.look.invert,
+            heat,
+        ))
+    }
+
+    /// The zoom's shot for a terminal of `area`, once its film is decoded. The heatmap shows
+    /// at fit only (it covers the whole film).
+    pub fn zoom_shot(&self, area: ratatui::layout::Rect) -> Option<Shot> {
+        let z = self.zoom.as_ref()?;
+        let film = z.film.clone()?;
+        let crop = z.crop(film.image.width, film.image.height, self.zoom_screen(area));
+        let heat = z.heat.clone().filter(|_| z.scale <= 1.0);
+        let mut shot = Shot::new(
+            z.item,
+            film,
+            crop,
+            (area.width, area.height.saturating_sub(1)),
+            self.look.window,
+            self.look.invert,
+            heat,
+        );
+        shot.key.zoom = true;
+        Some(shot)
+    }
+
+    /// Ask for the shots not made yet, most wanted first; a command when that list changed
+    /// (the newest request replaces the last in the worker's queue).
+    pub fn wanted_pictures(&mut self, shots: Vec<Shot>) -> Option<Command> {
+        let shots: Vec<Shot> = shots
+            .into_iter()
+            .filter(|s| !self.preview.pictures.contains(s.key))
+            .collect();
+        let keys: Vec<ShotKey> = shots.iter().map(|s| s.key).collect();
+        if keys == self.preview.asked {
+            return None;
+        }
+        self.preview.asked = keys;
+        Some(Command::Pictures(shots))
+    }
+
+    /// The zoom's screen in pixels: the whole terminal but the info line.
+    pub fn zoom_screen(&self, area: ratatui::layout::Rect) -> (u32, u32) {
+        let (cw, ch) = self.screen.cell_px;
+        (
+            area.width as u32 * cw,
+            area.height.saturating_sub(1) as u32 * ch,
+        )
+    }
+
+    fn zoom_key(&mut self, key: KeyEvent) {
+        let Some(action) = keys::lookup_in(keys::ZOOM_KEYS, &key) else {
+            return;
+        };
+        let screen = self.zoom_screen(self.zoom_area);
+        let Some(z) = &mut self.zoom else {
+            self.mode = Mode::Normal;
+            return;
+        };
+        let size = z.film.as_ref().map(|f| (f.image.width, f.image.height));
+        let mut step = |factor: f64, pan: (f64, f64)| {
+            if let Some((w, h)) = size {
+                z.step(factor, pan, w, h, screen);
+            }
+        };
+        match action {
+            Action::Back => {
+                self.zoom = None;
+                self.mode = Mode::Normal;
+                // Full-screen pictures are large (an encoded kitty frame is megabytes).
+                self.preview.pictures.retain(|k| !k.zoom);
+            }
+            Action::ZoomIn => step(ZOOM_STEP, (0.0, 0.0)),
+            Action::ZoomOut => step(1.0 / ZOOM_STEP, (0.0, 0.0)),
+            Action::Fit => step(0.0, (0.0, 0.0)),
+            Action::PanLeft => step(1.0, (-0.1, 0.0)),
+            Action::PanRight => step(1.0, (0.1, 0.0)),
+            Action::PanUp => step(1.0, (0.0, -0.1)),
+            Action::PanDown => step(1.0, (0.0, 0.1)),
+            Action::Invert => self.look.invert = !self.look.invert,
+            Action::WindowNarrow
+            | Action::WindowWiden
+            | Action::LevelDown
+            | Action::LevelUp
+            | Action::WindowReset => self.adjust_window(action),
+            _ => {}
+        }
+    }
+
+    /// The current item's film, when its preview is decoded.
+    pub fn current_film(&self) -> Option<&Arc<Film>> {
+        match self.preview.previews.peek(self.current()?) {
+            Some(Preview::Ready {
+                film: Some(film), ..
+            }) => Some(film),
+            _ => None,
+        }
+    }
+
+    /// The window the current film is shown through: the reader's, else the file's own.
+    pub fn window(&self) -> Option<Window> {
+        let film = self.current_film()?;
+        Some(self.look.window.unwrap_or_else(|| film.voi()))
+    }
+
+    /// `w W , . v`: narrow, widen, move the level of, or reset the current film's window.
+    fn adjust_window(&mut self, action: Action) {
+        self.sync_look();
+        let Some(film) = self.current_film().cloned() else {
+            self.message = Some("no picture to window yet".into());
+            return;
+        };
+        let now = self.look.window.unwrap_or_else(|| film.voi());
+        let max = film.max();
+        self.look.window = match action {
+            Action::WindowNarrow => Some(now.scaled(1.0 / WINDOW_STEP, max)),
+            Action::WindowWiden => Some(now.scaled(WINDOW_STEP, max)),
+            Action::LevelDown => Some(now.shifted(-LEVEL_STEP * max, max)),
+            Action::LevelUp => Some(now.shifted(LEVEL_STEP * max, max)),
+            _ => None,
+        };
+    }
+
+    /// A new current film opens with its own window (invert stays: it is the reader's taste).
+    pub fn sync_look(&mut self) {
+        let current = self.current();
+        if self.look.item != current {
+            self.look.item = current;
+            self.look.window = None;
+        }
+    }
+
+    /// The current film through the reader's window, when one is set (computed here, once per
+    /// window, from the 16-bit film: the drawing code only reads it).
+    pub fn prepare_adjusted(&mut self) {
+        self.sync_look();
+        let (Some(item), Some(window)) = (self.current(), self.look.window) else {
+            self.preview.adjusted = None;
+            return;
+        };
+        if matches!(&self.preview.adjusted, Some((i, w, _)) if *i == item && *w == window) {
+            return;
+        }
+        self.preview.adjusted = self.current_film().map(|film| {
+            let pic = crate::imaging::render(&film.image, window, false);
+            (item, window, Arc::new(pic))
+        });
+    }
+
+    /// The picture to draw for `item`: the reader's window over the current film, else the
+    /// film through its own window.
+    pub fn picture(&self, item: usize) -> Option<&Arc<Thumbnail>> {
+        if let Some((i, w, pic)) = &self.preview.adjusted
+            && *i == item
+            && Some(*w) == self.look.window
+        {
+            return Some(pic);
+        }
+        match self.preview.previews.peek(item) {
+            Some(Preview::Ready { thumb, .. }) => Some(thumb),
+            _ => None,
         }
     }
 

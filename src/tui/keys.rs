@@ -43,6 +43,23 @@ pub enum Action {
     Export,
     Help,
     Quit,
+    /// Window/level of the shown film.
+    WindowNarrow,
+    WindowWiden,
+    LevelDown,
+    LevelUp,
+    /// Back to the file's own window.
+    WindowReset,
+    Invert,
+    /// In the zoom: closer, further, the whole film, pan, back to the list.
+    ZoomIn,
+    ZoomOut,
+    Fit,
+    PanLeft,
+    PanRight,
+    PanUp,
+    PanDown,
+    Back,
 }
 
 /// A key: its code, and whether it needs Ctrl. Keys without Ctrl match whatever the modifiers
@@ -193,8 +210,23 @@ pub const KEYS: &[Binding] = &[
     },
     Binding {
         keys: "z Enter",
-        help: "zoom: full screen, best image protocol; any key returns",
+        help: "zoom: the film full-screen, whole (keys below)",
         bind: &[(ch('z'), A::Zoom), (code(KeyCode::Enter), A::Zoom)],
+    },
+    Binding {
+        keys: "w W , .",
+        help: "window narrower / wider, level down / up (the picture only, not the model)",
+        bind: &[
+            (ch('w'), A::WindowNarrow),
+            (ch('W'), A::WindowWiden),
+            (ch(','), A::LevelDown),
+            (ch('.'), A::LevelUp),
+        ],
+    },
+    Binding {
+        keys: "v i",
+        help: "the file's own window (DICOM's, else its range) / invert",
+        bind: &[(ch('v'), A::WindowReset), (ch('i'), A::Invert)],
     },
     Binding {
         keys: "e",
@@ -213,11 +245,71 @@ pub const KEYS: &[Binding] = &[
     },
 ];
 
+/// The full-screen zoom's keys (window/level and invert as in the list).
+pub const ZOOM_KEYS: &[Binding] = &[
+    Binding {
+        keys: "+ - z Z",
+        help: "zoom in / out (the info line shows the scale and position)",
+        bind: &[
+            (ch('+'), A::ZoomIn),
+            (ch('='), A::ZoomIn),
+            (ch('z'), A::ZoomIn),
+            (ch('-'), A::ZoomOut),
+            (ch('Z'), A::ZoomOut),
+        ],
+    },
+    Binding {
+        keys: "h j k l ← ↓ ↑ →",
+        help: "pan",
+        bind: &[
+            (ch('h'), A::PanLeft),
+            (code(KeyCode::Left), A::PanLeft),
+            (ch('j'), A::PanDown),
+            (code(KeyCode::Down), A::PanDown),
+            (ch('k'), A::PanUp),
+            (code(KeyCode::Up), A::PanUp),
+            (ch('l'), A::PanRight),
+            (code(KeyCode::Right), A::PanRight),
+        ],
+    },
+    Binding {
+        keys: "0",
+        help: "fit: the whole film",
+        bind: &[(ch('0'), A::Fit)],
+    },
+    Binding {
+        keys: "w W , . v i",
+        help: "window narrower / wider, level down / up, the file's own window, invert",
+        bind: &[
+            (ch('w'), A::WindowNarrow),
+            (ch('W'), A::WindowWiden),
+            (ch(','), A::LevelDown),
+            (ch('.'), A::LevelUp),
+            (ch('v'), A::WindowReset),
+            (ch('i'), A::Invert),
+        ],
+    },
+    Binding {
+        keys: "q Esc Enter",
+        help: "back to the list",
+        bind: &[
+            (ch('q'), A::Back),
+            (code(KeyCode::Esc), A::Back),
+            (code(KeyCode::Enter), A::Back),
+        ],
+    },
+];
+
 /// The action of a key in the list view. A binding with Ctrl wins over one without.
 pub fn lookup(key: &KeyEvent) -> Option<Action> {
+    lookup_in(KEYS, key)
+}
+
+/// The action of a key in a table.
+pub fn lookup_in(table: &[Binding], key: &KeyEvent) -> Option<Action> {
     let held = key.modifiers.contains(KeyModifiers::CONTROL);
     let mut plain = None;
-    for (k, action) in KEYS.iter().flat_map(|b| b.bind.iter()) {
+    for (k, action) in table.iter().flat_map(|b| b.bind.iter()) {
         if k.code == key.code {
             if k.ctrl && held {
                 return Some(*action);
@@ -235,10 +327,18 @@ pub fn is_interrupt(key: &KeyEvent) -> bool {
     key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c')
 }
 
-/// The README's key table: one `| keys | help |` line per binding, keys in backticks.
+/// The README's key tables: the list's, then the zoom's; one `| keys | help |` line per
+/// binding, keys in backticks.
 pub fn markdown_table() -> String {
+    let mut out = table_of(KEYS);
+    out.push_str("\nIn the zoom:\n\n");
+    out.push_str(&table_of(ZOOM_KEYS));
+    out
+}
+
+fn table_of(table: &[Binding]) -> String {
     let mut out = String::from("| Keys | What they do |\n|---|---|\n");
-    for b in KEYS {
+    for b in table {
         let keys: Vec<String> = b
             .keys
             .split(' ')
@@ -287,6 +387,8 @@ mod tests {
             "End" => (KeyCode::End, KeyModifiers::NONE),
             "↓" => (KeyCode::Down, KeyModifiers::NONE),
             "↑" => (KeyCode::Up, KeyModifiers::NONE),
+            "←" => (KeyCode::Left, KeyModifiers::NONE),
+            "→" => (KeyCode::Right, KeyModifiers::NONE),
             s if s.starts_with('^') => (
                 KeyCode::Char(s.chars().nth(1).unwrap()),
                 KeyModifiers::CONTROL,
@@ -303,8 +405,14 @@ mod tests {
 
     #[test]
     fn no_key_is_bound_twice_and_every_shown_key_does_what_its_line_says() {
+        for table in [KEYS, ZOOM_KEYS] {
+            check(table);
+        }
+    }
+
+    fn check(table: &[Binding]) {
         let mut seen = std::collections::HashSet::new();
-        for b in KEYS {
+        for b in table {
             for (k, _) in b.bind {
                 assert!(
                     seen.insert((format!("{:?}", k.code), k.ctrl)),
@@ -312,7 +420,7 @@ mod tests {
                 );
             }
             for shown in b.keys.split(' ') {
-                let action = lookup(&parse(shown));
+                let action = lookup_in(table, &parse(shown));
                 assert!(
                     b.bind.iter().any(|(_, a)| Some(*a) == action),
                     "{shown:?} in {:?} does {action:?}",

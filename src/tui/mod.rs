@@ -31,16 +31,19 @@ use crate::catalog::WalkOptions;
 use crate::model::Model;
 use crate::results::default_export_path;
 use crate::results::store::Store;
-use app::{App, Event};
+use app::{App, Event, PreviewCache, Screen};
 use image::ColorMode;
+use image::graphics::{Graphics, ImageProtocol};
 pub use runtime::Runtime;
 pub use terminal::restore_terminal;
 use terminal::{TerminalGuard, install_panic_hook, take_worker_panics};
-pub use workers::{Pause, Workers, spawn_walk};
+pub use workers::{Workers, spawn_walk};
 use workers::{spawn_input, spawn_signals};
 
-/// Longest side of the preview thumbnails kept in the cache.
+/// Longest side of the preview films kept in the cache: enough for half-blocks, and for a
+/// graphics protocol's pane (a 60 x 30-cell pane is about 540 x 540 pixels).
 pub const PREVIEW_SIDE: u32 = 256;
+pub const PREVIEW_SIDE_GRAPHICS: u32 = 512;
 /// Preview decoder threads.
 const PREVIEW_THREADS: usize = 2;
 
@@ -56,6 +59,8 @@ pub struct TuiConfig {
     pub store_problem: Option<String>,
     /// Where true labels come from (class folders or `--labels`).
     pub truth: crate::review::Truth,
+    /// How pictures reach the terminal (`--image-protocol`).
+    pub protocol: ImageProtocol,
 }
 
 /// The browser was started without a terminal on stdin and stdout (a usage error).
@@ -77,25 +82,38 @@ pub fn run(config: TuiConfig) -> anyhow::Result<()> {
         store,
         store_problem,
         truth,
+        protocol,
     } = config;
+    // Before anything reads stdin: the query's answers arrive there.
+    let graphics = Graphics::detect(protocol);
     let (tx, rx) = unbounded::<Event>();
     let mut app = App::new(root.clone(), &model.manifest);
     app.show_phi = show_phi;
     app.export_default = default_export_path(&root);
     app.message = store_problem;
     app.truth = truth;
+    app.screen = Screen {
+        graphics: graphics.is_graphics(),
+        cell_px: graphics.cell_px(),
+    };
+    let side = if graphics.is_graphics() {
+        PREVIEW_SIDE_GRAPHICS
+    } else {
+        PREVIEW_SIDE
+    };
+    // 16-bit films: a 512 px one is half a megabyte.
+    app.preview.previews = PreviewCache::new(if graphics.is_graphics() { 96 } else { 256 });
     let store = store.map(Arc::new);
-    let workers = Workers::start(model, force, store.clone(), tx.clone());
+    let workers = Workers::start(model, force, store.clone(), tx.clone(), graphics, side);
     spawn_walk(root.clone(), walk, store.map(|s| (s, force)), tx.clone());
     spawn_signals(tx.clone());
-    let paused = Arc::new(Pause::default());
-    spawn_input(tx.clone(), paused.clone());
+    spawn_input(tx.clone());
 
     install_panic_hook();
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     terminal.clear()?;
-    let mut runtime = Runtime::new(workers, tx, root, ColorMode::detect(), paused);
+    let mut runtime = Runtime::new(workers, tx, root, ColorMode::detect());
     let result = runtime.run_loop(&mut terminal, &mut app, &rx);
     runtime.workers.stop();
     drop(terminal);

@@ -11,49 +11,28 @@ use ratatui::Terminal;
 use ratatui::backend::Backend;
 use ratatui::layout::Rect;
 
-use super::app::{App, Command, Event, HeatView};
-use super::image::{ColorMode, zoom};
+use super::app::{App, Command, Event};
+use super::image::ColorMode;
 use super::ui;
-use super::workers::{Pause, Workers};
-use crate::imaging::{self, thumbnail};
+use super::workers::Workers;
+use crate::imaging;
 use crate::results::{default_export_path, export_rows};
 
-enum ZoomState {
-    Off,
-    /// Waiting for the decode.
-    Loading,
-    /// The image is on screen; the next key returns.
-    Showing,
-}
-
-/// What carries out the UI's commands: the workers, the event sender, the zoom state.
+/// What carries out the UI's commands: the workers and the event sender.
 pub struct Runtime {
     pub workers: Workers,
     tx: Sender<Event>,
     root: PathBuf,
     colors: ColorMode,
-    zoom: ZoomState,
-    /// The heatmap to lay over the zoomed image.
-    zoom_heat: Option<Arc<HeatView>>,
-    paused: Arc<Pause>,
 }
 
 impl Runtime {
-    pub fn new(
-        workers: Workers,
-        tx: Sender<Event>,
-        root: PathBuf,
-        colors: ColorMode,
-        paused: Arc<Pause>,
-    ) -> Self {
+    pub fn new(workers: Workers, tx: Sender<Event>, root: PathBuf, colors: ColorMode) -> Self {
         Self {
             workers,
             tx,
             root,
             colors,
-            zoom: ZoomState::Off,
-            zoom_heat: None,
-            paused,
         }
     }
 
@@ -67,21 +46,19 @@ impl Runtime {
         B::Error: Send + Sync + 'static,
     {
         loop {
-            if matches!(self.zoom, ZoomState::Off) {
-                app.now = Instant::now();
-                let size = terminal.size()?;
-                if let Some(c) = ui::prepare(app, Rect::new(0, 0, size.width, size.height)) {
-                    self.execute(c, app);
-                }
-                if let Some(c) = app.wanted_heatmap() {
-                    self.execute(c, app);
-                }
-                terminal.draw(|f| ui::draw(f, app, self.colors))?;
-                // Test hook (debug builds only): prove the panic hook restores the terminal.
-                #[cfg(debug_assertions)]
-                if !app.items.is_empty() && std::env::var_os("CXR_TRIAGE_TEST_PANIC").is_some() {
-                    panic!("test panic requested by CXR_TRIAGE_TEST_PANIC");
-                }
+            app.now = Instant::now();
+            let size = terminal.size()?;
+            for c in ui::prepare(app, Rect::new(0, 0, size.width, size.height)) {
+                self.execute(c, app);
+            }
+            if let Some(c) = app.wanted_heatmap() {
+                self.execute(c, app);
+            }
+            terminal.draw(|f| ui::draw(f, app, self.colors))?;
+            // Test hook (debug builds only): prove the panic hook restores the terminal.
+            #[cfg(debug_assertions)]
+            if !app.items.is_empty() && std::env::var_os("CXR_TRIAGE_TEST_PANIC").is_some() {
+                panic!("test panic requested by CXR_TRIAGE_TEST_PANIC");
             }
             let timeout = if app.work.progress.is_some() {
                 250
@@ -117,36 +94,17 @@ impl Runtime {
     where
         B::Error: Send + Sync + 'static,
     {
-        match (&self.zoom, ev) {
-            (ZoomState::Showing | ZoomState::Loading, Event::Key(_)) => {
-                self.zoom = ZoomState::Off;
-                terminal.clear()?;
-                return Ok(false);
+        // Pictures drawn in a protocol are not cells ratatui knows: after a resize, or on
+        // leaving the zoom, everything is drawn again from a clear screen.
+        let was_zoom = app.zoom.is_some();
+        let resized = matches!(ev, Event::Resize);
+        for command in app.update(ev) {
+            if self.execute(command, app) {
+                return Ok(true);
             }
-            (_, Event::ZoomReady(result)) => {
-                if matches!(self.zoom, ZoomState::Loading) {
-                    match result {
-                        Ok(thumb) => {
-                            let heat = self.zoom_heat.take();
-                            zoom::show(&thumb, heat.as_deref(), self.colors, &self.paused)?;
-                            self.zoom = ZoomState::Showing;
-                        }
-                        Err(e) => {
-                            self.zoom = ZoomState::Off;
-                            app.message = Some(format!("cannot zoom: {e}"));
-                            terminal.clear()?;
-                        }
-                    }
-                }
-                return Ok(false);
-            }
-            (_, ev) => {
-                for command in app.update(ev) {
-                    if self.execute(command, app) {
-                        return Ok(true);
-                    }
-                }
-            }
+        }
+        if resized || was_zoom != app.zoom.is_some() {
+            terminal.clear()?;
         }
         Ok(false)
     }
@@ -159,18 +117,16 @@ impl Runtime {
             Command::Cancel => self.workers.cancel(),
             Command::Previews(list) => self.workers.previews(list),
             Command::Heatmap { item, path, label } => self.workers.heatmap(item, path, label),
-            Command::Zoom { path, heat } => {
-                self.zoom = ZoomState::Loading;
-                self.zoom_heat = heat;
+            Command::Zoom { path, .. } => {
                 let tx = self.tx.clone();
-                let side = zoom::side();
                 thread::spawn(move || {
-                    let r = imaging::load(&path)
-                        .map(|d| Box::new(thumbnail(&d.image, side)))
+                    let r = imaging::load_film(&path)
+                        .map(|(_, film)| Arc::new(film))
                         .map_err(|e| e.to_string());
                     let _ = tx.send(Event::ZoomReady(r));
                 });
             }
+            Command::Pictures(shots) => self.workers.pictures(shots),
             Command::Export { path, format, rows } => {
                 let (tx, root, labels) = (self.tx.clone(), self.root.clone(), app.labels.clone());
                 thread::spawn(move || {

@@ -8,6 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status};
+use super::image::graphics::Picture;
 use super::image::{ColorMode, GrayPicture};
 use crate::results::Tally;
 
@@ -61,9 +62,12 @@ fn inner(r: Rect) -> Rect {
     Block::default().borders(Borders::ALL).inner(r)
 }
 
-/// Update what depends on the screen size; returns the preview request when it changed.
-pub fn prepare(app: &mut App, area: Rect) -> Option<Command> {
+/// Update what depends on the screen size; returns the requests that changed (previews to
+/// decode, pictures to make).
+pub fn prepare(app: &mut App, area: Rect) -> Vec<Command> {
     app.refresh_view();
+    app.prepare_adjusted();
+    app.zoom_area = area;
     let p = panes(area, app.list.grid);
     let visible = if app.list.grid {
         let (cols, rows, _, _) = grid_shape(p.list);
@@ -76,7 +80,89 @@ pub fn prepare(app: &mut App, area: Rect) -> Option<Command> {
         app.scroll_to_cursor(app.list.list_rows);
         app.list.scroll..app.list.scroll + app.list.list_rows
     };
-    app.wanted_previews(visible)
+    let mut out: Vec<Command> = app.wanted_previews(visible).into_iter().collect();
+    // Pictures: the zoom's (always made off this thread: it crops and resizes the whole
+    // film); with a graphics protocol, the preview pane's and the grid's too.
+    let shots = if app.mode == Mode::Zoom {
+        app.zoom_shot(area).into_iter().collect()
+    } else if app.screen.graphics {
+        picture_places(app, area)
+            .into_iter()
+            .filter_map(|(item, rect, pane)| app.shot(item, rect, pane))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    out.extend(app.wanted_pictures(shots));
+    out
+}
+
+/// Where pictures go on this screen: the preview pane's (first: the current item) and the
+/// grid's cells; (item, area, in the preview pane).
+fn picture_places(app: &App, area: Rect) -> Vec<(usize, Rect, bool)> {
+    let p = panes(area, app.list.grid);
+    let mut places = Vec::new();
+    if let Some(pane) = p.preview
+        && let Some((item, rects)) = preview_rects(app, pane)
+    {
+        places.push((item, rects[0], true));
+    }
+    if app.list.grid {
+        places.extend(
+            grid_places(app, p.list)
+                .into_iter()
+                .map(|(i, pic, _)| (i, pic, false)),
+        );
+    }
+    places
+}
+
+/// The grid's cells: (item, picture area, badge area).
+fn grid_places(app: &App, list: Rect) -> Vec<(usize, Rect, Rect)> {
+    let inner = inner(list);
+    let (cols, _, cell_w, cell_h) = grid_shape(list);
+    let cells = app.list.grid_cells.max(1);
+    let start = app.list.cursor / cells * cells;
+    let mut out = Vec::new();
+    for (k, &i) in app.list.view.iter().skip(start).take(cells).enumerate() {
+        let x = inner.x + (k % cols) as u16 * cell_w;
+        let y = inner.y + (k / cols) as u16 * cell_h;
+        if x >= inner.right() || y >= inner.bottom() {
+            break;
+        }
+        let cell = Rect::new(
+            x,
+            y,
+            cell_w.min(inner.right() - x),
+            cell_h.min(inner.bottom() - y),
+        );
+        let [pic, badge] =
+            Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(cell);
+        let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
+        out.push((i, pic, badge));
+    }
+    out
+}
+
+/// The preview pane's parts for the current item: picture, probabilities, info.
+fn preview_rects(app: &App, pane: Rect) -> Option<(usize, [Rect; 3])> {
+    let i = app.current()?;
+    let inner = inner(pane);
+    // As many probability rows as leave the picture at least a third of the pane.
+    let info_rows = 2 + u16::from(app.heat.on);
+    let room = inner
+        .height
+        .saturating_sub(info_rows)
+        .saturating_sub(inner.height / 3)
+        .max(1);
+    let n_labels = app.labels.len() as u16;
+    let rects = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(n_labels.min(room)),
+        Constraint::Length(info_rows),
+    ])
+    .areas(inner);
+    Some((i, rects))
 }
 
 /// Colours and emphasis, or emphasis alone under `NO_COLOR`.
@@ -133,6 +219,10 @@ pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
         color: colors != ColorMode::None,
     };
     let area = frame.area();
+    if app.mode == Mode::Zoom {
+        draw_zoom(frame, app, area, theme, colors);
+        return;
+    }
     let p = panes(area, app.list.grid);
     // Counted once a frame: the title and the footer both show them.
     let summary = app.summary();
@@ -146,7 +236,7 @@ pub fn draw(frame: &mut Frame, app: &App, colors: ColorMode) {
     }
     draw_footer(frame, app, &summary, p.footer, theme);
     if app.mode == Mode::Help {
-        draw_help(frame, area, theme);
+        draw_help(frame, app, area, theme);
     }
     if app.mode == Mode::Review {
         draw_review(frame, app, area, theme);
@@ -264,7 +354,15 @@ fn draw_review(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
         }
         lines.push(Line::raw(line));
     }
-    popup(frame, area, 100, " review ", lines, theme);
+    popup(
+        frame,
+        area,
+        100,
+        " review ",
+        lines,
+        " any key closes ",
+        theme,
+    );
 }
 
 /// A bordered box in the middle of `area`, at most `max_width` wide, over what is beneath.
@@ -274,6 +372,7 @@ fn popup(
     max_width: u16,
     title: &str,
     lines: Vec<Line>,
+    bottom: &str,
     theme: Theme,
 ) {
     let w = area.width.min(max_width);
@@ -290,7 +389,7 @@ fn popup(
             Block::default()
                 .borders(Borders::ALL)
                 .title(Span::styled(title.to_string(), theme.title()))
-                .title_bottom(Line::from(" any key closes ").right_aligned()),
+                .title_bottom(Line::from(bottom.to_string()).right_aligned()),
         ),
         rect,
     );
@@ -524,24 +623,11 @@ fn draw_grid(
     theme: Theme,
     colors: ColorMode,
 ) {
-    let inner = draw_list_frame(frame, app, summary, area, theme);
-    let (cols, _, cell_w, cell_h) = grid_shape(area);
-    let cells = app.list.grid_cells.max(1);
-    let start = app.list.cursor / cells * cells;
-    for (k, &i) in app.list.view.iter().skip(start).take(cells).enumerate() {
-        let x = inner.x + (k % cols) as u16 * cell_w;
-        let y = inner.y + (k / cols) as u16 * cell_h;
-        let cell = Rect::new(
-            x,
-            y,
-            cell_w.min(inner.right() - x),
-            cell_h.min(inner.bottom() - y),
-        );
+    draw_list_frame(frame, app, summary, area, theme);
+    let current = app.current();
+    for (i, pic, badge) in grid_places(app, area) {
         let item = &app.items[i];
-        let selected = start + k == app.list.cursor;
-        let [pic, badge] =
-            Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(cell);
-        let pic = Rect::new(pic.x, pic.y, pic.width.saturating_sub(1), pic.height);
+        let selected = Some(i) == current;
         draw_picture(frame, app, i, pic, theme, colors, false);
         let text = match item.predicted {
             Some(l) => format!("{} {:.2}", app.manifest.display_name(l), item.probs()[l]),
@@ -580,12 +666,22 @@ fn draw_picture(
         ""
     };
     let heat = app.heat.shown(item).filter(|_| preview).map(|v| v.as_ref());
+    // With a graphics protocol, the picture made for this place; until it is made (and if it
+    // could not be) the half-block one stands in.
+    if app.screen.graphics
+        && let Some(shot) = app.shot(item, area, preview)
+        && let Some(Ok(Picture::Protocol(p))) = app.preview.pictures.peek(shot.key)
+    {
+        frame.render_widget(ratatui_image::Image::new(p), area);
+        return;
+    }
     match app.preview.previews.peek(item) {
         Some(Preview::Ready { thumb, .. }) => frame.render_widget(
             GrayPicture {
-                thumb,
+                thumb: app.picture(item).unwrap_or(thumb),
                 mode: colors,
                 heat,
+                invert: app.look.invert,
             },
             area,
         ),
@@ -628,26 +724,11 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     let block = Block::default()
         .borders(Borders::ALL)
         .title(Span::styled(title, theme.title()));
-    let inner = block.inner(area);
     frame.render_widget(block, area);
-    let Some(i) = current else {
+    let Some((i, [pic, probs, info])) = preview_rects(app, area) else {
         return;
     };
     let item = &app.items[i];
-    // As many probability rows as leave the picture at least a third of the pane.
-    let info_rows = 2 + u16::from(app.heat.on);
-    let room = inner
-        .height
-        .saturating_sub(info_rows)
-        .saturating_sub(inner.height / 3)
-        .max(1);
-    let n_labels = app.labels.len() as u16;
-    let [pic, probs, info] = Layout::vertical([
-        Constraint::Min(1),
-        Constraint::Length(n_labels.min(room)),
-        Constraint::Length(info_rows),
-    ])
-    .areas(inner);
     draw_picture(frame, app, i, pic, theme, colors, true);
     frame.render_widget(
         Paragraph::new(probability_lines(app, item, probs, theme)),
@@ -670,10 +751,17 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
             ))
         }),
     };
-    let mut info_lines = vec![Line::from(Span::styled(
-        describe.unwrap_or_default(),
-        theme.dim(),
-    ))];
+    let mut describe = describe.unwrap_or_default();
+    // The reader's window and invert, once changed from the file's own.
+    if app.look.window.is_some()
+        && let (Some(film), Some(w)) = (app.current_film(), app.window())
+    {
+        describe.push_str(&format!(" · {}", film.describe(w)));
+    }
+    if app.look.invert {
+        describe.push_str(" · inverted");
+    }
+    let mut info_lines = vec![Line::from(Span::styled(describe, theme.dim()))];
     if app.heat.on {
         info_lines.push(heat_line(app, i, theme));
     }
@@ -693,6 +781,81 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
         )));
     }
     frame.render_widget(Paragraph::new(info_lines), info);
+}
+
+/// The zoom: the film (or its crop) over the whole screen, the info line below.
+fn draw_zoom(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: ColorMode) {
+    let [pic, info] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(area);
+    let Some(z) = &app.zoom else {
+        return;
+    };
+    let shot = app.zoom_shot(area);
+    let made = shot.as_ref().and_then(|s| app.preview.pictures.peek(s.key));
+    let picture = match made {
+        Some(Ok(p)) => Some(p),
+        _ => z.last.as_ref(),
+    };
+    match picture {
+        Some(Picture::Protocol(p)) => frame.render_widget(ratatui_image::Image::new(p), pic),
+        Some(Picture::Cells(thumb)) => frame.render_widget(
+            GrayPicture {
+                thumb,
+                mode: colors,
+                // Made at fit with the heatmap's region over the whole film.
+                heat: shot.as_ref().and_then(|s| s.heat.as_deref()),
+                invert: false,
+            },
+            pic,
+        ),
+        None => {}
+    }
+    let name = app.items[z.item]
+        .entry
+        .rel()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = vec![name];
+    match (&z.error, &z.film, &shot) {
+        (Some(e), _, _) => parts.push(format!("cannot show this file: {e}")),
+        (None, Some(film), Some(shot)) => {
+            let c = shot.crop;
+            parts.push(format!(
+                "{:.1}x · {:.0}x{:.0} of {}x{} at ({:.0}, {:.0})",
+                z.scale,
+                c.width,
+                c.height,
+                film.image.width,
+                film.image.height,
+                c.left + c.width / 2.0,
+                c.top + c.height / 2.0
+            ));
+            parts.push(film.describe(app.look.window.unwrap_or_else(|| film.voi())));
+            if app.look.invert {
+                parts.push("inverted".into());
+            }
+            if z.heat.is_some() && z.scale > 1.0 {
+                parts.push("heatmap at fit only".into());
+            }
+            if made.is_none() {
+                parts.push("drawing…".into());
+            }
+        }
+        _ => parts.push("loading…".into()),
+    }
+    parts.push("+ - zoom · hjkl pan · 0 fit · q back".into());
+    let style = if z.error.is_some() {
+        theme.error()
+    } else {
+        theme.dim()
+    };
+    // The facts first: a narrow terminal loses the key hint, not the scale.
+    let line: String = parts
+        .join(" · ")
+        .chars()
+        .take(info.width as usize)
+        .collect();
+    frame.render_widget(Paragraph::new(line).style(style), info);
 }
 
 /// What the heatmap overlay shows for item `i`: its label and border share, or why not.
@@ -933,17 +1096,27 @@ fn probability_lines(
     lines
 }
 
-fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
-    let lines: Vec<Line> = super::keys::KEYS
-        .iter()
-        .map(|b| {
-            Line::from(vec![
-                Span::styled(format!("{:>15} ", b.keys), theme.title()),
-                Span::raw(b.help),
-            ])
-        })
-        .collect();
-    popup(frame, area, 88, " keys ", lines, theme);
+fn draw_help(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
+    let line = |b: &super::keys::Binding| {
+        Line::from(vec![
+            Span::styled(format!("{:>15} ", b.keys), theme.title()),
+            Span::raw(b.help),
+        ])
+    };
+    let mut lines: Vec<Line> = super::keys::KEYS.iter().map(line).collect();
+    lines.push(Line::from(Span::styled("in the zoom", theme.dim())));
+    lines.extend(super::keys::ZOOM_KEYS.iter().map(line));
+    // Taller than the terminal (80 x 24): `j`/`k` scroll, the bottom line says so.
+    let room = area.height.saturating_sub(2) as usize;
+    let scroll = app.help_scroll.min(lines.len().saturating_sub(room));
+    let clipped = lines.len() > room;
+    let lines: Vec<Line> = lines.into_iter().skip(scroll).collect();
+    let bottom = if clipped {
+        " j k scroll · any other key closes "
+    } else {
+        " any key closes "
+    };
+    popup(frame, area, 96, " keys ", lines, bottom, theme);
 }
 
 #[cfg(test)]

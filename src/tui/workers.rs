@@ -1,5 +1,5 @@
 //! The UI's background threads: keyboard input, signals, the folder walk (with results
-//! restored from the store), the preview decoders and the inference thread.
+//! restored from the store), the preview decoders, the picture maker and the inference thread.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -11,33 +11,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use ratatui::crossterm::event;
 
+use super::PREVIEW_THREADS;
 use super::app::{Event, HeatResult, HeatView, Preview};
-use super::{PREVIEW_SIDE, PREVIEW_THREADS};
+use super::image::graphics::{Graphics, Shot};
 use crate::catalog::{Entry, WalkOptions, walk};
-use crate::imaging::{self, thumbnail};
+use crate::imaging::{self, render};
 use crate::model::heatmap::Region;
 use crate::model::{Model, input_crop, preprocess};
 use crate::results::Scored;
 use crate::results::store::Store;
 use crate::scoring::{PipelineOptions, restore, score_all_stored};
 
-/// Stops the input thread from reading while something else owns stdin (viuer's protocol
-/// queries during zoom).
-#[derive(Default)]
-pub struct Pause {
-    pub(super) paused: AtomicBool,
-    pub(super) idle: AtomicBool,
-}
-
-pub(super) fn spawn_input(tx: Sender<Event>, pause: Arc<Pause>) {
+pub(super) fn spawn_input(tx: Sender<Event>) {
     thread::spawn(move || {
         loop {
-            if pause.paused.load(Ordering::Acquire) {
-                pause.idle.store(true, Ordering::Release);
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            pause.idle.store(false, Ordering::Release);
             match event::poll(Duration::from_millis(50)) {
                 Ok(true) => {
                     let ev = match event::read() {
@@ -162,6 +149,13 @@ struct Job {
     cancel: Arc<AtomicBool>,
 }
 
+/// The pictures wanted now (the newest request replaces the list) and whether to stop.
+#[derive(Default)]
+struct PictureQueue {
+    wanted: VecDeque<Shot>,
+    stop: bool,
+}
+
 /// The heatmap wanted next (the newest request wins) and whether to stop.
 #[derive(Default)]
 struct HeatQueue {
@@ -172,17 +166,32 @@ struct HeatQueue {
 /// The background threads the UI hands work to.
 pub struct Workers {
     previews: Arc<(Mutex<PreviewQueue>, Condvar)>,
+    pictures: Arc<(Mutex<PictureQueue>, Condvar)>,
     heat: Arc<(Mutex<HeatQueue>, Condvar)>,
     jobs: Option<Sender<Job>>,
     cancels: Vec<Arc<AtomicBool>>,
 }
 
 impl Workers {
-    pub fn start(model: Model, force: bool, store: Option<Arc<Store>>, tx: Sender<Event>) -> Self {
+    /// Start the threads; previews are decoded `preview_side` pixels on their longest side
+    /// and pictures made for `graphics`.
+    pub fn start(
+        model: Model,
+        force: bool,
+        store: Option<Arc<Store>>,
+        tx: Sender<Event>,
+        graphics: Graphics,
+        preview_side: u32,
+    ) -> Self {
         let previews = Arc::new((Mutex::new(PreviewQueue::default()), Condvar::new()));
         for _ in 0..PREVIEW_THREADS {
             let (queue, tx) = (previews.clone(), tx.clone());
-            thread::spawn(move || preview_loop(&queue, &tx));
+            thread::spawn(move || preview_loop(&queue, preview_side, &tx));
+        }
+        let pictures = Arc::new((Mutex::new(PictureQueue::default()), Condvar::new()));
+        {
+            let (queue, tx) = (pictures.clone(), tx.clone());
+            thread::spawn(move || picture_loop(&queue, &graphics, &tx));
         }
         let model = Arc::new(model);
         let heat = Arc::new((Mutex::new(HeatQueue::default()), Condvar::new()));
@@ -198,6 +207,7 @@ impl Workers {
         thread::spawn(move || inference_loop(&model, &options, store.as_deref(), &job_rx, &tx));
         Self {
             previews,
+            pictures,
             heat,
             jobs: Some(job_tx),
             cancels: Vec::new(),
@@ -231,6 +241,14 @@ impl Workers {
         cv.notify_all();
     }
 
+    /// The pictures wanted now, most wanted first (replaces the previous list: moving
+    /// through the list never queues more than what is on screen).
+    pub fn pictures(&self, list: Vec<Shot>) {
+        let (lock, cv) = &*self.pictures;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).wanted = list.into();
+        cv.notify_all();
+    }
+
     /// Compute this heatmap next (replaces a request not started yet).
     pub fn heatmap(&self, item: usize, path: PathBuf, label: Option<usize>) {
         let (lock, cv) = &*self.heat;
@@ -247,10 +265,42 @@ impl Workers {
         let (lock, cv) = &*self.previews;
         lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         cv.notify_all();
+        let (lock, cv) = &*self.pictures;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_all();
     }
 }
 
-fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), tx: &Sender<Event>) {
+fn picture_loop(queue: &(Mutex<PictureQueue>, Condvar), graphics: &Graphics, tx: &Sender<Event>) {
+    let (lock, cv) = queue;
+    loop {
+        let shot = {
+            let mut q = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(next) = q.wanted.pop_front() {
+                    break next;
+                }
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        // The encoders are third-party code: a panic becomes this picture's error.
+        let picture = imaging::guard::catch(|| graphics.take(&shot)).unwrap_or_else(Err);
+        if tx
+            .send(Event::Picture {
+                key: shot.key,
+                picture,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), side: u32, tx: &Sender<Event>) {
     let (lock, cv) = queue;
     loop {
         let (item, path) = {
@@ -266,11 +316,15 @@ fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), tx: &Sender<Event>) {
                 q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let preview = match imaging::load(&path) {
-            Ok(d) => Preview::Ready {
-                thumb: Arc::new(thumbnail(&d.image, PREVIEW_SIDE)),
-                describe: d.describe(),
-            },
+        let preview = match imaging::load_film(&path) {
+            Ok((d, film)) => {
+                let film = film.fitted(side);
+                Preview::Ready {
+                    thumb: Arc::new(render(&film.image, film.voi(), false)),
+                    film: Some(Arc::new(film)),
+                    describe: d.describe(),
+                }
+            }
             Err(e) => Preview::Failed(e.to_string()),
         };
         lock.lock()

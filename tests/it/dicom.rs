@@ -1019,3 +1019,66 @@ fn an_implicit_data_set_under_an_explicit_meta_group_is_read() {
     assert_eq!(got.image, want.image);
     assert_eq!(got.image.pixels[values.len() - 1], 65535);
 }
+
+/// The viewer's film keeps what the VOI window clips: the rescaled values spread over 16 bits,
+/// the file's own window named in the same samples, units to show it in; the model's image is
+/// the windowed one, unchanged.
+#[test]
+fn the_film_keeps_the_values_the_window_clips_and_names_the_files_window() {
+    use cxr_triage::imaging::decode_film;
+    let spec = Spec {
+        allocated: 16,
+        stored: 12,
+        rescale: Some((2.0, -1000.0)),
+        window: Some((1000.0, 2001.0)),
+        ..Spec::eight_bit(16, 16)
+    };
+    let values = ramp(&spec, 4095);
+    let bytes = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+    let (decoded, film) = decode_film(&bytes, &Limits::default()).unwrap();
+    assert_eq!(decoded.image, decode(&bytes).unwrap().image);
+    // Values -1000..7190: every stored value keeps its own sample, none clipped.
+    let (offset, scale) = film.units.unwrap();
+    for (&v, &s) in values.iter().zip(&film.image.pixels) {
+        let value = offset + scale * s as f64;
+        assert!(
+            (value - (2.0 * v as f64 - 1000.0)).abs() < 0.2,
+            "{v}: {value}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<u16> = film.image.pixels.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        values.len(),
+        "a 16x16 ramp: 256 distinct samples"
+    );
+    // The file's window, in the film's samples, shows as its own centre and width.
+    let w = film.window.unwrap();
+    assert_eq!(film.describe(w), "W 2000 L 1000");
+    // Through that window the film looks like the decoded image (within rounding).
+    let shown = cxr_triage::imaging::render(&film.image, w, false);
+    for (&a, &b) in shown.pixels.iter().zip(&decoded.image.pixels) {
+        assert!((a as i32 - (b >> 8) as i32).abs() <= 1, "{a} vs {}", b >> 8);
+    }
+}
+
+#[test]
+fn a_monochrome1_film_is_turned_so_bone_is_bright_and_its_units_follow() {
+    use cxr_triage::imaging::decode_film;
+    let spec = Spec {
+        photometric: "MONOCHROME1",
+        ..Spec::eight_bit(8, 8)
+    };
+    let values = ramp(&spec, 255);
+    let bytes = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+    let (_, film) = decode_film(&bytes, &Limits::default()).unwrap();
+    assert_eq!(
+        film.image.pixels[0], 65535,
+        "stored 0 is white in MONOCHROME1"
+    );
+    assert_eq!(*film.image.pixels.last().unwrap(), 0);
+    let (offset, scale) = film.units.unwrap();
+    assert_eq!(offset + scale * 65535.0, 0.0);
+    assert_eq!(offset, 255.0);
+    assert_eq!(film.window, None, "no window in the file");
+}

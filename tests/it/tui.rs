@@ -10,8 +10,10 @@ use cxr_triage::catalog::Entry;
 use cxr_triage::imaging::{Format, Thumbnail};
 use cxr_triage::model::Manifest;
 use cxr_triage::results::{ImageInfo, Outcome, Scored};
+use cxr_triage::tui::app::Screen;
 use cxr_triage::tui::app::{App, Command, Event, Filter, Mode, Preview, SortKey, Status};
 use cxr_triage::tui::image::ColorMode;
+use cxr_triage::tui::image::graphics::{Graphics, ImageProtocol, Shot};
 use cxr_triage::tui::ui;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -506,6 +508,7 @@ fn snapshot_results_with_a_selection() {
         item: 1,
         preview: Preview::Ready {
             thumb: Arc::new(gradient(64, 64)),
+            film: None,
             describe: "1024x1024 PNG 8-bit".into(),
         },
     });
@@ -558,6 +561,7 @@ fn snapshot_80x24_without_colour() {
         item: 0,
         preview: Preview::Ready {
             thumb: Arc::new(gradient(48, 40)),
+            film: None,
             describe: "2048x2500 DICOM 12-bit DX PA".into(),
         },
     });
@@ -572,6 +576,7 @@ fn snapshot_grid() {
             item: i,
             preview: Preview::Ready {
                 thumb: Arc::new(gradient(32, 32)),
+                film: None,
                 describe: String::new(),
             },
         });
@@ -587,6 +592,7 @@ fn no_color_draws_no_colour() {
         item: 0,
         preview: Preview::Ready {
             thumb: Arc::new(gradient(48, 40)),
+            film: None,
             describe: String::new(),
         },
     });
@@ -913,7 +919,14 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let model = cxr_triage::model::Model::embedded().unwrap();
-    let mut workers = Workers::start(model, false, None, tx);
+    let mut workers = Workers::start(
+        model,
+        false,
+        None,
+        tx,
+        cxr_triage::tui::image::graphics::Graphics::halfblocks(),
+        cxr_triage::tui::PREVIEW_SIDE,
+    );
     workers.score(items);
     // Wait for the first result, then cancel.
     let mut scored = 0;
@@ -1303,6 +1316,9 @@ fn capital_h_asks_for_the_current_heatmap_once_and_angles_pick_its_label() {
         matches!(&out[..], [Command::Zoom { heat: Some(_), .. }]),
         "{out:?}"
     );
+    assert_eq!(app.mode, Mode::Zoom);
+    app.update(key('q'));
+    assert_eq!(app.mode, Mode::Normal);
     app.update(key('H'));
     let out = app.update(key('z'));
     assert!(matches!(&out[..], [Command::Zoom { heat: None, .. }]));
@@ -1315,6 +1331,7 @@ fn snapshot_heatmap_over_the_preview() {
         item: 0,
         preview: Preview::Ready {
             thumb: Arc::new(gradient(48, 48)),
+            film: None,
             describe: "1024x1024 PNG 8-bit".into(),
         },
     });
@@ -1528,4 +1545,300 @@ fn files_arriving_out_of_order_are_listed_by_name_and_the_cursor_never_jumps() {
         shown(&app),
         all.iter().map(|&i| name(i)).collect::<Vec<_>>()
     );
+}
+
+/// A preview with its 16-bit film: a horizontal ramp over 0..=65535.
+fn film_preview(w: u32, h: u32) -> Preview {
+    use cxr_triage::imaging::{Film, GrayImage, render};
+    let pixels = (0..h)
+        .flat_map(|_| (0..w).map(move |x| (x * 65535 / (w - 1)) as u16))
+        .collect();
+    let film = Film::plain(GrayImage::new(w, h, 16, pixels).unwrap());
+    Preview::Ready {
+        thumb: Arc::new(render(&film.image, film.voi(), false)),
+        film: Some(Arc::new(film)),
+        describe: format!("{w}x{h} PNG 16-bit"),
+    }
+}
+
+/// The truecolour gray levels of one row of the preview's picture.
+fn preview_row(app: &mut App) -> Vec<u8> {
+    let mut terminal = Terminal::new(TestBackend::new(120, 35)).unwrap();
+    ui::prepare(app, ratatui::layout::Rect::new(0, 0, 120, 35));
+    terminal
+        .draw(|f| ui::draw(f, app, ColorMode::TrueColor))
+        .unwrap();
+    let buf = terminal.backend().buffer();
+    (0..120)
+        .filter_map(|x| match buf[(x, 5)].fg {
+            ratatui::style::Color::Rgb(v, _, _) if buf[(x, 5)].symbol() == "▀" => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn window_keys_redraw_the_current_film_and_the_next_film_opens_with_its_own() {
+    let mut app = scored_app();
+    for item in 0..2 {
+        app.update(Event::Preview {
+            item,
+            preview: film_preview(64, 64),
+        });
+    }
+    let own = preview_row(&mut app);
+    assert!(own.len() > 10, "the picture is drawn: {own:?}");
+    // Narrower: steeper around the same level (more black and more white at the ends).
+    app.update(key('w'));
+    let narrow = preview_row(&mut app);
+    assert_ne!(narrow, own);
+    let count = |row: &[u8], v: u8| row.iter().filter(|&&g| g == v).count();
+    assert!(count(&narrow, 0) > count(&own, 0) && count(&narrow, 255) > count(&own, 255));
+    assert!(screen(&mut app, 120, 35, ColorMode::TrueColor).contains("W 80% L 50%"));
+    // The level up: darker everywhere.
+    app.update(key('.'));
+    let darker = preview_row(&mut app);
+    assert!(darker.iter().zip(&narrow).all(|(d, n)| d <= n));
+    assert!(darker.iter().zip(&narrow).any(|(d, n)| d < n));
+    // `v`: the file's own window again.
+    app.update(key('v'));
+    assert_eq!(preview_row(&mut app), own);
+    // `i`: every level turned over, and said so.
+    app.update(key('i'));
+    let inverted = preview_row(&mut app);
+    assert!(
+        inverted
+            .iter()
+            .zip(&own)
+            .all(|(a, b)| *a as u16 + *b as u16 == 255)
+    );
+    assert!(screen(&mut app, 120, 35, ColorMode::TrueColor).contains("inverted"));
+    app.update(key('i'));
+    // A window set on one film is not carried to the next.
+    app.update(key('W'));
+    assert!(app.look.window.is_some());
+    app.update(key('j'));
+    assert_eq!(preview_row(&mut app), own);
+    assert_eq!(app.look.window, None);
+}
+
+#[test]
+fn window_keys_without_a_film_say_so() {
+    let mut app = scored_app();
+    app.update(key('w'));
+    assert_eq!(app.message.as_deref(), Some("no picture to window yet"));
+    assert_eq!(app.look.window, None);
+}
+
+/// Draw `app` into a `w` x `h` test terminal, making every picture it asks for with
+/// `graphics` first (as the picture worker would); the buffer's symbols joined.
+fn drawn_with(app: &mut App, graphics: &Graphics, w: u16, h: u16) -> (String, Vec<Shot>) {
+    let area = ratatui::layout::Rect::new(0, 0, w, h);
+    let mut shots = Vec::new();
+    for c in ui::prepare(app, area) {
+        if let Command::Pictures(list) = c {
+            shots.extend(list);
+        }
+    }
+    for shot in &shots {
+        let picture = graphics.take(shot);
+        app.update(Event::Picture {
+            key: shot.key,
+            picture,
+        });
+    }
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    ui::prepare(app, area);
+    terminal
+        .draw(|f| ui::draw(f, app, ColorMode::TrueColor))
+        .unwrap();
+    let buf = terminal.backend().buffer();
+    let text = buf.content().iter().map(|c| c.symbol()).collect();
+    (text, shots)
+}
+
+fn graphics_app(graphics: &Graphics) -> App {
+    let mut app = scored_app();
+    app.screen = Screen {
+        graphics: graphics.is_graphics(),
+        cell_px: graphics.cell_px(),
+    };
+    app.update(Event::Preview {
+        item: 0,
+        preview: film_preview(64, 80),
+    });
+    app
+}
+
+#[test]
+fn forced_protocols_draw_the_preview_in_their_escape_sequences_sized_to_the_pane() {
+    for (protocol, marker) in [
+        (ImageProtocol::Kitty, "\x1b_G"),
+        (ImageProtocol::Sixel, "\x1bP"),
+        (ImageProtocol::Iterm2, "\x1b]1337;File=inline=1"),
+    ] {
+        let graphics = Graphics::forced(protocol, (10, 20));
+        let mut app = graphics_app(&graphics);
+        let (text, shots) = drawn_with(&mut app, &graphics, 120, 35);
+        // One picture asked for: the current item's, in the preview pane.
+        assert_eq!(shots.len(), 1, "{protocol:?}");
+        let (cols, rows) = shots[0].cells;
+        assert!(cols > 20 && rows > 10, "{protocol:?}: {cols}x{rows}");
+        assert!(text.contains(marker), "{protocol:?}: no {marker:?} drawn");
+        let (pw, ph) = (cols as u32 * 10, rows as u32 * 20);
+        let sized = match protocol {
+            ImageProtocol::Kitty => format!("s={pw},v={ph},c={cols},r={rows}"),
+            // Sixel's raster attributes: aspect 1:1, then width and height in pixels.
+            ImageProtocol::Sixel => format!("\"1;1;{pw};{ph}"),
+            _ => format!("width={pw}px;height={ph}px"),
+        };
+        assert!(text.contains(&sized), "{protocol:?}: not sized {sized}");
+        // No half-block pixels where the picture is.
+        assert!(!text.contains('▀'), "{protocol:?}");
+        // A second frame asks for nothing new: the picture is cached.
+        let (_, again) = drawn_with(&mut app, &graphics, 120, 35);
+        assert!(again.is_empty(), "{protocol:?}");
+        // A window change is a new picture.
+        app.update(key('w'));
+        let (_, windowed) = drawn_with(&mut app, &graphics, 120, 35);
+        assert_eq!(windowed.len(), 1);
+        assert_ne!(windowed[0].key, shots[0].key);
+    }
+}
+
+#[test]
+fn the_grid_asks_only_for_the_pictures_it_shows() {
+    let graphics = Graphics::forced(ImageProtocol::Kitty, (10, 20));
+    let mut app = graphics_app(&graphics);
+    for item in 1..6 {
+        app.update(Event::Preview {
+            item,
+            preview: film_preview(32, 32),
+        });
+    }
+    app.update(key('g'));
+    let (text, shots) = drawn_with(&mut app, &graphics, 80, 24);
+    // 80 x 24: a 3 x 2 grid of 6 items, every one decoded; no preview pane in the grid.
+    assert_eq!(shots.len(), 6);
+    let mut items: Vec<usize> = shots.iter().map(|s| s.key.item).collect();
+    items.sort();
+    assert_eq!(items, (0..6).collect::<Vec<_>>());
+    assert!(text.contains("\x1b_G"));
+}
+
+#[test]
+fn halfblocks_ask_for_no_pictures_outside_the_zoom() {
+    let graphics = Graphics::halfblocks();
+    let mut app = graphics_app(&graphics);
+    let (text, shots) = drawn_with(&mut app, &graphics, 120, 35);
+    assert!(shots.is_empty());
+    assert!(text.contains('▀') && !text.contains('\x1b'));
+}
+
+#[test]
+fn the_zoom_opens_fits_zooms_pans_and_returns() {
+    use cxr_triage::imaging::{Film, GrayImage};
+    let graphics = Graphics::halfblocks();
+    let mut app = graphics_app(&graphics);
+    let out = app.update(key('z'));
+    assert!(matches!(&out[..], [Command::Zoom { .. }]));
+    assert_eq!(app.mode, Mode::Zoom);
+    assert!(
+        drawn_with(&mut app, &graphics, 100, 30)
+            .0
+            .contains("loading")
+    );
+    let pixels = (0..400 * 300).map(|i| (i % 65536) as u16).collect();
+    let film = Film::plain(GrayImage::new(400, 300, 16, pixels).unwrap());
+    app.update(Event::ZoomReady(Ok(Arc::new(film))));
+    let (text, shots) = drawn_with(&mut app, &graphics, 100, 30);
+    assert_eq!(shots.len(), 1);
+    assert!(shots[0].key.zoom);
+    assert!(
+        text.contains("1.0x · 400x300 of 400x300 at (200, 150)"),
+        "{text}"
+    );
+    assert!(text.contains('▀'));
+    // Closer: a crop of the film, centred where it was.
+    app.update(key('+'));
+    let (text, shots) = drawn_with(&mut app, &graphics, 100, 30);
+    assert!(text.contains("1.5x"), "{text}");
+    let c = shots[0].crop;
+    assert!(c.width < 400.0 && c.height < 300.0);
+    assert!((c.left + c.width / 2.0 - 200.0).abs() < 1e-6);
+    // Pan right as far as it goes: the crop stops at the edge.
+    for _ in 0..30 {
+        app.update(key('l'));
+    }
+    let (_, shots) = drawn_with(&mut app, &graphics, 100, 30);
+    let c = shots[0].crop;
+    assert!((c.left + c.width - 400.0).abs() < 1e-6, "{c:?}");
+    // `0` fits again; `q` returns to the list and drops the full-screen pictures.
+    app.update(key('0'));
+    let (text, _) = drawn_with(&mut app, &graphics, 100, 30);
+    assert!(text.contains("1.0x"));
+    app.update(key('q'));
+    assert_eq!(app.mode, Mode::Normal);
+    assert!(app.zoom.is_none());
+    let (text, _) = drawn_with(&mut app, &graphics, 100, 30);
+    assert!(!text.contains("1.0x"));
+}
+
+#[test]
+fn the_zoom_of_an_unreadable_file_says_why() {
+    let graphics = Graphics::halfblocks();
+    let mut app = graphics_app(&graphics);
+    app.update(key('z'));
+    app.update(Event::ZoomReady(Err("truncated PNG".into())));
+    let (text, _) = drawn_with(&mut app, &graphics, 100, 30);
+    assert!(text.contains("cannot show this file: truncated PNG"));
+    app.update(code(KeyCode::Esc));
+    assert_eq!(app.mode, Mode::Normal);
+}
+
+#[test]
+fn zoom_and_pan_stay_inside_tiny_and_thin_films() {
+    use cxr_triage::tui::app::ZoomView;
+    for (w, h) in [(1u32, 1u32), (10_000, 10), (10, 10_000), (3, 7)] {
+        let screen = (1000, 560);
+        let mut z = ZoomView::new(0, None);
+        z.center = (w as f64 / 2.0, h as f64 / 2.0);
+        let moves = [
+            (1.5, (0.0, 0.0)),
+            (1.5, (0.1, 0.0)),
+            (1.0, (-0.1, 0.1)),
+            (1e9, (0.0, -0.1)),
+            (1.0, (5.0, 5.0)),
+            (1.0, (-50.0, -50.0)),
+            (1e-9, (0.0, 0.0)),
+        ];
+        for (factor, pan) in moves {
+            z.step(factor, pan, w, h, screen);
+            let c = z.crop(w, h, screen);
+            assert!(z.scale >= 1.0 && z.scale <= ZoomView::max_scale(w as f64, h as f64, screen));
+            assert!(c.width > 0.0 && c.height > 0.0, "{w}x{h}: {c:?}");
+            assert!(c.left >= -1e-9 && c.top >= -1e-9, "{w}x{h}: {c:?}");
+            assert!(c.left + c.width <= w as f64 + 1e-9, "{w}x{h}: {c:?}");
+            assert!(c.top + c.height <= h as f64 + 1e-9, "{w}x{h}: {c:?}");
+        }
+    }
+    // A 1 x 1 film cannot be zoomed further than its fit (already 560 pixels a pixel).
+    assert_eq!(ZoomView::max_scale(1.0, 1.0, (1000, 560)), 1.0);
+}
+
+#[test]
+fn the_help_scrolls_where_it_is_taller_than_the_terminal() {
+    let mut app = scored_app();
+    app.update(key('?'));
+    let first = screen(&mut app, 80, 24, ColorMode::None);
+    assert!(first.contains("j k scroll"), "{first}");
+    assert!(first.contains("page down / up"));
+    for _ in 0..10 {
+        app.update(key('j'));
+    }
+    let later = screen(&mut app, 80, 24, ColorMode::None);
+    assert_eq!(app.mode, Mode::Help);
+    assert!(!later.contains("page down / up") && later.contains("back to the list"));
+    app.update(key('x'));
+    assert_eq!(app.mode, Mode::Normal);
 }

@@ -10,7 +10,7 @@
 //! ([`crate::model::heatmap::blend`]); without colour the ramp shows the heat instead of the
 //! brightness, so the overlay still reads under `NO_COLOR`.
 
-pub mod zoom;
+pub mod graphics;
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -91,6 +91,8 @@ pub struct GrayPicture<'a> {
     pub mode: ColorMode,
     /// A heatmap to lay over the picture.
     pub heat: Option<&'a HeatView>,
+    /// Black on white (`i`).
+    pub invert: bool,
 }
 
 /// The size in cells (columns, rows) a `w` x `h` image gets when fitted into `area`.
@@ -130,7 +132,8 @@ impl Widget for GrayPicture<'_> {
                     .map(|&v| v as u32)
                     .sum::<u32>();
             }
-            (sum / ((x1 - x0) * (y1 - y0))) as u8
+            let v = (sum / ((x1 - x0) * (y1 - y0))) as u8;
+            if self.invert { 255 - v } else { v }
         };
         let left = area.x + (area.width - cols) / 2;
         let top = area.y + (area.height - rows) / 2;
@@ -211,6 +214,7 @@ mod tests {
             thumb: &t,
             mode: ColorMode::TrueColor,
             heat: None,
+            invert: false,
         }
         .render(buf.area, &mut buf);
         for x in 0..2 {
@@ -229,6 +233,7 @@ mod tests {
             thumb: &t,
             mode: ColorMode::None,
             heat: None,
+            invert: false,
         }
         .render(buf.area, &mut buf);
         assert_eq!(buf, Buffer::with_lines([" @"]));
