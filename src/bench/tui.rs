@@ -13,7 +13,7 @@ use ratatui::{Terminal, TerminalOptions, Viewport};
 
 use crate::catalog::WalkOptions;
 use crate::model::Model;
-use crate::tui::app::{App, Command, Event, Screen};
+use crate::tui::app::{App, Command, Event};
 use crate::tui::image::ColorMode;
 use crate::tui::image::graphics::{Graphics, ImageProtocol};
 use crate::tui::{Runtime, Workers, spawn_walk, ui};
@@ -134,10 +134,7 @@ fn start(
     let model = Model::embedded()?;
     let (tx, rx) = unbounded();
     let mut app = App::new(dir.to_path_buf(), &model.manifest);
-    app.screen = Screen {
-        graphics: graphics.is_graphics(),
-        cell_px: graphics.cell_px(),
-    };
+    app.screen = graphics.screen();
     let side = if graphics.is_graphics() {
         crate::tui::PREVIEW_SIDE_GRAPHICS
     } else {

@@ -8,6 +8,7 @@ use clap::builder::PossibleValue;
 use crate::catalog::dataset::Split;
 use crate::results::ExportFormat;
 use crate::training::Arch;
+use crate::tui::image::graphics::ImageProtocol;
 
 /// `impl ValueEnum` for a library enum: each variant with its command-line name and help.
 macro_rules! value_enum {
@@ -43,6 +44,14 @@ value_enum!(Arch {
     Densenet121 => "densenet121": "DenseNet-121, the original project's network (about 100x the compute of cxrnet)",
 });
 
+value_enum!(ImageProtocol {
+    Auto => "auto": "Ask the terminal; half-blocks if it names no protocol",
+    Kitty => "kitty",
+    Sixel => "sixel",
+    Iterm2 => "iterm2": "iTerm2's inline images (also WezTerm, mintty, VS Code)",
+    Halfblocks => "halfblocks": "Two pixels a cell: every terminal, tmux and SSH",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +63,11 @@ mod tests {
             let name = v.to_possible_value().unwrap().get_name().to_string();
             assert_eq!(Split::from_str(&name, false).unwrap(), *v);
             assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{name}\""));
+        }
+        for v in ImageProtocol::value_variants() {
+            let name = v.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(name, v.name());
+            assert_eq!(ImageProtocol::from_name(&name.to_uppercase()), Some(*v));
         }
         for v in Arch::value_variants() {
             let name = v.to_possible_value().unwrap().get_name().to_string();

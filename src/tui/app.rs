@@ -561,6 +561,11 @@ pub struct Screen {
     pub graphics: bool,
     /// Pixels of one cell: the font's, or 1 x 2 for half-blocks.
     pub cell_px: (u32, u32),
+    /// Pictures are pixels drawn over the cells (sixel, iTerm2), not placed in them (kitty):
+    /// a spot a picture leaves must be cleared.
+    pub overdrawn: bool,
+    /// The protocol's name, for the help.
+    pub name: &'static str,
 }
 
 impl Default for Screen {
@@ -568,6 +573,8 @@ impl Default for Screen {
         Self {
             graphics: false,
             cell_px: (1, 2),
+            overdrawn: false,
+            name: "half-blocks",
         }
     }
 }

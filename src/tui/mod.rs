@@ -31,7 +31,7 @@ use crate::catalog::WalkOptions;
 use crate::model::Model;
 use crate::results::default_export_path;
 use crate::results::store::Store;
-use app::{App, Event, PreviewCache, Screen};
+use app::{App, Event, PreviewCache};
 use image::ColorMode;
 use image::graphics::{Graphics, ImageProtocol};
 pub use runtime::Runtime;
@@ -92,10 +92,7 @@ pub fn run(config: TuiConfig) -> anyhow::Result<()> {
     app.export_default = default_export_path(&root);
     app.message = store_problem;
     app.truth = truth;
-    app.screen = Screen {
-        graphics: graphics.is_graphics(),
-        cell_px: graphics.cell_px(),
-    };
+    app.screen = graphics.screen();
     let side = if graphics.is_graphics() {
         PREVIEW_SIDE_GRAPHICS
     } else {

@@ -45,14 +45,25 @@ impl Runtime {
     where
         B::Error: Send + Sync + 'static,
     {
+        // Where the last frame drew sixel or iTerm2 pictures.
+        let mut overdrawn: Vec<Rect> = Vec::new();
         loop {
             app.now = Instant::now();
             let size = terminal.size()?;
-            for c in ui::prepare(app, Rect::new(0, 0, size.width, size.height)) {
+            let area = Rect::new(0, 0, size.width, size.height);
+            for c in ui::prepare(app, area) {
                 self.execute(c, app);
             }
             if let Some(c) = app.wanted_heatmap() {
                 self.execute(c, app);
+            }
+            if app.screen.overdrawn {
+                let now = ui::protocol_areas(app, area);
+                if overdrawn.iter().any(|r| !now.contains(r)) {
+                    // A picture left its spot: its pixels would stay under blank cells.
+                    terminal.clear()?;
+                }
+                overdrawn = now;
             }
             terminal.draw(|f| ui::draw(f, app, self.colors))?;
             // Test hook (debug builds only): prove the panic hook restores the terminal.

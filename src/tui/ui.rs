@@ -97,6 +97,37 @@ pub fn prepare(app: &mut App, area: Rect) -> Vec<Command> {
     out
 }
 
+/// Where this frame draws pictures in a graphics protocol. Sixel and iTerm2 pictures are
+/// pixels over the cells, which ratatui does not know about: where one was and is no more, the
+/// screen must be cleared (see the runtime), or its pixels would stay under blank cells.
+pub fn protocol_areas(app: &App, area: Rect) -> Vec<Rect> {
+    let is_protocol =
+        |p: Option<&Result<Picture, String>>| matches!(p, Some(Ok(Picture::Protocol(_))));
+    if app.mode == Mode::Zoom {
+        let [pic, _] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(area);
+        let made = app
+            .zoom_shot(area)
+            .and_then(|s| app.preview.pictures.peek(s.key));
+        let last = app.zoom.as_ref().and_then(|z| z.last.as_ref());
+        return if is_protocol(made) || matches!(last, Some(Picture::Protocol(_))) {
+            vec![pic]
+        } else {
+            Vec::new()
+        };
+    }
+    if !app.screen.graphics {
+        return Vec::new();
+    }
+    picture_places(app, area)
+        .into_iter()
+        .filter(|&(item, rect, pane)| {
+            app.shot(item, rect, pane)
+                .is_some_and(|s| is_protocol(app.preview.pictures.peek(s.key)))
+        })
+        .map(|(_, rect, _)| rect)
+        .collect()
+}
+
 /// Where pictures go on this screen: the preview pane's (first: the current item) and the
 /// grid's cells; (item, area, in the preview pane).
 fn picture_places(app: &App, area: Rect) -> Vec<(usize, Rect, bool)> {
@@ -1116,7 +1147,8 @@ fn draw_help(frame: &mut Frame, app: &App, area: Rect, theme: Theme) {
     } else {
         " any key closes "
     };
-    popup(frame, area, 96, " keys ", lines, bottom, theme);
+    let title = format!(" keys · pictures: {} ", app.screen.name);
+    popup(frame, area, 96, &title, lines, bottom, theme);
 }
 
 #[cfg(test)]

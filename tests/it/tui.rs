@@ -10,7 +10,6 @@ use cxr_triage::catalog::Entry;
 use cxr_triage::imaging::{Format, Thumbnail};
 use cxr_triage::model::Manifest;
 use cxr_triage::results::{ImageInfo, Outcome, Scored};
-use cxr_triage::tui::app::Screen;
 use cxr_triage::tui::app::{App, Command, Event, Filter, Mode, Preview, SortKey, Status};
 use cxr_triage::tui::image::ColorMode;
 use cxr_triage::tui::image::graphics::{Graphics, ImageProtocol, Shot};
@@ -1659,10 +1658,7 @@ fn drawn_with(app: &mut App, graphics: &Graphics, w: u16, h: u16) -> (String, Ve
 
 fn graphics_app(graphics: &Graphics) -> App {
     let mut app = scored_app();
-    app.screen = Screen {
-        graphics: graphics.is_graphics(),
-        cell_px: graphics.cell_px(),
-    };
+    app.screen = graphics.screen();
     app.update(Event::Preview {
         item: 0,
         preview: film_preview(64, 80),
@@ -1841,4 +1837,39 @@ fn the_help_scrolls_where_it_is_taller_than_the_terminal() {
     assert!(!later.contains("page down / up") && later.contains("back to the list"));
     app.update(key('x'));
     assert_eq!(app.mode, Mode::Normal);
+}
+
+#[test]
+fn a_sixel_picture_that_leaves_its_spot_is_reported_for_clearing() {
+    let graphics = Graphics::forced(ImageProtocol::Sixel, (10, 20));
+    let mut app = graphics_app(&graphics);
+    assert!(app.screen.overdrawn);
+    let area = ratatui::layout::Rect::new(0, 0, 120, 35);
+    assert!(
+        ui::protocol_areas(&app, area).is_empty(),
+        "nothing made yet"
+    );
+    let (_, shots) = drawn_with(&mut app, &graphics, 120, 35);
+    let drawn = ui::protocol_areas(&app, area);
+    assert_eq!(drawn.len(), 1);
+    assert_eq!((drawn[0].width, drawn[0].height), shots[0].cells);
+    // Item 1 has no preview yet: the pane shows no picture, so the spot must be cleared.
+    app.update(key('j'));
+    ui::prepare(&mut app, area);
+    assert!(!ui::protocol_areas(&app, area).contains(&drawn[0]));
+    // Kitty places its pictures in the cells: nothing to clear.
+    assert!(!Graphics::forced(ImageProtocol::Kitty, (10, 20)).overdrawn());
+}
+
+#[test]
+fn snapshot_a_narrow_window_inverted_without_colour() {
+    let mut app = scored_app();
+    app.update(Event::Preview {
+        item: 0,
+        preview: film_preview(48, 40),
+    });
+    for c in ['w', 'w', 'w', '.', 'i'] {
+        app.update(key(c));
+    }
+    insta::assert_snapshot!(screen(&mut app, 80, 24, ColorMode::None));
 }

@@ -19,7 +19,7 @@ use crate::imaging::{Crop, Film, Thumbnail, Window, render, resize_gray};
 use crate::tui::app::HeatView;
 
 /// Which way pictures reach the terminal (`--image-protocol`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageProtocol {
     /// Ask the terminal (kitty, sixel, iTerm2 if it answers), else half-blocks.
     Auto,
@@ -42,9 +42,33 @@ impl ImageProtocol {
         let Some(value) = env.and_then(|v| v.to_str()).filter(|v| !v.is_empty()) else {
             return Ok(Self::Auto);
         };
-        <Self as clap::ValueEnum>::from_str(value, true).map_err(|_| {
+        Self::from_name(value).ok_or_else(|| {
             format!("{PROTOCOL_ENV}={value}: expected auto, kitty, sixel, iterm2 or halfblocks")
         })
+    }
+
+    /// The command-line name (`auto`, `kitty`, `sixel`, `iterm2`, `halfblocks`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Kitty => "kitty",
+            Self::Sixel => "sixel",
+            Self::Iterm2 => "iterm2",
+            Self::Halfblocks => "halfblocks",
+        }
+    }
+
+    /// The protocol of a name, in any case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Auto,
+            Self::Kitty,
+            Self::Sixel,
+            Self::Iterm2,
+            Self::Halfblocks,
+        ]
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -113,12 +137,30 @@ impl Graphics {
         }
     }
 
+    /// Are pictures pixels over the cells (sixel, iTerm2) rather than placed in them (kitty)?
+    pub fn overdrawn(&self) -> bool {
+        matches!(
+            self.picker.as_ref().map(|p| p.protocol_type()),
+            Some(ProtocolType::Sixel | ProtocolType::Iterm2)
+        )
+    }
+
+    /// The UI's view of it.
+    pub fn screen(&self) -> crate::tui::app::Screen {
+        crate::tui::app::Screen {
+            graphics: self.is_graphics(),
+            cell_px: self.cell_px(),
+            overdrawn: self.overdrawn(),
+            name: self.name(),
+        }
+    }
+
     /// Is a graphics protocol in use (else half-blocks)?
     pub fn is_graphics(&self) -> bool {
         self.picker.is_some()
     }
 
-    /// The protocol's name, for the help line.
+    /// The protocol's name, for the help.
     pub fn name(&self) -> &'static str {
         match self.picker.as_ref().map(|p| p.protocol_type()) {
             Some(ProtocolType::Kitty) => "kitty",
@@ -308,5 +350,55 @@ impl std::fmt::Debug for Picture {
             Self::Cells(t) => write!(f, "Cells({}x{})", t.width, t.height),
             Self::Protocol(_) => f.write_str("Protocol"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_flag_wins_over_the_environment_and_auto_is_the_default() {
+        let env = Some(OsStr::new("sixel"));
+        assert_eq!(
+            ImageProtocol::resolve(Some(ImageProtocol::Kitty), env),
+            Ok(ImageProtocol::Kitty)
+        );
+        assert_eq!(ImageProtocol::resolve(None, env), Ok(ImageProtocol::Sixel));
+        assert_eq!(
+            ImageProtocol::resolve(None, Some(OsStr::new("HalfBlocks"))),
+            Ok(ImageProtocol::Halfblocks)
+        );
+        assert_eq!(ImageProtocol::resolve(None, None), Ok(ImageProtocol::Auto));
+        assert_eq!(
+            ImageProtocol::resolve(None, Some(OsStr::new(""))),
+            Ok(ImageProtocol::Auto)
+        );
+        let err = ImageProtocol::resolve(None, Some(OsStr::new("vt340"))).unwrap_err();
+        assert!(err.contains("CXR_TRIAGE_IMAGE_PROTOCOL=vt340"), "{err}");
+    }
+
+    #[test]
+    fn pictures_fit_their_box_and_keep_their_shape() {
+        assert_eq!(fitted_px(100.0, 50.0, 400, 400), (400, 200));
+        assert_eq!(fitted_px(1.0, 1.0, 480, 500), (480, 480));
+        assert_eq!(fitted_px(10_000.0, 10.0, 480, 500), (480, 1));
+        assert_eq!(fitted_px(10.0, 10_000.0, 480, 500), (1, 500));
+    }
+
+    #[test]
+    fn a_halfblock_shot_is_the_crop_windowed_at_two_pixels_a_cell() {
+        use crate::imaging::GrayImage;
+        let pixels = (0..64u32 * 64).map(|i| ((i % 64) * 1000) as u16).collect();
+        let film = Arc::new(Film::plain(GrayImage::new(64, 64, 16, pixels).unwrap()));
+        let crop = Crop::full(&film.image);
+        let shot = Shot::new(0, film, crop, (20, 10), None, true, None);
+        let Ok(Picture::Cells(t)) = Graphics::halfblocks().take(&shot) else {
+            panic!("half-blocks make cells");
+        };
+        // 20 x 10 cells are 20 x 20 pixels; inverted: the bright right side is dark.
+        assert_eq!((t.width, t.height), (20, 20));
+        assert!(t.pixels[0] > t.pixels[19]);
     }
 }
