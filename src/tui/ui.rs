@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use super::app::{App, Command, ExportScope, Filter, Mode, Preview, SortKey, Status};
-use super::image::graphics::Picture;
+use super::image::graphics::{Picture, centred};
 use super::image::{ColorMode, GrayPicture};
 use crate::results::Tally;
 
@@ -703,7 +703,7 @@ fn draw_picture(
         && let Some(shot) = app.shot(item, area, preview)
         && let Some(Ok(Picture::Protocol(p))) = app.preview.pictures.peek(shot.key)
     {
-        frame.render_widget(ratatui_image::Image::new(p), area);
+        frame.render_widget(ratatui_image::Image::new(p), centred(area, p.size()));
         return;
     }
     match app.preview.previews.peek(item) {
@@ -789,7 +789,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     {
         describe.push_str(&format!(" · {}", film.describe(w)));
     }
-    if app.look.invert {
+    if app.look.invert && app.picture(i).is_some() {
         describe.push_str(" · inverted");
     }
     let mut info_lines = vec![Line::from(Span::styled(describe, theme.dim()))];
@@ -827,7 +827,9 @@ fn draw_zoom(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: Col
         _ => z.last.as_ref(),
     };
     match picture {
-        Some(Picture::Protocol(p)) => frame.render_widget(ratatui_image::Image::new(p), pic),
+        Some(Picture::Protocol(p)) => {
+            frame.render_widget(ratatui_image::Image::new(p), centred(pic, p.size()))
+        }
         Some(Picture::Cells(thumb)) => frame.render_widget(
             GrayPicture {
                 thumb,

@@ -1873,3 +1873,28 @@ fn snapshot_a_narrow_window_inverted_without_colour() {
     }
     insta::assert_snapshot!(screen(&mut app, 80, 24, ColorMode::None));
 }
+
+#[test]
+fn sixel_pictures_stay_within_xterms_default_graphic_size() {
+    use cxr_triage::tui::image::graphics::{Picture, SIXEL_MAX_PX};
+    let graphics = Graphics::forced(ImageProtocol::Sixel, (10, 20));
+    let mut app = graphics_app(&graphics);
+    app.update(key('z'));
+    app.update(Event::ZoomReady(Ok(Arc::new(
+        cxr_triage::imaging::Film::plain(
+            cxr_triage::imaging::GrayImage::new(64, 64, 16, vec![30000; 64 * 64]).unwrap(),
+        ),
+    ))));
+    // 250 x 70 cells of 10 x 20 pixels: 2500 x 1380 pixels, more than xterm shows.
+    let (text, shots) = drawn_with(&mut app, &graphics, 250, 70);
+    assert_eq!(shots[0].cells, (250, 69));
+    let Ok(Picture::Protocol(p)) = graphics.take(&shots[0]) else {
+        panic!("a sixel picture");
+    };
+    let size = p.size();
+    assert_eq!(
+        (size.width as u32 * 10, size.height as u32 * 20),
+        (SIXEL_MAX_PX, SIXEL_MAX_PX)
+    );
+    assert!(text.contains(&format!("\"1;1;{SIXEL_MAX_PX};{SIXEL_MAX_PX}")));
+}

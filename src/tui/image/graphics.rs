@@ -72,6 +72,20 @@ impl ImageProtocol {
     }
 }
 
+/// The largest sixel picture, in pixels a side (xterm's default maxGraphicSize).
+pub const SIXEL_MAX_PX: u32 = 1000;
+
+/// Where a picture of `size` cells sits in `area`: centred (it may be smaller than its place).
+pub fn centred(area: ratatui::layout::Rect, size: Size) -> ratatui::layout::Rect {
+    let (w, h) = (size.width.min(area.width), size.height.min(area.height));
+    ratatui::layout::Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
 /// How pictures are drawn: our half-blocks, or a graphics protocol and the cell size in pixels
 /// it needs.
 #[derive(Clone, Debug)]
@@ -184,7 +198,14 @@ impl Graphics {
     /// Make one shot (slow: resize, window, encode; never on the UI thread).
     pub fn take(&self, shot: &Shot) -> Result<Picture, String> {
         let (cw, ch) = self.cell_px();
-        let (tw, th) = (shot.cells.0 as u32 * cw, shot.cells.1 as u32 * ch);
+        // xterm drops a sixel picture larger than its maxGraphicSize (1000 x 1000 by
+        // default) whole: sixel pictures stay within it, centred in their place.
+        let (mut cols, mut rows) = shot.cells;
+        if self.picker.as_ref().map(|p| p.protocol_type()) == Some(ProtocolType::Sixel) {
+            cols = cols.min((SIXEL_MAX_PX / cw) as u16);
+            rows = rows.min((SIXEL_MAX_PX / ch) as u16);
+        }
+        let (tw, th) = (cols as u32 * cw, rows as u32 * ch);
         if tw == 0 || th == 0 {
             return Err("no room for the picture".into());
         }
@@ -207,7 +228,7 @@ impl Graphics {
             ((tw - pw) / 2) as i64,
             ((th - ph) / 2) as i64,
         );
-        let size = Size::new(shot.cells.0, shot.cells.1);
+        let size = Size::new(cols, rows);
         picker
             .new_protocol(
                 image::DynamicImage::ImageRgb8(canvas),
