@@ -108,13 +108,17 @@ impl Runtime {
         // Pictures drawn in a protocol are not cells ratatui knows: after a resize, or on
         // leaving the zoom, everything is drawn again from a clear screen.
         let was_zoom = app.zoom.is_some();
+        let mode = app.mode.clone();
         let resized = matches!(ev, Event::Resize);
         for command in app.update(ev) {
             if self.execute(command, app) {
                 return Ok(true);
             }
         }
-        if resized || was_zoom != app.zoom.is_some() {
+        // A closed overlay (help, review) leaves its text over sixel and iTerm2 pictures,
+        // which are not redrawn unless they change.
+        let overlay_closed = app.screen.overdrawn && mode != app.mode;
+        if resized || overlay_closed || was_zoom != app.zoom.is_some() {
             terminal.clear()?;
         }
         Ok(false)

@@ -146,6 +146,17 @@ impl Graphics {
         if picker.protocol_type() == ProtocolType::Halfblocks {
             return Self::halfblocks();
         }
+        // kitty before 0.28 answers the graphics query but has no Unicode placeholders, which
+        // ratatui-image places its pictures with: every cell would show a missing glyph.
+        if choice == ImageProtocol::Auto
+            && picker.protocol_type() == ProtocolType::Kitty
+            && !picker.tmux_detected()
+            && terminal_version()
+                .as_deref()
+                .is_some_and(kitty_without_placeholders)
+        {
+            return Self::halfblocks();
+        }
         Self {
             picker: Some(picker),
         }
@@ -238,6 +249,66 @@ impl Graphics {
             .map(|p| Picture::Protocol(Arc::new(p)))
             .map_err(|e| e.to_string())
     }
+}
+
+/// The terminal's name and version (XTVERSION, e.g. `kitty(0.26.5)`), if it answers within
+/// 300 ms. Asked with a status report after it, which every terminal answers, so a terminal
+/// that ignores XTVERSION costs no wait.
+fn terminal_version() -> Option<String> {
+    use std::io::Write;
+    let saved = Termios::save();
+    let original = saved.0?;
+    let mut raw = original;
+    // SAFETY: cfmakeraw edits the copy; tcsetattr applies it to stdin, restored below.
+    unsafe {
+        libc::cfmakeraw(&mut raw);
+        libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
+    }
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\x1b[>0q\x1b[5n").and_then(|_| out.flush());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    let mut answer = Vec::new();
+    // Until the status report's answer (`ESC [ 0 n`) or the deadline.
+    while !answer.windows(4).any(|w| w == b"\x1b[0n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut fd = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd for stdin; read into a local buffer of its length.
+        let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis() as i32) };
+        if ready <= 0 {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n as usize]);
+    }
+    saved.restore();
+    let text = String::from_utf8_lossy(&answer);
+    let start = text.find("\x1bP>|")? + 4;
+    let end = text[start..].find('\x1b')? + start;
+    Some(text[start..end].to_string())
+}
+
+/// Is this XTVERSION answer a kitty older than 0.28 (no Unicode placeholders)?
+fn kitty_without_placeholders(version: &str) -> bool {
+    let Some(v) = version
+        .strip_prefix("kitty(")
+        .and_then(|v| v.strip_suffix(')'))
+    else {
+        return false;
+    };
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) < (0, 28)
 }
 
 /// Standard input's terminal modes, to be put back.
@@ -398,6 +469,15 @@ mod tests {
         );
         let err = ImageProtocol::resolve(None, Some(OsStr::new("vt340"))).unwrap_err();
         assert!(err.contains("CXR_TRIAGE_IMAGE_PROTOCOL=vt340"), "{err}");
+    }
+
+    #[test]
+    fn kitty_before_0_28_has_no_placeholders() {
+        assert!(kitty_without_placeholders("kitty(0.26.5)"));
+        assert!(!kitty_without_placeholders("kitty(0.28.0)"));
+        assert!(!kitty_without_placeholders("kitty(0.35.2)"));
+        assert!(!kitty_without_placeholders("WezTerm 20240203"));
+        assert!(!kitty_without_placeholders("tmux 3.3a"));
     }
 
     #[test]
