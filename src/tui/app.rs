@@ -1193,12 +1193,12 @@ impl App {
                 }
             }
             Action::Help => self.mode = Mode::Help,
-            Action::Invert => self.look.invert = !self.look.invert,
-            Action::WindowNarrow
+            Action::Invert
+            | Action::WindowNarrow
             | Action::WindowWiden
             | Action::LevelDown
             | Action::LevelUp
-            | Action::WindowReset => self.adjust_window(action),
+            | Action::WindowReset => self.look_key(action),
             // Zoom-only actions (their keys are the zoom's).
             Action::ZoomIn
             | Action::ZoomOut
@@ -1306,13 +1306,7 @@ impl App {
             Action::PanRight => step(1.0, (0.1, 0.0)),
             Action::PanUp => step(1.0, (0.0, -0.1)),
             Action::PanDown => step(1.0, (0.0, 0.1)),
-            Action::Invert => self.look.invert = !self.look.invert,
-            Action::WindowNarrow
-            | Action::WindowWiden
-            | Action::LevelDown
-            | Action::LevelUp
-            | Action::WindowReset => self.adjust_window(action),
-            _ => {}
+            _ => self.look_key(action),
         }
     }
 
@@ -1332,8 +1326,23 @@ impl App {
         Some(self.look.window.unwrap_or_else(|| film.voi()))
     }
 
-    /// `w W , . v`: narrow, widen, move the level of, or reset the current film's window.
-    fn adjust_window(&mut self, action: Action) {
+    /// `w W , . v i`: narrow, widen, move the level of or reset the current film's window,
+    /// or invert (the same in the list and the zoom; other actions do nothing here).
+    fn look_key(&mut self, action: Action) {
+        if action == Action::Invert {
+            self.look.invert = !self.look.invert;
+            return;
+        }
+        if !matches!(
+            action,
+            Action::WindowNarrow
+                | Action::WindowWiden
+                | Action::LevelDown
+                | Action::LevelUp
+                | Action::WindowReset
+        ) {
+            return;
+        }
         self.sync_look();
         let Some(film) = self.current_film().cloned() else {
             self.message = Some("no picture to window yet".into());

@@ -178,15 +178,20 @@ fn eight_bit_monochrome2_full_range_decodes_exactly() {
     assert_eq!(info.out_of_scope(), None);
 }
 
-#[test]
-fn twelve_bit_with_rescale_and_window_follows_the_standard() {
-    let spec = Spec {
+/// 16 x 16, 12 bits stored, rescaled (2 v - 1000) and windowed (centre 1000, width 2001).
+fn twelve_bit_windowed() -> Spec {
+    Spec {
         allocated: 16,
         stored: 12,
         rescale: Some((2.0, -1000.0)),
         window: Some((1000.0, 2001.0)),
         ..Spec::eight_bit(16, 16)
-    };
+    }
+}
+
+#[test]
+fn twelve_bit_with_rescale_and_window_follows_the_standard() {
+    let spec = twelve_bit_windowed();
     let values = ramp(&spec, 4095);
     let d = decode_native(&spec, &values);
     // Modality LUT: 2 v - 1000; window centre 1000 width 2001: linear from -0.5 to 1999.5.
@@ -1026,13 +1031,7 @@ fn an_implicit_data_set_under_an_explicit_meta_group_is_read() {
 #[test]
 fn the_film_keeps_the_values_the_window_clips_and_names_the_files_window() {
     use cxr_triage::imaging::decode_film;
-    let spec = Spec {
-        allocated: 16,
-        stored: 12,
-        rescale: Some((2.0, -1000.0)),
-        window: Some((1000.0, 2001.0)),
-        ..Spec::eight_bit(16, 16)
-    };
+    let spec = twelve_bit_windowed();
     let values = ramp(&spec, 4095);
     let bytes = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
     let (decoded, film) = decode_film(&bytes, &Limits::default()).unwrap();
