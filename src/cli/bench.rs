@@ -8,8 +8,9 @@ use crate::scoring::PipelineOptions;
 pub fn run(args: BenchArgs) -> anyhow::Result<Exit> {
     let model = load_model(&args.model)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = rayon::current_num_threads();
     println!(
-        "cxr-triage bench · {cores} cores · model {} ({}x{} input)\n",
+        "cxr-triage bench · {cores} cores, {threads} threads · model {} ({}x{} input)\n",
         model.manifest.name, model.manifest.input.size, model.manifest.input.size
     );
 

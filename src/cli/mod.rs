@@ -56,6 +56,11 @@ sbatch --array=1-8 deploy/slurm/scan.sbatch /data/xrays   a Slurm job array, mer
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Threads for the networks and the pool their kernels share (inference, `train`,
+    /// `eval`, `bench`), given after the command name (`scan --threads 1 ...`). Default:
+    /// $RAYON_NUM_THREADS, else every core. Decoding threads are `scan --jobs`.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub browse: BrowseArgs,
 }
@@ -543,6 +548,19 @@ pub struct ScanArgs {
 /// Parse arguments and run; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads 0: give at least 1");
+            return ExitCode::from(2);
+        }
+        // Before any thread starts: candle and gemm read RAYON_NUM_THREADS, the kernels use
+        // the global pool.
+        // SAFETY: no other thread exists yet to read the environment while it changes.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
     let result = match cli.command {
         None => browse(cli.browse),
         Some(Command::Samples(args)) => samples(args),

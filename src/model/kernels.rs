@@ -731,9 +731,10 @@ where
     Tensor::from_vec(flat, (n, dims.0, dims.1, dims.2), x.device())
 }
 
-/// Threads for inference: the machine's cores.
+/// Threads for inference.
 pub fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // The global pool: every core, or `--threads` / RAYON_NUM_THREADS.
+    rayon::current_num_threads()
 }
 
 #[cfg(test)]

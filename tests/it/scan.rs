@@ -168,6 +168,13 @@ fn clean_folder_exits_0_and_writes_json_and_jsonl() {
 }
 
 #[test]
+fn zero_threads_is_a_usage_error() {
+    let out = scan(&["--threads", "0", "."]).code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("--threads 0"), "{err}");
+}
+
+#[test]
 fn results_do_not_depend_on_batch_size_or_threads() {
     let models = tempfile::tempdir().unwrap();
     let model = tiny_model(models.path());
@@ -183,8 +190,8 @@ fn results_do_not_depend_on_batch_size_or_threads() {
         args.extend(extra);
         String::from_utf8(scan(&args).code(1).get_output().stdout.clone()).unwrap()
     };
-    let a = run(&["--batch", "1", "--jobs", "1"]);
-    let b = run(&["--batch", "8", "--jobs", "3"]);
+    let a = run(&["--batch", "1", "--jobs", "1", "--threads", "1"]);
+    let b = run(&["--batch", "8", "--jobs", "3", "--threads", "3"]);
     // Batch size may change the last float digits; compare rounded.
     let round = |t: &str| -> Vec<Vec<String>> {
         csv_rows(t)
