@@ -134,13 +134,8 @@ fn start(
     let model = Model::embedded()?;
     let (tx, rx) = unbounded();
     let mut app = App::new(dir.to_path_buf(), &model.manifest);
-    app.screen = graphics.screen();
-    let side = if graphics.is_graphics() {
-        crate::tui::PREVIEW_SIDE_GRAPHICS
-    } else {
-        crate::tui::PREVIEW_SIDE
-    };
-    let workers = Workers::start(model, false, None, tx.clone(), graphics, side);
+    crate::tui::fit_to(&mut app, &graphics);
+    let workers = Workers::start(model, false, None, tx.clone(), graphics);
     spawn_walk(dir.to_path_buf(), WalkOptions::default(), None, tx.clone());
     Ok((app, runtime(workers, tx, dir), rx, terminal()))
 }
@@ -368,7 +363,6 @@ pub fn reopen_figures(
             Some(store.clone()),
             tx.clone(),
             Graphics::halfblocks(),
-            crate::tui::PREVIEW_SIDE,
         );
         spawn_walk(
             dir.to_path_buf(),

@@ -188,7 +188,8 @@ impl Window {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Film {
     pub image: GrayImage,
-    /// The file's own window (DICOM Window Center/Width), in samples.
+    /// The film's own window, in samples: DICOM's Window Center/Width, or the percentile
+    /// window once [`Film::settled`] has fixed it; `None`: computed by [`Film::voi`].
     pub window: Option<Window>,
     /// The file's value of a sample: `offset + scale * sample` (DICOM's rescaled units);
     /// `None`: windows are shown as a percentage of the container's range.
@@ -220,6 +221,13 @@ impl Film {
     pub fn voi(&self) -> Window {
         self.window
             .unwrap_or_else(|| Window::percentile(&self.image.pixels))
+    }
+
+    /// The film with its own window fixed: [`Film::voi`] is then free, not a pass over every
+    /// pixel (a full-size film is millions; the UI asks on every frame).
+    pub fn settled(mut self) -> Self {
+        self.window = Some(self.voi());
+        self
     }
 
     /// Largest sample of the container.
@@ -312,6 +320,19 @@ mod tests {
         let flat = Window::percentile(&[7; 10]);
         assert_eq!(flat.map(7), 0);
         assert_eq!(Window::percentile(&[]).width(), 1.0);
+    }
+
+    #[test]
+    fn a_settled_film_keeps_its_own_window() {
+        let film = Film::plain(gradient());
+        let own = film.voi();
+        assert_eq!(film.clone().settled().window, Some(own));
+        // A DICOM's window is kept as it is.
+        let dicom = Film {
+            window: Some(Window { lo: 10.0, hi: 20.0 }),
+            ..film
+        };
+        assert_eq!(dicom.settled().window, Some(Window { lo: 10.0, hi: 20.0 }));
     }
 
     #[test]

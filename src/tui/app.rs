@@ -1214,12 +1214,7 @@ impl App {
     /// The shot of `item` for `rect` of the grid or the preview pane (`pane`: with the
     /// heatmap when it is on), once its film is decoded.
     pub fn shot(&self, item: usize, rect: ratatui::layout::Rect, pane: bool) -> Option<Shot> {
-        let Some(Preview::Ready {
-            film: Some(film), ..
-        }) = self.preview.previews.peek(item)
-        else {
-            return None;
-        };
+        let film = self.film(item)?;
         let window = self.look.window.filter(|_| self.look.item == Some(item));
         let heat = self.heat.shown(item).filter(|_| pane).cloned();
         Some(Shot::new(
@@ -1312,7 +1307,12 @@ impl App {
 
     /// The current item's film, when its preview is decoded.
     pub fn current_film(&self) -> Option<&Arc<Film>> {
-        match self.preview.previews.peek(self.current()?) {
+        self.film(self.current()?)
+    }
+
+    /// An item's film, when its preview is decoded.
+    fn film(&self, item: usize) -> Option<&Arc<Film>> {
+        match self.preview.previews.peek(item) {
             Some(Preview::Ready {
                 film: Some(film), ..
             }) => Some(film),

@@ -44,6 +44,22 @@ use workers::{spawn_input, spawn_signals};
 /// graphics protocol's pane (a 60 x 30-cell pane is about 540 x 540 pixels).
 pub const PREVIEW_SIDE: u32 = 256;
 pub const PREVIEW_SIDE_GRAPHICS: u32 = 512;
+/// Longest side of the preview films for `graphics`.
+pub fn preview_side(graphics: &Graphics) -> u32 {
+    if graphics.is_graphics() {
+        PREVIEW_SIDE_GRAPHICS
+    } else {
+        PREVIEW_SIDE
+    }
+}
+
+/// The UI state for the terminal's way with pictures: what the screen can show, and a
+/// preview cache sized to the films (16-bit: a 512 px one is half a megabyte).
+pub fn fit_to(app: &mut App, graphics: &Graphics) {
+    app.screen = graphics.screen();
+    app.preview.previews = PreviewCache::new(if graphics.is_graphics() { 96 } else { 256 });
+}
+
 /// Preview decoder threads.
 const PREVIEW_THREADS: usize = 2;
 
@@ -92,16 +108,9 @@ pub fn run(config: TuiConfig) -> anyhow::Result<()> {
     app.export_default = default_export_path(&root);
     app.message = store_problem;
     app.truth = truth;
-    app.screen = graphics.screen();
-    let side = if graphics.is_graphics() {
-        PREVIEW_SIDE_GRAPHICS
-    } else {
-        PREVIEW_SIDE
-    };
-    // 16-bit films: a 512 px one is half a megabyte.
-    app.preview.previews = PreviewCache::new(if graphics.is_graphics() { 96 } else { 256 });
+    fit_to(&mut app, &graphics);
     let store = store.map(Arc::new);
-    let workers = Workers::start(model, force, store.clone(), tx.clone(), graphics, side);
+    let workers = Workers::start(model, force, store.clone(), tx.clone(), graphics);
     spawn_walk(root.clone(), walk, store.map(|s| (s, force)), tx.clone());
     spawn_signals(tx.clone());
     spawn_input(tx.clone());

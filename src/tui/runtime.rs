@@ -136,7 +136,7 @@ impl Runtime {
                 let tx = self.tx.clone();
                 thread::spawn(move || {
                     let r = imaging::load_film(&path)
-                        .map(|(_, film)| Arc::new(film))
+                        .map(|(_, film)| Arc::new(film.settled()))
                         .map_err(|e| e.to_string());
                     let _ = tx.send(Event::ZoomReady(r));
                 });

@@ -173,16 +173,15 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Start the threads; previews are decoded `preview_side` pixels on their longest side
-    /// and pictures made for `graphics`.
+    /// Start the threads; previews are decoded and pictures made for `graphics`.
     pub fn start(
         model: Model,
         force: bool,
         store: Option<Arc<Store>>,
         tx: Sender<Event>,
         graphics: Graphics,
-        preview_side: u32,
     ) -> Self {
+        let preview_side = super::preview_side(&graphics);
         let previews = Arc::new((Mutex::new(PreviewQueue::default()), Condvar::new()));
         for _ in 0..PREVIEW_THREADS {
             let (queue, tx) = (previews.clone(), tx.clone());
@@ -318,7 +317,7 @@ fn preview_loop(queue: &(Mutex<PreviewQueue>, Condvar), side: u32, tx: &Sender<E
         };
         let preview = match imaging::load_film(&path) {
             Ok((d, film)) => {
-                let film = film.fitted(side);
+                let film = film.fitted(side).settled();
                 Preview::Ready {
                     thumb: Arc::new(render(&film.image, film.voi(), false)),
                     film: Some(Arc::new(film)),

@@ -924,7 +924,6 @@ fn cancel_stops_a_running_job_and_keeps_what_finished() {
         None,
         tx,
         cxr_triage::tui::image::graphics::Graphics::halfblocks(),
-        cxr_triage::tui::PREVIEW_SIDE,
     );
     workers.score(items);
     // Wait for the first result, then cancel.
