@@ -435,41 +435,43 @@ pub fn decode(
             .map_err(|e| fail(format!("{ts_name}: {e}")))?;
         return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
     }
-    let (pixels, values) = if matches!(allocated, 1 | 32) && !colour {
-        let values = native_samples(
-            &obj,
-            n,
-            allocated,
-            info.bits_stored,
-            ts_uid == "1.2.840.10008.1.2.2",
-            ts_uid == "1.2.840.10008.1.2.5",
-        )
-        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-        (None, values)
-    } else {
-        // Only the first frame: a multi-frame file of small compressed fragments would
-        // otherwise be decoded whole, frames x rows x columns, whatever the file's size.
-        let pixels = obj
-            .decode_pixel_data_frame(0)
-            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-        if colour {
-            let (values, max) =
-                luminance(&obj, &pixels, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
-            let out = values
-                .iter()
-                .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
-                .collect();
-            return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
-        }
-        let options = ConvertOptions::new()
-            .with_modality_lut(ModalityLutOption::Default)
-            .with_voi_lut(VoiLutOption::Identity);
-        // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
-        let values: Vec<f32> = pixels
-            .to_vec_frame_with_options(0, &options)
-            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-        (Some(pixels), values)
-    };
+    let packing = Packing::of(&ts_uid, rows as u32, cols as u32);
+    if colour && matches!(packing, Packing::JpegLs { .. }) {
+        return Err(fail(format!(
+            "{ts_name}: colour JPEG-LS ({} with {samples} samples per pixel) is not read (one \
+             component is)",
+            info.photometric
+        )));
+    }
+    let (pixels, values) =
+        if (matches!(allocated, 1 | 32) || matches!(packing, Packing::JpegLs { .. })) && !colour {
+            let values = stored_samples(&obj, n, allocated, info.bits_stored, packing)
+                .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+            (None, values)
+        } else {
+            // Only the first frame: a multi-frame file of small compressed fragments would
+            // otherwise be decoded whole, frames x rows x columns, whatever the file's size.
+            let pixels = obj
+                .decode_pixel_data_frame(0)
+                .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+            if colour {
+                let (values, max) =
+                    luminance(&obj, &pixels, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
+                let out = values
+                    .iter()
+                    .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
+                    .collect();
+                return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+            }
+            let options = ConvertOptions::new()
+                .with_modality_lut(ModalityLutOption::Default)
+                .with_voi_lut(VoiLutOption::Identity);
+            // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
+            let values: Vec<f32> = pixels
+                .to_vec_frame_with_options(0, &options)
+                .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+            (Some(pixels), values)
+        };
     if values.len() != n {
         return Err(fail(format!(
             "pixel data has {} samples for {cols}x{rows}",
@@ -605,16 +607,44 @@ fn film_of(
     })
 }
 
-/// The first frame's samples of native (uncompressed) 1- or 32-bit monochrome pixel data, or
-/// of 32-bit RLE data, after the rescale. 1-bit data is packed little-endian bit first; 32-bit values follow the pixel
-/// representation and the byte order of the transfer syntax.
-fn native_samples(
+/// How the pixel data that [`stored_samples`] reads is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    /// Uncompressed, in the transfer syntax's byte order.
+    Native { big_endian: bool },
+    /// RLE Lossless (our reader: dicom-pixeldata's stops at 16 bits).
+    Rle,
+    /// JPEG-LS lossless or near-lossless, one component (dicom-pixeldata reads it only through
+    /// CharLS, a C++ library).
+    JpegLs { rows: u32, cols: u32 },
+    /// Another compressed syntax: dicom-pixeldata's.
+    Other,
+}
+
+impl Packing {
+    fn of(ts_uid: &str, rows: u32, cols: u32) -> Self {
+        match ts_uid {
+            "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.1.99" => {
+                Packing::Native { big_endian: false }
+            }
+            "1.2.840.10008.1.2.2" => Packing::Native { big_endian: true },
+            "1.2.840.10008.1.2.5" => Packing::Rle,
+            "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Packing::JpegLs { rows, cols },
+            _ => Packing::Other,
+        }
+    }
+}
+
+/// The first frame's samples of monochrome pixel data that dicom-pixeldata does not read, after
+/// the rescale: native 1- or 32-bit data (1-bit is packed little-endian bit first; 32-bit
+/// values follow the pixel representation and the byte order of the transfer syntax), 32-bit
+/// RLE, and JPEG-LS of any depth.
+fn stored_samples(
     obj: &DefaultDicomObject,
     n: usize,
     allocated: i64,
     stored: u16,
-    big_endian: bool,
-    rle: bool,
+    packing: Packing,
 ) -> Result<Vec<f32>, String> {
     use dicom_core::value::{DicomValueType, PrimitiveValue, Value};
     let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
@@ -622,16 +652,30 @@ fn native_samples(
     let slope = float(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
     let intercept = float(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
     let rescale = |v: f64| (v * slope + intercept) as f32;
-    let value = match element.value() {
-        Value::Primitive(value) => value,
+    let big_endian = packing == Packing::Native { big_endian: true };
+    let value = match (element.value(), packing) {
+        (Value::Primitive(value), _) => value,
         // RLE Lossless: dicom-pixeldata's decoder stops at 16 bits.
-        Value::PixelSequence(seq) if allocated == 32 && rle => {
+        (Value::PixelSequence(seq), Packing::Rle) if allocated == 32 => {
             let words = rle_samples(seq.fragments(), n, 1)?;
+            return Ok(bits_stored_values(&words, stored, signed, rescale));
+        }
+        (Value::PixelSequence(seq), Packing::JpegLs { rows, cols }) => {
+            let frame = first_frame(obj, seq.fragments()).ok_or("no JPEG-LS fragment")?;
+            let (samples, width, height) =
+                jpegls::decode(&frame, cols, rows).map_err(|e| e.to_string())?;
+            if (width, height) != (cols, rows) || samples.len() < n {
+                return Err(format!(
+                    "JPEG-LS stream is {width}x{height}, Rows/Columns say {cols}x{rows}"
+                ));
+            }
+            let words: Vec<u32> = samples[..n].iter().map(|&v| v as u32).collect();
             return Ok(bits_stored_values(&words, stored, signed, rescale));
         }
         _ => {
             return Err(format!(
-                "compressed data with Bits Allocated {allocated} (read: native, and RLE for 32 bits)"
+                "compressed data with Bits Allocated {allocated} (read: native, RLE and JPEG-LS \
+                 for 32 bits)"
             ));
         }
     };
@@ -862,6 +906,16 @@ fn luminance(
     Ok((values, max))
 }
 
+/// The first frame's compressed bytes: one frame may span several fragments; in a multi-frame
+/// file the first frame is the first fragment.
+fn first_frame(obj: &DefaultDicomObject, fragments: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1) <= 1 {
+        Some(fragments.concat())
+    } else {
+        fragments.first().cloned()
+    }
+}
+
 /// The luminance of the first frame of a JPEG Baseline RGB image whose stream has no JFIF
 /// (APP0) and no Adobe (APP14) marker, decoded without a colour transform; `None` when the
 /// stream has one of them (then it says how its components are coded, and dicom-pixeldata
@@ -877,12 +931,7 @@ fn jpeg_rgb_untransformed(
     let Value::PixelSequence(seq) = element.value() else {
         return None;
     };
-    // One frame may span several fragments; in a multi-frame file the first frame is the first.
-    let frame = if int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1) <= 1 {
-        seq.fragments().concat()
-    } else {
-        seq.fragments().first()?.clone()
-    };
+    let frame = first_frame(obj, seq.fragments())?;
     // The markers before the first scan.
     let mut at = 2;
     while at + 4 <= frame.len() && frame[at] == 0xFF {

@@ -13,6 +13,8 @@ const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const RLE: &str = "1.2.840.10008.1.2.5";
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+const JPEG_LS_NEAR: &str = "1.2.840.10008.1.2.4.81";
 
 /// What goes into one test file.
 #[derive(Clone)]
@@ -287,6 +289,82 @@ fn rle_lossless_decodes_exactly() {
         d.image.pixels,
         values.iter().map(|&v| v * 257).collect::<Vec<_>>()
     );
+}
+
+/// A 12-bit film with texture (JPEG-LS's regular mode) and flat runs (its run mode).
+fn textured_12_bit(spec: &Spec) -> Vec<u16> {
+    (0..spec.rows as usize * spec.cols as usize)
+        .map(|i| {
+            let (x, y) = (i % spec.cols as usize, i / spec.cols as usize);
+            if y < 4 {
+                2048
+            } else {
+                ((x * 97 + y * 31 + ((i * 2_654_435_761usize) >> 7) % 211) % 4096) as u16
+            }
+        })
+        .collect()
+}
+
+/// A JPEG-LS stream of these samples, padded to an even length as a DICOM fragment is.
+fn jpeg_ls(values: &[u16], spec: &Spec, near: u8) -> Vec<u8> {
+    let mut options = jpegls::EncodeOptions::default();
+    options.near = near;
+    options.precision = Some(spec.stored as u8);
+    let mut stream = Vec::new();
+    jpegls::encode_with_options(
+        values,
+        spec.cols as u32,
+        spec.rows as u32,
+        &options,
+        &mut stream,
+    )
+    .unwrap();
+    if stream.len() % 2 == 1 {
+        stream.push(0);
+    }
+    stream
+}
+
+#[test]
+fn jpeg_ls_lossless_12_bit_decodes_like_native() {
+    let mut spec = Spec::eight_bit(24, 40);
+    (spec.allocated, spec.stored) = (16, 12);
+    let values = textured_12_bit(&spec);
+    let native = decode_native(&spec, &values);
+    let stream = jpeg_ls(&values, &spec, 0);
+    let d = decode(&file(
+        dataset(&spec),
+        encapsulated(stream),
+        JPEG_LS_LOSSLESS,
+    ))
+    .unwrap();
+    assert_eq!(d.image, native.image);
+    assert_eq!(d.dicom.unwrap().bits_stored, 12);
+}
+
+#[test]
+fn jpeg_ls_near_lossless_stays_within_its_error_bound() {
+    let mut spec = Spec::eight_bit(24, 40);
+    (spec.allocated, spec.stored) = (16, 12);
+    // A fixed window, so that moved extremes do not rescale the whole film.
+    spec.window = Some((2048.0, 4096.0));
+    let values = textured_12_bit(&spec);
+    let native = decode_native(&spec, &values);
+    let near = 3;
+    let stream = jpeg_ls(&values, &spec, near);
+    let d = decode(&file(dataset(&spec), encapsulated(stream), JPEG_LS_NEAR)).unwrap();
+    assert_eq!(d.image.pixels.len(), native.image.pixels.len());
+    // Stored values move by at most NEAR; the window scales a level to 65535/4096.
+    let worst = d
+        .image
+        .pixels
+        .iter()
+        .zip(&native.image.pixels)
+        .map(|(&a, &b)| (a as i32 - b as i32).abs())
+        .max()
+        .unwrap();
+    assert!(worst > 0, "near-lossless with NEAR {near} came back exact");
+    assert!(worst <= (near as i32 + 1) * 17, "worst difference {worst}");
 }
 
 #[test]
