@@ -321,8 +321,12 @@ pub fn decode(
         sop_uid: text(&obj, tags::SOP_INSTANCE_UID),
     };
 
+    // Float Pixel Data (OF) or Double Float Pixel Data (OD): parametric maps, processed images.
+    let float_data = [tags::FLOAT_PIXEL_DATA, tags::DOUBLE_FLOAT_PIXEL_DATA]
+        .into_iter()
+        .find(|&tag| obj.element_opt(tag).ok().flatten().is_some());
     // A structured report, an RT plan, a waveform, a DICOMDIR: a valid object, but no image.
-    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+    if float_data.is_none() && obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         let sop = text(&obj, tags::SOP_CLASS_UID)
             .or_else(|| {
                 Some(
@@ -367,12 +371,14 @@ pub fn decode(
         });
     }
     let allocated = int(&obj, tags::BITS_ALLOCATED).unwrap_or(0);
-    if !matches!(allocated, 1 | 8 | 16 | 32) {
+    let double = float_data == Some(tags::DOUBLE_FLOAT_PIXEL_DATA) && allocated == 64;
+    if !(matches!(allocated, 1 | 8 | 16 | 32) || double) {
         return Err(fail(format!(
-            "Bits Allocated {allocated} (supported: 1, 8, 16, 32)"
+            "Bits Allocated {allocated} (supported: 1, 8, 16, 32; 64 for double float data)"
         )));
     }
-    if !(1..=allocated).contains(&(info.bits_stored as i64)) {
+    // Float pixel data has no Bits Stored.
+    if float_data.is_none() && !(1..=allocated).contains(&(info.bits_stored as i64)) {
         return Err(fail(format!(
             "Bits Stored {} with Bits Allocated {allocated}",
             info.bits_stored
@@ -443,35 +449,44 @@ pub fn decode(
             info.photometric
         )));
     }
-    let (pixels, values) =
-        if (matches!(allocated, 1 | 32) || matches!(packing, Packing::JpegLs { .. })) && !colour {
-            let values = stored_samples(&obj, n, allocated, info.bits_stored, packing)
-                .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-            (None, values)
-        } else {
-            // Only the first frame: a multi-frame file of small compressed fragments would
-            // otherwise be decoded whole, frames x rows x columns, whatever the file's size.
-            let pixels = obj
-                .decode_pixel_data_frame(0)
-                .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-            if colour {
-                let (values, max) =
-                    luminance(&obj, &pixels, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
-                let out = values
-                    .iter()
-                    .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
-                    .collect();
-                return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
-            }
-            let options = ConvertOptions::new()
-                .with_modality_lut(ModalityLutOption::Default)
-                .with_voi_lut(VoiLutOption::Identity);
-            // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
-            let values: Vec<f32> = pixels
-                .to_vec_frame_with_options(0, &options)
-                .map_err(|e| fail(format!("{ts_name}: {e}")))?;
-            (Some(pixels), values)
-        };
+    let (pixels, values) = if let Some(tag) = float_data {
+        if colour {
+            return Err(fail(format!(
+                "float pixel data in {} (read: monochrome)",
+                info.photometric
+            )));
+        }
+        let values = float_samples(&obj, tag, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        (None, values)
+    } else if (matches!(allocated, 1 | 32) || matches!(packing, Packing::JpegLs { .. })) && !colour
+    {
+        let values = stored_samples(&obj, n, allocated, info.bits_stored, packing)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        (None, values)
+    } else {
+        // Only the first frame: a multi-frame file of small compressed fragments would
+        // otherwise be decoded whole, frames x rows x columns, whatever the file's size.
+        let pixels = obj
+            .decode_pixel_data_frame(0)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        if colour {
+            let (values, max) =
+                luminance(&obj, &pixels, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
+            let out = values
+                .iter()
+                .map(|&v| ((v as f64 / max).clamp(0.0, 1.0) * 65535.0).round() as u16)
+                .collect();
+            return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
+        }
+        let options = ConvertOptions::new()
+            .with_modality_lut(ModalityLutOption::Default)
+            .with_voi_lut(VoiLutOption::Identity);
+        // f32 holds every rescaled 16-bit value exactly (integer slopes) at half f64's memory.
+        let values: Vec<f32> = pixels
+            .to_vec_frame_with_options(0, &options)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        (Some(pixels), values)
+    };
     if values.len() != n {
         return Err(fail(format!(
             "pixel data has {} samples for {cols}x{rows}",
@@ -605,6 +620,32 @@ fn film_of(
         window,
         units: Some(units),
     })
+}
+
+/// The first frame of Float (OF) or Double Float (OD) Pixel Data, as stored: the standard
+/// gives it no rescale (a real-world value map says what the numbers mean). NaN and infinities
+/// are kept and shown black, as padding is.
+fn float_samples(obj: &DefaultDicomObject, tag: Tag, n: usize) -> Result<Vec<f32>, String> {
+    use dicom_core::value::{DicomValueType, PrimitiveValue, Value};
+    let element = obj.element(tag).map_err(|e| e.to_string())?;
+    let values: Vec<f32> = match element.value() {
+        Value::Primitive(PrimitiveValue::F32(v)) => v.iter().take(n).copied().collect(),
+        Value::Primitive(PrimitiveValue::F64(v)) => v.iter().take(n).map(|&x| x as f32).collect(),
+        // Bytes (an implicit VR file whose reader did not know the tag): little endian floats.
+        Value::Primitive(PrimitiveValue::U8(b)) if tag == tags::FLOAT_PIXEL_DATA => b
+            .chunks_exact(4)
+            .take(n)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        other => return Err(format!("float pixel data as {:?}", other.value_type())),
+    };
+    if values.len() < n {
+        return Err(format!(
+            "float pixel data has {} values for {n} pixels",
+            values.len()
+        ));
+    }
+    Ok(values)
 }
 
 /// How the pixel data that [`stored_samples`] reads is packed.

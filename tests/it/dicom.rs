@@ -368,6 +368,58 @@ fn jpeg_ls_near_lossless_stays_within_its_error_bound() {
 }
 
 #[test]
+fn float_and_double_float_pixel_data_decode_like_the_same_values_stored_as_integers() {
+    let mut spec = Spec::eight_bit(24, 40);
+    (spec.allocated, spec.stored) = (16, 12);
+    let values = textured_12_bit(&spec);
+    let native = decode_native(&spec, &values);
+    // A linear map of the integers: the min-max window gives the same picture.
+    let real = |v: u16| v as f64 * 0.25 - 300.0;
+    for (allocated, element) in [
+        (
+            32,
+            DataElement::new(
+                tags::FLOAT_PIXEL_DATA,
+                VR::OF,
+                PrimitiveValue::F32(values.iter().map(|&v| real(v) as f32).collect()),
+            ),
+        ),
+        (
+            64,
+            DataElement::new(
+                tags::DOUBLE_FLOAT_PIXEL_DATA,
+                VR::OD,
+                PrimitiveValue::F64(values.iter().map(|&v| real(v)).collect()),
+            ),
+        ),
+    ] {
+        let mut obj = dataset(&spec);
+        obj.put(us(tags::BITS_ALLOCATED, allocated));
+        for tag in [
+            tags::BITS_STORED,
+            tags::HIGH_BIT,
+            tags::PIXEL_REPRESENTATION,
+        ] {
+            obj.remove_element(tag);
+        }
+        let d = decode(&file(obj, element, EXPLICIT_LE))
+            .unwrap_or_else(|e| panic!("{allocated}-bit float: {e}"));
+        let worst = d
+            .image
+            .pixels
+            .iter()
+            .zip(&native.image.pixels)
+            .map(|(&a, &b)| (a as i32 - b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(
+            worst <= 1,
+            "{allocated}-bit float: worst difference {worst}"
+        );
+    }
+}
+
+#[test]
 fn jpeg_baseline_decodes_within_35_db() {
     let spec = Spec::eight_bit(64, 64);
     let source = image::GrayImage::from_fn(64, 64, |x, y| {
