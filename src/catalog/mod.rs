@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::imaging::{Format, sniff};
+use crate::imaging::{Format, Limits, sniff};
 
 /// File extensions taken as images without looking inside (lower case).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
@@ -162,6 +162,8 @@ enum Kind {
     Link,
     /// A FIFO, socket or device.
     Special,
+    /// A file a DICOMDIR lists: an entry whatever its name, an error when it is missing.
+    Listed,
 }
 
 /// One name read from a folder, or an error reading it.
@@ -285,21 +287,71 @@ impl Walk {
             }
             Kind::File => is_candidate(&path).then(|| self.entry(path)),
             Kind::Link => (path.is_file() && is_candidate(&path)).then(|| self.entry(path)),
+            Kind::Listed => Some(match listed(&path, dir) {
+                Some(path) => self.entry(path),
+                None => self.error(path, "the DICOMDIR lists it, but it is not there"),
+            }),
             // A FIFO, socket or device named like an image gets its row (an error when it is
             // read); it is never opened here, where opening a FIFO would block the walk.
             Kind::Special => has_image_extension(&path).then(|| self.entry(path)),
         }
     }
 
-    /// The root: a file (or FIFO, device) is yielded as it is, a folder is entered.
+    /// The root: a folder is entered, a DICOMDIR gives the images it lists, another file (or
+    /// FIFO, device) is yielded as it is.
     fn begin(&mut self) -> Option<Entry> {
         let root = self.root.clone();
         match std::fs::metadata(&root) {
             Ok(meta) if meta.is_dir() => self.enter(root, identity(&meta)),
+            Ok(meta) if meta.is_file() && is_dicomdir(&root) => self.index(root),
             Ok(_) => Some(Entry::file(root)),
             Err(e) => Some(self.error(root, &e.to_string())),
         }
     }
+
+    /// A DICOMDIR as the root: its folder becomes the root, and the walk yields the images its
+    /// records list, in their order. One that cannot be read is yielded as a file (its row
+    /// says why).
+    fn index(&mut self, dicomdir: PathBuf) -> Option<Entry> {
+        let folder = match dicomdir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let Ok(images) = crate::imaging::dicomdir_images(&dicomdir, &Limits::default()) else {
+            return Some(Entry::file(dicomdir));
+        };
+        self.root = folder.clone();
+        let pending = images
+            .into_iter()
+            .rev()
+            .map(|image| image.map(|rel| (rel.into_os_string(), Kind::Listed)))
+            .collect();
+        self.stack.push(Folder {
+            path: folder,
+            id: None,
+            pending,
+            rest: None,
+        });
+        None
+    }
+}
+
+/// Is this file a DICOMDIR? PS3.10 names it so (in capitals on the medium; a mounted disc may
+/// show it in lower case).
+fn is_dicomdir(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
+}
+
+/// A file a DICOMDIR in `dir` lists: as written (capitals, as ISO 9660 stores names), else in
+/// lower case (how some systems mount a disc).
+fn listed(path: &Path, dir: &Path) -> Option<PathBuf> {
+    if path.is_file() {
+        return Some(path.to_path_buf());
+    }
+    let rel = path.strip_prefix(dir).ok()?.to_str()?;
+    let lower = dir.join(rel.to_ascii_lowercase());
+    lower.is_file().then_some(lower)
 }
 
 /// Fill `pending` from the listing: all of it, or the next chunk of a streamed folder.

@@ -68,8 +68,8 @@ pub struct Cli {
 /// Options of the terminal UI (the default command).
 #[derive(Debug, Args)]
 pub struct BrowseArgs {
-    /// Folder to browse (or one image). Default: the current folder. A folder named like a
-    /// command (scan, samples, ...) is written ./NAME.
+    /// Folder to browse (or one image, or a disc's DICOMDIR: the images it lists). Default: the
+    /// current folder. A folder named like a command (scan, samples, ...) is written ./NAME.
     pub folder: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -491,7 +491,8 @@ cxr-triage scan /data/set --shard 3/8 --out part-3.csv   (one of 8 cluster tasks
 cxr-triage scan /data/set --heatmaps /tmp/heatmaps --out results.csv"
 )]
 pub struct ScanArgs {
-    /// Folder to scan recursively (or a single image file).
+    /// Folder to scan recursively (or a single image file, or a CD/DVD export's DICOMDIR: the
+    /// images its records list).
     pub path: PathBuf,
     #[command(flatten)]
     pub output: OutputArgs,

@@ -226,6 +226,67 @@ pub fn read_phi(path: &std::path::Path, limits: &Limits) -> Phi {
     }
 }
 
+/// The image files a DICOMDIR (the index of a CD/DVD export, PS3.10) lists: each IMAGE
+/// record's Referenced File ID, relative to the DICOMDIR's folder, in the records' order. A
+/// record whose file ID is not a plain relative path (`..`, an absolute path, an empty part) is
+/// an error: a hostile index must not point the walk outside its own folder.
+pub fn dicomdir_images(
+    path: &std::path::Path,
+    limits: &Limits,
+) -> Result<Vec<Result<std::path::PathBuf, String>>, ImageError> {
+    let (bytes, _) = super::decode::read_file(path, limits)?;
+    let obj = parse(&bytes, limits)?;
+    if obj
+        .element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Err(fail(
+            "not a DICOMDIR: no Directory Record Sequence (0004,1220)",
+        ));
+    }
+    let images = image_records(&obj)
+        .map(|record| {
+            let parts = record
+                .element_opt(tags::REFERENCED_FILE_ID)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_multi_str().ok().map(|p| p.into_owned()))
+                .unwrap_or_default();
+            let parts: Vec<&str> = parts
+                .iter()
+                .map(|p| p.trim_end_matches([' ', '\0']))
+                .collect();
+            let plain = |p: &&str| {
+                !p.is_empty() && *p != "." && *p != ".." && !p.contains(['/', '\\', ':'])
+            };
+            if parts.is_empty() {
+                Err("an IMAGE record of the DICOMDIR has no Referenced File ID".to_string())
+            } else if parts.iter().all(plain) {
+                Ok(parts.iter().collect())
+            } else {
+                Err(format!(
+                    "the DICOMDIR lists a file outside its folder ({})",
+                    parts.join("\\")
+                ))
+            }
+        })
+        .collect();
+    Ok(images)
+}
+
+/// A DICOMDIR's IMAGE records; none for another object.
+fn image_records(obj: &InMemDicomObject) -> impl Iterator<Item = &InMemDicomObject> {
+    obj.element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|r| text(r, tags::DIRECTORY_RECORD_TYPE).as_deref() == Some("IMAGE"))
+}
+
 /// The JPEG 2000 decoder sizes its buffers from the codestream's own SIZ marker, not from Rows
 /// and Columns: check that it agrees with them (and so with the pixel limit) and that its tile
 /// count is sane, before decoding.
@@ -283,13 +344,13 @@ pub fn looks_like_bare_dataset(head: &[u8]) -> bool {
     bare_encoding(head).is_some()
 }
 
-/// Decode the first frame and read the metadata.
+/// Decode the first frame and read the metadata. With `film`, monochrome images also give what
+/// a viewer shows: the rescaled values before the VOI window (the model's input went through
+/// it), with the file's own window; other images leave `film` empty (their output is already all
+/// there is).
 ///
 /// Long on purpose: one checklist over the data set's attributes in the order a reader meets them;
 /// each step needs the ones before.
-/// Decode the first frame. With `film`, monochrome images also give what a viewer shows: the
-/// rescaled values before the VOI window (the model's input went through it), with the file's
-/// own window; other images leave `film` empty (their output is already all there is).
 pub fn decode(
     bytes: &[u8],
     limits: &Limits,
@@ -349,7 +410,11 @@ pub fn decode(
             .flatten()
             .is_some()
         {
-            "a DICOMDIR: the images it lists are files of their own".to_string()
+            let images = image_records(&obj).count();
+            format!(
+                "a DICOMDIR of {images} images: they are files of their own; scan the DICOMDIR \
+                 itself to list just them"
+            )
         } else {
             name.unwrap_or_else(|| "no SOP class".into())
         };

@@ -12,7 +12,7 @@ mod dicom_check;
 pub mod guard;
 mod thumb;
 
-pub use dicom::{DicomInfo, DicomWrite, Phi, read_phi, rle_frame, write_dicom};
+pub use dicom::{DicomInfo, DicomWrite, Phi, dicomdir_images, read_phi, rle_frame, write_dicom};
 
 pub use decode::{
     Format, Limits, decode_bytes, decode_film, load, load_film, load_with, read_file, sniff,

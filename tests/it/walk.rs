@@ -158,3 +158,104 @@ fn a_streamed_walk_finds_the_same_files_and_sorting_them_by_path_gives_the_walk_
     assert_eq!(label("a2/deep/three.png").as_deref(), Some("a2"));
     assert_eq!(label("img3.png"), None);
 }
+
+/// A DICOMDIR (PS3.10) whose IMAGE records reference these file IDs, with a PATIENT record
+/// before them (not an image: not listed).
+fn write_dicomdir(path: &std::path::Path, file_ids: &[&[&str]]) {
+    use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+    use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    use dicom_object::meta::FileMetaTableBuilder;
+    let record = |kind: &str, id: Option<&[&str]>| {
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(
+            tags::DIRECTORY_RECORD_TYPE,
+            VR::CS,
+            PrimitiveValue::from(kind),
+        ));
+        if let Some(id) = id {
+            item.put(DataElement::new(
+                tags::REFERENCED_FILE_ID,
+                VR::CS,
+                PrimitiveValue::Strs(id.iter().map(|p| p.to_string()).collect()),
+            ));
+        }
+        item
+    };
+    let mut records = vec![record("PATIENT", None)];
+    records.extend(file_ids.iter().map(|id| record("IMAGE", Some(id))));
+    let mut obj = InMemDicomObject::new_empty();
+    obj.put(DataElement::new(
+        tags::DIRECTORY_RECORD_SEQUENCE,
+        VR::SQ,
+        Value::Sequence(DataSetSequence::from(records)),
+    ));
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid("1.2.840.10008.1.3.10")
+                .media_storage_sop_instance_uid("2.25.7"),
+        )
+        .unwrap();
+    file.write_to_file(path).unwrap();
+}
+
+#[test]
+fn a_dicomdir_as_the_root_lists_its_images_in_record_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = dir.path().join("PT0").join("SE0");
+    std::fs::create_dir_all(&series).unwrap();
+    let image = cxr_triage::imaging::write_dicom(&[0, 100, 200, 300], 2, 2, &Default::default());
+    std::fs::write(series.join("IM0"), &image).unwrap();
+    std::fs::write(series.join("IM1"), &image).unwrap();
+    // A disc mounted in lower case.
+    let lower = dir.path().join("pt1").join("se1");
+    std::fs::create_dir_all(&lower).unwrap();
+    std::fs::write(lower.join("im2"), &image).unwrap();
+    // Beside the DICOMDIR but not in it: not listed.
+    write_png8(&dir.path().join("other.png"), 4, 4);
+    let dicomdir = dir.path().join("DICOMDIR");
+    write_dicomdir(
+        &dicomdir,
+        &[
+            &["PT0", "SE0", "IM1"],
+            &["PT0", "SE0", "IM0"],
+            &["PT1", "SE1", "IM2"],
+            &["PT0", "SE0", "IM9"],
+            &["..", "etc", "passwd"],
+        ],
+    );
+    let entries: Vec<_> = walk(&dicomdir, &WalkOptions::default()).collect();
+    let rows: Vec<(String, Option<String>)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.rel().to_string_lossy().into_owned(),
+                e.walk_error.as_deref().map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows[0], ("PT0/SE0/IM1".into(), None));
+    assert_eq!(rows[1], ("PT0/SE0/IM0".into(), None));
+    assert_eq!(rows[2], ("pt1/se1/im2".into(), None));
+    assert_eq!(rows[3].0, "PT0/SE0/IM9");
+    assert!(
+        rows[3].1.as_deref().unwrap().contains("not there"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[4].1.as_deref().unwrap().contains("outside its folder"),
+        "{rows:?}"
+    );
+    assert_eq!(entries[0].folder_label.as_deref(), Some("PT0"));
+    // Walked as a folder, the DICOMDIR is a row that says what it is.
+    let decoded = cxr_triage::imaging::decode_bytes(
+        &std::fs::read(&dicomdir).unwrap(),
+        &cxr_triage::imaging::Limits::default(),
+    );
+    let message = decoded.err().unwrap().to_string();
+    assert!(message.contains("a DICOMDIR of 5 images"), "{message}");
+}
