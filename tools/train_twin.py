@@ -18,8 +18,9 @@ the operating point and the unusual-input score in candle, and `eval` reports.
 Recipe (as `train`): AdamW (weight decay 1e-4), one epoch of warm-up then cosine decay to 2 %,
 cross-entropy with label smoothing 0.05 weighted per sample, dropout before the classifier, the
 first --freeze-blocks blocks (and the stem) not optimised (their batch norms still adapt), the
-best epoch by pooled val macro AUC + 0.1 x val accuracy. Checkpoint after every epoch;
---resume continues.
+best epoch by pooled val macro AUC + 0.1 x val accuracy (--select auc) or by the pooled val
+specificity at 95 % COVID-19 sensitivity + 0.1 x macro AUC (--select oppoint). Checkpoint
+after every epoch; --resume continues.
 """
 
 import argparse
@@ -132,6 +133,18 @@ def macro_auc(probs, truth, k):
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def oppoint_specificity(probs, truth, positive, sensitivity=0.95):
+    """Specificity at the highest threshold on P(positive) that keeps `sensitivity` of the
+    positives flagged: the figure the user sees (train's calibration picks the same threshold;
+    temperature scaling does not move it)."""
+    pos = np.sort(probs[truth == positive, positive])[::-1]
+    neg = probs[truth != positive, positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    t = pos[max(math.ceil(sensitivity * len(pos)) - 1, 0)]
+    return float((neg < t).mean())
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--views", required=True, type=Path)
@@ -147,6 +160,9 @@ def main():
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--select", choices=["auc", "oppoint"], default="auc",
+                   help="best epoch by pooled val macro AUC + 0.1 x accuracy (auc), or by the pooled "
+                        "val specificity at 95 %% COVID-19 sensitivity + 0.1 x macro AUC (oppoint)")
     p.add_argument("--keep-epochs", action="store_true",
                    help="also write each epoch's weights (OUT.eN.safetensors), to choose on val later")
     args = p.parse_args()
@@ -247,11 +263,14 @@ def main():
             if m.any():
                 per_source.append(f"{name} acc {(probs[m].argmax(1) == y_val[m]).mean():.3f} "
                                   f"AUC {macro_auc(probs[m], y_val[m], k):.4f}")
-        score = auc + 0.1 * acc
+        covid = labels.index("covid") if "covid" in labels else 0
+        spec95 = oppoint_specificity(probs, y_val, covid)
+        score = spec95 + 0.1 * auc if args.select == "oppoint" else auc + 0.1 * acc
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "val_accuracy": acc, "val_macro_auc": auc, "seconds": time.time() - t0})
+                        "val_accuracy": acc, "val_macro_auc": auc,
+                        "val_specificity_at_95_sensitivity": spec95, "seconds": time.time() - t0})
         print(f"epoch {epoch + 1}/{args.epochs} train loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
-              f"val acc {acc:.3f} macro AUC {auc:.4f} ({time.time() - t0:.0f} s); {'; '.join(per_source)}",
+              f"val acc {acc:.3f} macro AUC {auc:.4f} spec@95 {spec95:.3f} ({time.time() - t0:.0f} s); {'; '.join(per_source)}",
               flush=True)
         if score > best[0]:
             best = (score, epoch + 1)
