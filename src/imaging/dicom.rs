@@ -1044,8 +1044,10 @@ fn jpeg_rgb_untransformed(
         let marker = frame[at + 1];
         let len = u16::from_be_bytes([frame[at + 2], frame[at + 3]]) as usize;
         let body = frame.get(at + 4..(at + 2 + len).min(frame.len()))?;
+        // An Adobe segment says how the components are coded only when it is whole (12 bytes,
+        // the transform last); a truncated one is ignored, as libjpeg ignores it.
         if (marker == 0xE0 && body.starts_with(b"JFIF"))
-            || (marker == 0xEE && body.starts_with(b"Adobe"))
+            || (marker == 0xEE && body.starts_with(b"Adobe") && body.len() >= 12)
         {
             return None;
         }

@@ -1085,8 +1085,8 @@ fn thirty_two_bit_rle_decodes_like_native() {
 
 /// RGB in JPEG Baseline: a stream with a JFIF marker is YCbCr-coded (converted back to RGB);
 /// one with neither JFIF nor Adobe marker holds R, G and B as they are (pydicom's
-/// SC_jpeg_no_color_transform.dcm). The same stream, once with its JFIF marker and once without,
-/// must give the two pictures.
+/// SC_jpeg_no_color_transform.dcm). The same stream, once with its JFIF marker and once without
+/// (or with a truncated Adobe marker), must give the two pictures.
 #[test]
 fn rgb_jpeg_without_jfif_or_adobe_marker_is_not_colour_transformed() {
     let (w, h) = (64u32, 16u32);
@@ -1118,15 +1118,26 @@ fn rgb_jpeg_without_jfif_or_adobe_marker_is_not_colour_transformed() {
     let level = |d: &cxr_triage::imaging::Decoded, x: usize| d.image.pixels[x] as f64 / 257.0;
     let with = decode_rgb(&jfif);
     assert!(level(&with, 0) < 3.0 && level(&with, 63) > 252.0);
-    // Untransformed: (x, 128, 128) read as R, G, B, so luminance 0.299 x + 0.701 * 128.
-    let without = decode_rgb(&bare);
-    for x in [0usize, 32, 63] {
-        let want = 0.299 * (x as f64 * 255.0 / 63.0).floor() + 0.701 * 128.0;
-        assert!(
-            (level(&without, x) - want).abs() < 3.0,
-            "x {x}: {} want {want}",
-            level(&without, x)
-        );
+    // Untransformed: (x, 128, 128) read as R, G, B, so luminance 0.299 x + 0.701 * 128. A
+    // truncated Adobe segment (10 bytes, no transform byte: pydicom's SC_rgb_jpeg.dcm) says
+    // nothing either.
+    let truncated_adobe = [
+        &bare[..2],
+        &[0xFF, 0xEE, 0x00, 0x0C],
+        b"Adobe\0\0\0\0\0",
+        &bare[2..],
+    ]
+    .concat();
+    for stream in [&bare, &truncated_adobe] {
+        let without = decode_rgb(stream);
+        for x in [0usize, 32, 63] {
+            let want = 0.299 * (x as f64 * 255.0 / 63.0).floor() + 0.701 * 128.0;
+            assert!(
+                (level(&without, x) - want).abs() < 3.0,
+                "x {x}: {} want {want}",
+                level(&without, x)
+            );
+        }
     }
 }
 

@@ -18,11 +18,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "JPGExtended.dcm",
         "JPEG Extended 12-bit: jpeg-decoder reads 8-bit only",
     ),
-    (
-        "SC_rgb_jpeg.dcm",
-        "parsed now (implicit VR under an explicit meta group), but its JPEG's Adobe segment is \
-         truncated and jpeg-decoder's picture differs from pylibjpeg's (max 77 grey levels)",
-    ),
 ];
 
 fn python() -> String {
