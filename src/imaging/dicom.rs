@@ -523,8 +523,7 @@ pub fn decode(
         }
         let values = float_samples(&obj, tag, n).map_err(|e| fail(format!("{ts_name}: {e}")))?;
         (None, values)
-    } else if (matches!(allocated, 1 | 32) || matches!(packing, Packing::JpegLs { .. })) && !colour
-    {
+    } else if (matches!(allocated, 1 | 32) || packing.ours()) && !colour {
         let values = stored_samples(&obj, n, allocated, info.bits_stored, packing)
             .map_err(|e| fail(format!("{ts_name}: {e}")))?;
         (None, values)
@@ -723,6 +722,8 @@ enum Packing {
     /// JPEG-LS lossless or near-lossless, one component (dicom-pixeldata reads it only through
     /// CharLS, a C++ library).
     JpegLs { rows: u32, cols: u32 },
+    /// JPEG Extended (8 or 12 bits), one component: our decoder (jpeg-decoder refuses 12 bits).
+    JpegExtended { rows: u32, cols: u32 },
     /// Another compressed syntax: dicom-pixeldata's.
     Other,
 }
@@ -736,8 +737,14 @@ impl Packing {
             "1.2.840.10008.1.2.2" => Packing::Native { big_endian: true },
             "1.2.840.10008.1.2.5" => Packing::Rle,
             "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Packing::JpegLs { rows, cols },
+            "1.2.840.10008.1.2.4.51" => Packing::JpegExtended { rows, cols },
             _ => Packing::Other,
         }
+    }
+
+    /// A compressed syntax whose monochrome frames [`stored_samples`] decodes.
+    fn ours(self) -> bool {
+        matches!(self, Packing::JpegLs { .. } | Packing::JpegExtended { .. })
     }
 }
 
@@ -776,6 +783,18 @@ fn stored_samples(
                 ));
             }
             let words: Vec<u32> = samples[..n].iter().map(|&v| v as u32).collect();
+            return Ok(bits_stored_values(&words, stored, signed, rescale));
+        }
+        (Value::PixelSequence(seq), Packing::JpegExtended { rows, cols }) => {
+            let frame = first_frame(obj, seq.fragments()).ok_or("no JPEG fragment")?;
+            let gray = super::jpeg_extended::decode(&frame, n as u64)?;
+            if (gray.width, gray.height) != (cols, rows) {
+                return Err(format!(
+                    "JPEG stream is {}x{}, Rows/Columns say {cols}x{rows}",
+                    gray.width, gray.height
+                ));
+            }
+            let words: Vec<u32> = gray.samples.iter().map(|&v| v as u32).collect();
             return Ok(bits_stored_values(&words, stored, signed, rescale));
         }
         _ => {

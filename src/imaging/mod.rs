@@ -9,6 +9,7 @@ mod decode;
 pub mod dhash;
 mod dicom;
 mod dicom_check;
+mod jpeg_extended;
 pub mod guard;
 mod thumb;
 

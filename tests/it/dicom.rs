@@ -13,6 +13,7 @@ const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const RLE: &str = "1.2.840.10008.1.2.5";
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
 const JPEG_LS_NEAR: &str = "1.2.840.10008.1.2.4.81";
 
@@ -417,6 +418,115 @@ fn float_and_double_float_pixel_data_decode_like_the_same_values_stored_as_integ
             "{allocated}-bit float: worst difference {worst}"
         );
     }
+}
+
+/// A 12-bit JPEG Extended stream (SOF1) of flat 8 x 8 blocks, one value each, row by row: DC
+/// only (every block's AC is end-of-block), quantiser 1, DC category s coded as s in 4 bits;
+/// with `restart`, a restart marker after every that many blocks.
+fn jpeg_extended_flat(width: u16, height: u16, blocks: &[u16], restart: Option<u16>) -> Vec<u8> {
+    let mut out = vec![0xFF, 0xD8];
+    out.extend([0xFF, 0xDB, 0, 67, 0]);
+    out.extend([1u8; 64]);
+    out.extend([0xFF, 0xC1, 0, 11, 12]);
+    out.extend(height.to_be_bytes());
+    out.extend(width.to_be_bytes());
+    out.extend([1, 1, 0x11, 0]);
+    let mut dht = vec![0u8];
+    dht.extend((0..16).map(|len| if len == 3 { 16 } else { 0 }));
+    dht.extend(0..=15u8);
+    dht.push(0x10);
+    dht.extend((0..16).map(|len| u8::from(len == 0)));
+    dht.push(0);
+    out.extend([0xFF, 0xC4]);
+    out.extend((dht.len() as u16 + 2).to_be_bytes());
+    out.extend(dht);
+    if let Some(interval) = restart {
+        out.extend([0xFF, 0xDD, 0, 4]);
+        out.extend(interval.to_be_bytes());
+    }
+    out.extend([0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 63, 0]);
+    let mut bits: Vec<bool> = Vec::new();
+    let push = |v: u32, n: u32, bits: &mut Vec<bool>| {
+        (0..n).rev().for_each(|i| bits.push((v >> i) & 1 == 1))
+    };
+    // The coded bits so far, padded with ones and stuffed, into `out`.
+    let flush = |bits: &mut Vec<bool>, out: &mut Vec<u8>| {
+        while !bits.len().is_multiple_of(8) {
+            bits.push(true);
+        }
+        for byte in bits.chunks(8) {
+            let b = byte
+                .iter()
+                .fold(0u8, |acc, &bit| (acc << 1) | u8::from(bit));
+            out.push(b);
+            if b == 0xFF {
+                out.push(0);
+            }
+        }
+        bits.clear();
+    };
+    let mut predictor = 0i32;
+    for (i, &value) in blocks.iter().enumerate() {
+        if let Some(interval) = restart
+            && i > 0
+            && i % interval as usize == 0
+        {
+            flush(&mut bits, &mut out);
+            out.extend([0xFF, 0xD0 + ((i / interval as usize - 1) % 8) as u8]);
+            predictor = 0;
+        }
+        // The forward DCT of a flat block: DC = 8 x (value - 2048).
+        let dc = 8 * (value as i32 - 2048);
+        let diff = dc - predictor;
+        predictor = dc;
+        let size = 32 - diff.unsigned_abs().leading_zeros();
+        push(size, 4, &mut bits);
+        let coded = if diff >= 0 {
+            diff
+        } else {
+            diff + (1 << size) - 1
+        };
+        push(coded as u32, size, &mut bits);
+        push(0, 1, &mut bits);
+    }
+    flush(&mut bits, &mut out);
+    out.extend([0xFF, 0xD9]);
+    if out.len() % 2 == 1 {
+        out.push(0);
+    }
+    out
+}
+
+#[test]
+fn jpeg_extended_12_bit_decodes_its_blocks_exactly() {
+    // 20 x 12: three by two blocks, the last column and row cropped.
+    let blocks = [0u16, 4095, 2048, 100, 3000, 1234];
+    let mut spec = Spec::eight_bit(12, 20);
+    (spec.allocated, spec.stored) = (16, 12);
+    let values: Vec<u16> = (0..12 * 20)
+        .map(|i| blocks[(i / 20 / 8) * 3 + (i % 20) / 8])
+        .collect();
+    let native = decode_native(&spec, &values);
+    for restart in [None, Some(1), Some(2)] {
+        let stream = jpeg_extended_flat(20, 12, &blocks, restart);
+        let d = decode(&file(dataset(&spec), encapsulated(stream), JPEG_EXTENDED)).unwrap();
+        assert_eq!(d.image, native.image, "restart interval {restart:?}");
+    }
+    let stream = jpeg_extended_flat(20, 12, &blocks, Some(2));
+    // Every truncation of the stream is an error or a picture, never a panic.
+    for end in 0..stream.len() {
+        let mut cut = stream[..end].to_vec();
+        if cut.len() % 2 == 1 {
+            cut.push(0);
+        }
+        let _ = decode(&file(dataset(&spec), encapsulated(cut), JPEG_EXTENDED));
+    }
+    let half = stream[..(stream.len() / 2) & !1].to_vec();
+    let error = decode(&file(dataset(&spec), encapsulated(half), JPEG_EXTENDED))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("JPEG"), "{error}");
 }
 
 #[test]

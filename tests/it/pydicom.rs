@@ -14,10 +14,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "colour JPEG-LS: pure_jpegls reads one component",
     ),
     ("SC_rgb_jls_lossy_sample.dcm", "colour JPEG-LS"),
-    (
-        "JPGExtended.dcm",
-        "JPEG Extended 12-bit: jpeg-decoder reads 8-bit only",
-    ),
 ];
 
 fn python() -> String {
