@@ -292,6 +292,16 @@ fn rle_lossless_decodes_exactly() {
     );
 }
 
+/// The largest difference between two 16-bit pictures of the same size.
+fn worst_difference(a: &[u16], b: &[u16]) -> i32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| (a as i32 - b as i32).abs())
+        .max()
+        .unwrap_or(0)
+}
+
 /// A 12-bit film with texture (JPEG-LS's regular mode) and flat runs (its run mode).
 fn textured_12_bit(spec: &Spec) -> Vec<u16> {
     (0..spec.rows as usize * spec.cols as usize)
@@ -354,16 +364,8 @@ fn jpeg_ls_near_lossless_stays_within_its_error_bound() {
     let near = 3;
     let stream = jpeg_ls(&values, &spec, near);
     let d = decode(&file(dataset(&spec), encapsulated(stream), JPEG_LS_NEAR)).unwrap();
-    assert_eq!(d.image.pixels.len(), native.image.pixels.len());
     // Stored values move by at most NEAR; the window scales a level to 65535/4096.
-    let worst = d
-        .image
-        .pixels
-        .iter()
-        .zip(&native.image.pixels)
-        .map(|(&a, &b)| (a as i32 - b as i32).abs())
-        .max()
-        .unwrap();
+    let worst = worst_difference(&d.image.pixels, &native.image.pixels);
     assert!(worst > 0, "near-lossless with NEAR {near} came back exact");
     assert!(worst <= (near as i32 + 1) * 17, "worst difference {worst}");
 }
@@ -405,14 +407,7 @@ fn float_and_double_float_pixel_data_decode_like_the_same_values_stored_as_integ
         }
         let d = decode(&file(obj, element, EXPLICIT_LE))
             .unwrap_or_else(|e| panic!("{allocated}-bit float: {e}"));
-        let worst = d
-            .image
-            .pixels
-            .iter()
-            .zip(&native.image.pixels)
-            .map(|(&a, &b)| (a as i32 - b as i32).abs())
-            .max()
-            .unwrap();
+        let worst = worst_difference(&d.image.pixels, &native.image.pixels);
         assert!(
             worst <= 1,
             "{allocated}-bit float: worst difference {worst}"
