@@ -233,6 +233,10 @@ pub struct ImplicitInstead {
     pub syntax: String,
 }
 
+/// How many times its size a deflated data set may inflate to (plus 1 MiB): film compresses a
+/// few times, a blank secondary capture a few hundred; deflate's own limit is about 1,032.
+pub const MAX_DEFLATE_RATIO: u64 = 200;
+
 /// Check a file whose `DICM` marker is at `bytes[0..4]` (meta group follows), or, with
 /// `bare`, a data set in that encoding from byte 0. A deflated data set is inflated (at most
 /// `max_inflated` bytes) and checked as explicit VR little endian. A data set declared explicit
@@ -254,6 +258,8 @@ pub fn check(
     };
     let mut at = 4;
     let mut syntax = String::new();
+    // Where File Meta Information Group Length (0002,0000) says the group ends.
+    let mut declared_end = None;
     while at + 4 <= bytes.len() && meta.u16(at)? == 0x0002 {
         let Header {
             element, len, size, ..
@@ -270,7 +276,22 @@ pub fn check(
                 .trim_end_matches(['\0', ' '])
                 .to_string();
         }
+        if element == 0x0000 && len == 4 && at == 4 {
+            let v = &bytes[start..start + 4];
+            declared_end = Some(start + 4 + u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize);
+        }
         at = start + len;
+    }
+    // The parser ends the group where its length says: the data set must start there for
+    // both (a fuzzed file whose last meta element left group 0002 made the check inflate
+    // from one place and the parser from another, 1.8 GB for a 47 kB file).
+    if let Some(end) = declared_end
+        && end != at
+    {
+        return Err(format!(
+            "the file meta group's length says it ends {end} bytes after DICM, its group 0002 \
+             elements end at {at}"
+        ));
     }
     let enc = match syntax.as_str() {
         "1.2.840.10008.1.2" => Enc {
@@ -284,17 +305,28 @@ pub fn check(
         // Deflated: the parser inflates the data set and then trusts its lengths like any
         // other (a 4.6 kB file made it allocate 3.5 GB: found by `fuzz/`), so check the
         // inflated bytes.
+        // The parser inflates it again and keeps every value, so a bomb that inflates to the
+        // byte limit cost 1.8 GB for a 47 kB file (found by `fuzz/`): beyond the byte limit,
+        // the inflated size is bounded by a ratio no real data set needs.
         "1.2.840.10008.1.2.1.99" => {
             use std::io::Read;
+            let deflated = bytes.len().saturating_sub(at) as u64;
+            let by_ratio = deflated.saturating_mul(MAX_DEFLATE_RATIO) + (1 << 20);
+            let cap = max_inflated.min(by_ratio);
             let mut inflated = Vec::new();
             flate2::read::DeflateDecoder::new(&bytes[at..])
-                .take(max_inflated + 1)
+                .take(cap + 1)
                 .read_to_end(&mut inflated)
                 .map_err(|e| format!("deflated data set: {e}"))?;
-            if inflated.len() as u64 > max_inflated {
-                return Err(format!(
-                    "deflated data set inflates past {max_inflated} bytes"
-                ));
+            if inflated.len() as u64 > cap {
+                return Err(if cap == max_inflated {
+                    format!("deflated data set inflates past {max_inflated} bytes")
+                } else {
+                    format!(
+                        "deflated data set of {deflated} bytes inflates past {cap} bytes (more \
+                         than {MAX_DEFLATE_RATIO} times its size): refused as a likely deflate bomb"
+                    )
+                });
             }
             return Reader {
                 b: &inflated,

@@ -1327,3 +1327,59 @@ fn a_monochrome1_film_is_turned_so_bone_is_bright_and_its_units_follow() {
     assert_eq!(offset, 255.0);
     assert_eq!(film.window, None, "no window in the file");
 }
+
+/// A deflated data set (1.2.840.10008.1.2.1.99) that inflates 1,000-fold (64 MiB of one private
+/// OB element from 64 kB): refused before the parser inflates it again; a deflated data set of
+/// ordinary size still reads; one whose meta group length disagrees with its elements is
+/// refused (fuzz found a 47 kB file like that which peaked at 1.8 GB in `scan`).
+#[test]
+fn a_deflate_bomb_is_refused_and_an_ordinary_deflated_file_reads() {
+    use std::io::Write;
+    let spec = Spec::eight_bit(8, 12);
+    let values = ramp(&spec, 255);
+    let explicit = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+    // (0002,0000) UL 4 at 132: the meta group's length follows its 12-byte element.
+    let start = 144 + u32::from_le_bytes(explicit[140..144].try_into().unwrap()) as usize;
+    let deflated_file = |data_set: &[u8]| {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(data_set).unwrap();
+        let body = z.finish().unwrap();
+        let with_meta = file(
+            InMemDicomObject::new_empty(),
+            native_pixels(&spec, &[]),
+            EXPLICIT_LE,
+        );
+        let meta_end = 144 + u32::from_le_bytes(with_meta[140..144].try_into().unwrap()) as usize;
+        // The same meta group, naming the deflated syntax (both UIDs are padded to 20/22 bytes).
+        let mut meta = with_meta[..meta_end].to_vec();
+        let at = meta
+            .windows(20)
+            .position(|w| w == b"1.2.840.10008.1.2.1\0")
+            .unwrap();
+        meta.splice(
+            at - 2..at + 20,
+            [&22u16.to_le_bytes()[..], b"1.2.840.10008.1.2.1.99"].concat(),
+        );
+        let group = (meta.len() - 144) as u32;
+        meta[140..144].copy_from_slice(&group.to_le_bytes());
+        [meta, body].concat()
+    };
+    let ordinary = deflated_file(&explicit[start..]);
+    assert_eq!(
+        decode(&ordinary).unwrap().image,
+        decode(&explicit).unwrap().image
+    );
+    let mut bomb = explicit[start..].to_vec();
+    bomb.extend([0x11, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]);
+    bomb.extend((64u32 << 20).to_le_bytes());
+    bomb.resize(bomb.len() + (64 << 20), 0);
+    let message = decode(&deflated_file(&bomb)).err().unwrap().to_string();
+    assert!(message.contains("deflate bomb"), "{message}");
+    // A meta group whose length disagrees with its elements: the check and the parser would
+    // start the data set (and the inflation) at different bytes. Refused.
+    let mut skewed = ordinary.clone();
+    let length = u32::from_le_bytes(skewed[140..144].try_into().unwrap());
+    skewed[140..144].copy_from_slice(&(length + 16).to_le_bytes());
+    let message = decode(&skewed).err().unwrap().to_string();
+    assert!(message.contains("meta group's length"), "{message}");
+}
