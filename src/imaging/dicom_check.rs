@@ -13,6 +13,29 @@ const KNOWN_VRS: [&[u8; 2]; 34] = [
     b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
 ];
 
+/// The size of one value of a binary VR: a value length that is not a multiple of it makes
+/// dicom-rs read whole values only and lose its place (a fuzzed 6-byte FD element: it then read
+/// an 806 MB length from the next element's value).
+fn value_size(vr: &[u8; 2]) -> Option<usize> {
+    match vr {
+        b"SS" | b"US" | b"OW" => Some(2),
+        b"AT" | b"FL" | b"SL" | b"UL" | b"OF" | b"OL" => Some(4),
+        b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => Some(8),
+        _ => None,
+    }
+}
+
+/// The VR the standard dictionary gives a tag (what dicom-rs reads an implicit VR element as).
+fn dictionary_vr(group: u16, element: u16) -> Option<[u8; 2]> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    let entry =
+        dicom_dictionary_std::StandardDataDictionary.by_tag(dicom_core::Tag(group, element))?;
+    match entry.vr() {
+        VirtualVr::Exact(vr) => vr.to_string().as_bytes().try_into().ok(),
+        _ => None,
+    }
+}
+
 /// How a data set is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Enc {
@@ -165,9 +188,20 @@ impl Reader<'_> {
             if len % 2 == 1 {
                 return Err(format!("{name} has an odd length ({len})"));
             }
-            // Items inside a defined-length sequence (SQ, or in implicit VR anything that starts
-            // with an item tag) are checked too: their lengths are trusted the same way.
-            let looks_like_items = vr == Some(*b"SQ")
+            // In implicit VR the parser reads an element as the dictionary's VR.
+            let known = vr.or_else(|| dictionary_vr(group, element));
+            if let Some(size) = known.as_ref().and_then(value_size)
+                && !len.is_multiple_of(size)
+            {
+                let code = String::from_utf8_lossy(&known.unwrap_or_default()).into_owned();
+                return Err(format!(
+                    "{name} ({code}) has {len} bytes, not a whole number of {size}-byte values"
+                ));
+            }
+            // Items inside a defined-length sequence (SQ, also by the dictionary in implicit VR,
+            // or anything there that starts with an item tag) are checked too: their lengths
+            // are trusted the same way.
+            let looks_like_items = known == Some(*b"SQ")
                 || (vr.is_none()
                     && len >= 8
                     && self.u16(at)? == 0xFFFE

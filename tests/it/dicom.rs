@@ -1383,3 +1383,36 @@ fn a_deflate_bomb_is_refused_and_an_ordinary_deflated_file_reads() {
     let message = decode(&skewed).err().unwrap().to_string();
     assert!(message.contains("meta group's length"), "{message}");
 }
+
+/// A binary element whose length is not a whole number of its values (a 6-byte FD, Physical
+/// Delta X, in implicit VR: the dictionary says FD): dicom-rs reads whole values only and loses
+/// its place (a fuzzed RT Plan made it reserve 806 MB from the next element's value). Refused;
+/// the same element with 8 bytes reads.
+#[test]
+fn a_binary_element_of_a_partial_value_is_refused() {
+    let spec = Spec::eight_bit(8, 12);
+    let values = ramp(&spec, 255);
+    let plain = file(dataset(&spec), native_pixels(&spec, &values), IMPLICIT_LE);
+    // Before the first (0028,xxxx) element, so that the tags stay in order.
+    let at = plain
+        .windows(4)
+        .position(|w| w == [0x28, 0x00, 0x02, 0x00])
+        .unwrap();
+    let with = |len: u32| {
+        let mut bytes = plain[..at].to_vec();
+        bytes.extend([0x18, 0x00, 0x2C, 0x60]);
+        bytes.extend(len.to_le_bytes());
+        bytes.extend(vec![0u8; len as usize]);
+        bytes.extend(&plain[at..]);
+        bytes
+    };
+    assert_eq!(
+        decode(&with(8)).unwrap().image,
+        decode(&plain).unwrap().image
+    );
+    let message = decode(&with(6)).err().unwrap().to_string();
+    assert!(
+        message.contains("not a whole number of 8-byte values"),
+        "{message}"
+    );
+}
