@@ -236,17 +236,9 @@ pub fn dicomdir_images(
 ) -> Result<Vec<Result<std::path::PathBuf, String>>, ImageError> {
     let (bytes, _) = super::decode::read_file(path, limits)?;
     let obj = parse(&bytes, limits)?;
-    if obj
-        .element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        return Err(fail(
-            "not a DICOMDIR: no Directory Record Sequence (0004,1220)",
-        ));
-    }
-    let images = image_records(&obj)
+    let records = image_records(&obj)
+        .ok_or_else(|| fail("not a DICOMDIR: no Directory Record Sequence (0004,1220)"))?;
+    let images = records
         .map(|record| {
             let parts = record
                 .element_opt(tags::REFERENCED_FILE_ID)
@@ -276,15 +268,18 @@ pub fn dicomdir_images(
     Ok(images)
 }
 
-/// A DICOMDIR's IMAGE records; none for another object.
-fn image_records(obj: &InMemDicomObject) -> impl Iterator<Item = &InMemDicomObject> {
-    obj.element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
-        .ok()
-        .flatten()
-        .and_then(|e| e.items())
-        .unwrap_or(&[])
-        .iter()
-        .filter(|r| text(r, tags::DIRECTORY_RECORD_TYPE).as_deref() == Some("IMAGE"))
+/// A DICOMDIR's IMAGE records; `None` for an object without a Directory Record Sequence.
+fn image_records(obj: &InMemDicomObject) -> Option<impl Iterator<Item = &InMemDicomObject>> {
+    let records = obj
+        .element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
+        .ok()??
+        .items()
+        .unwrap_or(&[]);
+    Some(
+        records
+            .iter()
+            .filter(|r| text(r, tags::DIRECTORY_RECORD_TYPE).as_deref() == Some("IMAGE")),
+    )
 }
 
 /// The JPEG 2000 decoder sizes its buffers from the codestream's own SIZ marker, not from Rows
@@ -404,19 +399,13 @@ pub fn decode(
                 .by_uid(uid)
                 .map_or_else(|| format!("SOP class {uid}"), |e| e.name.to_string())
         });
-        let name = if obj
-            .element_opt(tags::DIRECTORY_RECORD_SEQUENCE)
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            let images = image_records(&obj).count();
-            format!(
-                "a DICOMDIR of {images} images: they are files of their own; scan the DICOMDIR \
-                 itself to list just them"
-            )
-        } else {
-            name.unwrap_or_else(|| "no SOP class".into())
+        let name = match image_records(&obj) {
+            Some(images) => format!(
+                "a DICOMDIR of {} images: they are files of their own; scan the DICOMDIR itself \
+                 to list just them",
+                images.count()
+            ),
+            None => name.unwrap_or_else(|| "no SOP class".into()),
         };
         return Err(ImageError::Invalid(format!(
             "no image in this DICOM ({name})"
@@ -751,7 +740,7 @@ impl Packing {
 /// The first frame's samples of monochrome pixel data that dicom-pixeldata does not read, after
 /// the rescale: native 1- or 32-bit data (1-bit is packed little-endian bit first; 32-bit
 /// values follow the pixel representation and the byte order of the transfer syntax), 32-bit
-/// RLE, and JPEG-LS of any depth.
+/// RLE, and JPEG-LS and JPEG Extended of any depth.
 fn stored_samples(
     obj: &DefaultDicomObject,
     n: usize,
@@ -773,34 +762,35 @@ fn stored_samples(
             let words = rle_samples(seq.fragments(), n, 1)?;
             return Ok(bits_stored_values(&words, stored, signed, rescale));
         }
-        (Value::PixelSequence(seq), Packing::JpegLs { rows, cols }) => {
-            let frame = first_frame(obj, seq.fragments()).ok_or("no JPEG-LS fragment")?;
-            let (samples, width, height) =
-                jpegls::decode(&frame, cols, rows).map_err(|e| e.to_string())?;
+        (
+            Value::PixelSequence(seq),
+            Packing::JpegLs { rows, cols } | Packing::JpegExtended { rows, cols },
+        ) => {
+            let codec = if matches!(packing, Packing::JpegLs { .. }) {
+                "JPEG-LS"
+            } else {
+                "JPEG"
+            };
+            let frame =
+                first_frame(obj, seq.fragments()).ok_or_else(|| format!("no {codec} fragment"))?;
+            let (samples, width, height) = if matches!(packing, Packing::JpegLs { .. }) {
+                jpegls::decode(&frame, cols, rows).map_err(|e| e.to_string())?
+            } else {
+                let gray = super::jpeg_extended::decode(&frame, n as u64)?;
+                (gray.samples, gray.width, gray.height)
+            };
             if (width, height) != (cols, rows) || samples.len() < n {
                 return Err(format!(
-                    "JPEG-LS stream is {width}x{height}, Rows/Columns say {cols}x{rows}"
+                    "{codec} stream is {width}x{height}, Rows/Columns say {cols}x{rows}"
                 ));
             }
             let words: Vec<u32> = samples[..n].iter().map(|&v| v as u32).collect();
             return Ok(bits_stored_values(&words, stored, signed, rescale));
         }
-        (Value::PixelSequence(seq), Packing::JpegExtended { rows, cols }) => {
-            let frame = first_frame(obj, seq.fragments()).ok_or("no JPEG fragment")?;
-            let gray = super::jpeg_extended::decode(&frame, n as u64)?;
-            if (gray.width, gray.height) != (cols, rows) {
-                return Err(format!(
-                    "JPEG stream is {}x{}, Rows/Columns say {cols}x{rows}",
-                    gray.width, gray.height
-                ));
-            }
-            let words: Vec<u32> = gray.samples.iter().map(|&v| v as u32).collect();
-            return Ok(bits_stored_values(&words, stored, signed, rescale));
-        }
         _ => {
             return Err(format!(
-                "compressed data with Bits Allocated {allocated} (read: native, RLE and JPEG-LS \
-                 for 32 bits)"
+                "compressed data with Bits Allocated {allocated} (read: native, and RLE for 32 \
+                 bits)"
             ));
         }
     };

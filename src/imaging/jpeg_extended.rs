@@ -4,8 +4,8 @@
 //! decode them, and no other pure-Rust decoder reads them.
 //!
 //! Written for hostile input: every length is checked against the bytes left, the frame's size
-//! against the pixel limit before anything is allocated, and a stream that ends early gives the
-//! blocks decoded so far an error, never a panic or a loop.
+//! against the pixel limit before anything is allocated, and a stream that ends early is an
+//! error, never a panic or a loop.
 
 /// Natural (row-major) index of the k-th coefficient in zig-zag order.
 const ZIGZAG: [usize; 64] = [
@@ -61,8 +61,6 @@ struct Bits<'a> {
     at: usize,
     acc: u32,
     have: u32,
-    /// A marker (or the end) was met: what follows reads as zeros, and is an error if used.
-    ended: bool,
 }
 
 impl<'a> Bits<'a> {
@@ -72,7 +70,6 @@ impl<'a> Bits<'a> {
             at: 0,
             acc: 0,
             have: 0,
-            ended: false,
         }
     }
 
@@ -84,7 +81,6 @@ impl<'a> Bits<'a> {
                     0xFF
                 }
                 Some(0xFF) | None => {
-                    self.ended = true;
                     return Err("the JPEG stream ends inside a block (truncated)".into());
                 }
                 Some(&b) => {

@@ -17,6 +17,13 @@ const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
 const JPEG_LS_NEAR: &str = "1.2.840.10008.1.2.4.81";
 
+/// Where the data set of a file that `file` wrote starts: (0002,0000) UL 4 sits at 132, and
+/// the meta group's length follows its 12-byte element.
+fn data_set_start(f: &[u8]) -> usize {
+    assert_eq!(&f[132..138], [0x02, 0x00, 0x00, 0x00, b'U', b'L']);
+    144 + u32::from_le_bytes([f[140], f[141], f[142], f[143]]) as usize
+}
+
 /// What goes into one test file.
 #[derive(Clone)]
 struct Spec {
@@ -33,6 +40,15 @@ struct Spec {
 }
 
 impl Spec {
+    /// 12 bits stored in 16, as CR and DX films are.
+    fn twelve_bit(rows: u16, cols: u16) -> Self {
+        Self {
+            allocated: 16,
+            stored: 12,
+            ..Self::eight_bit(rows, cols)
+        }
+    }
+
     fn eight_bit(rows: u16, cols: u16) -> Self {
         Self {
             rows,
@@ -338,8 +354,7 @@ fn jpeg_ls(values: &[u16], spec: &Spec, near: u8) -> Vec<u8> {
 
 #[test]
 fn jpeg_ls_lossless_12_bit_decodes_like_native() {
-    let mut spec = Spec::eight_bit(24, 40);
-    (spec.allocated, spec.stored) = (16, 12);
+    let spec = Spec::twelve_bit(24, 40);
     let values = textured_12_bit(&spec);
     let native = decode_native(&spec, &values);
     let stream = jpeg_ls(&values, &spec, 0);
@@ -355,8 +370,7 @@ fn jpeg_ls_lossless_12_bit_decodes_like_native() {
 
 #[test]
 fn jpeg_ls_near_lossless_stays_within_its_error_bound() {
-    let mut spec = Spec::eight_bit(24, 40);
-    (spec.allocated, spec.stored) = (16, 12);
+    let mut spec = Spec::twelve_bit(24, 40);
     // A fixed window, so that moved extremes do not rescale the whole film.
     spec.window = Some((2048.0, 4096.0));
     let values = textured_12_bit(&spec);
@@ -372,8 +386,7 @@ fn jpeg_ls_near_lossless_stays_within_its_error_bound() {
 
 #[test]
 fn float_and_double_float_pixel_data_decode_like_the_same_values_stored_as_integers() {
-    let mut spec = Spec::eight_bit(24, 40);
-    (spec.allocated, spec.stored) = (16, 12);
+    let spec = Spec::twelve_bit(24, 40);
     let values = textured_12_bit(&spec);
     let native = decode_native(&spec, &values);
     // A linear map of the integers: the min-max window gives the same picture.
@@ -496,8 +509,7 @@ fn jpeg_extended_flat(width: u16, height: u16, blocks: &[u16], restart: Option<u
 fn jpeg_extended_12_bit_decodes_its_blocks_exactly() {
     // 20 x 12: three by two blocks, the last column and row cropped.
     let blocks = [0u16, 4095, 2048, 100, 3000, 1234];
-    let mut spec = Spec::eight_bit(12, 20);
-    (spec.allocated, spec.stored) = (16, 12);
+    let spec = Spec::twelve_bit(12, 20);
     let values: Vec<u16> = (0..12 * 20)
         .map(|i| blocks[(i / 20 / 8) * 3 + (i % 20) / 8])
         .collect();
@@ -1253,16 +1265,11 @@ fn rgb_jpeg_without_jfif_or_adobe_marker_is_not_colour_transformed() {
 fn an_implicit_data_set_under_an_explicit_meta_group_is_read() {
     let spec = Spec::eight_bit(8, 12);
     let values = ramp(&spec, 255);
-    let data_start = |f: &[u8]| {
-        // (0002,0000) UL 4 at 132: the meta group's length follows its 12-byte element.
-        assert_eq!(&f[132..138], [0x02, 0x00, 0x00, 0x00, b'U', b'L']);
-        144 + u32::from_le_bytes([f[140], f[141], f[142], f[143]]) as usize
-    };
     let explicit = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
     let implicit = file(dataset(&spec), native_pixels(&spec, &values), IMPLICIT_LE);
     let mixed = [
-        &explicit[..data_start(&explicit)],
-        &implicit[data_start(&implicit)..],
+        &explicit[..data_set_start(&explicit)],
+        &implicit[data_set_start(&implicit)..],
     ]
     .concat();
     let want = decode(&implicit).unwrap();
@@ -1338,20 +1345,13 @@ fn a_deflate_bomb_is_refused_and_an_ordinary_deflated_file_reads() {
     let spec = Spec::eight_bit(8, 12);
     let values = ramp(&spec, 255);
     let explicit = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
-    // (0002,0000) UL 4 at 132: the meta group's length follows its 12-byte element.
-    let start = 144 + u32::from_le_bytes(explicit[140..144].try_into().unwrap()) as usize;
+    let start = data_set_start(&explicit);
     let deflated_file = |data_set: &[u8]| {
         let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         z.write_all(data_set).unwrap();
         let body = z.finish().unwrap();
-        let with_meta = file(
-            InMemDicomObject::new_empty(),
-            native_pixels(&spec, &[]),
-            EXPLICIT_LE,
-        );
-        let meta_end = 144 + u32::from_le_bytes(with_meta[140..144].try_into().unwrap()) as usize;
         // The same meta group, naming the deflated syntax (both UIDs are padded to 20/22 bytes).
-        let mut meta = with_meta[..meta_end].to_vec();
+        let mut meta = explicit[..start].to_vec();
         let at = meta
             .windows(20)
             .position(|w| w == b"1.2.840.10008.1.2.1\0")
