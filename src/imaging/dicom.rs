@@ -131,14 +131,18 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<DefaultDicomObject, ImageError
             .map_err(|e| fail(format!("cannot parse: {e}")))
     };
     // A file with a meta group: `marked` starts at its `DICM`.
-    let with_marker = |marked: &[u8]| match checked(marked, None)? {
-        None => with_meta(marked),
-        // Implicit VR although the meta group says explicit: read the data set as implicit and
-        // keep the declared syntax for the pixel data.
-        Some(ImplicitInstead { at, syntax }) => {
-            #[allow(deprecated)]
-            let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-            bare_dataset(&marked[at..], &ts, &syntax)
+    let with_marker = |marked: &[u8]| {
+        let check = checked(marked, None)?;
+        let marked = check.apply(marked);
+        match check.implicit {
+            None => with_meta(&marked),
+            // Implicit VR although the meta group says explicit: read the data set as implicit
+            // and keep the declared syntax for the pixel data.
+            Some(ImplicitInstead { at, syntax }) => {
+                #[allow(deprecated)]
+                let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
+                bare_dataset(&marked[at..], &ts, &syntax)
+            }
         }
     };
     if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
@@ -154,7 +158,7 @@ fn parse(bytes: &[u8], limits: &Limits) -> Result<DefaultDicomObject, ImageError
         marked.extend_from_slice(bytes);
         return with_marker(&marked);
     }
-    checked(bytes, Some(enc))?;
+    let bytes = &checked(bytes, Some(enc))?.apply(bytes);
     #[allow(deprecated)]
     let ts = match (enc.explicit, enc.big) {
         (false, _) => IMPLICIT_VR_LITTLE_ENDIAN.erased(),
@@ -496,12 +500,11 @@ pub fn decode(
         return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
     }
     let packing = Packing::of(&ts_uid, rows as u32, cols as u32);
+    // Colour JPEG-LS: our decoder (dicom-pixeldata reads JPEG-LS only through CharLS).
     if colour && matches!(packing, Packing::JpegLs { .. }) {
-        return Err(fail(format!(
-            "{ts_name}: colour JPEG-LS ({} with {samples} samples per pixel) is not read (one \
-             component is)",
-            info.photometric
-        )));
+        let out = jpegls_colour(&obj, n, info.bits_stored, &info.photometric)
+            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
     }
     let (pixels, values) = if let Some(tag) = float_data {
         if colour {
@@ -708,7 +711,7 @@ enum Packing {
     Native { big_endian: bool },
     /// RLE Lossless (our reader: dicom-pixeldata's stops at 16 bits).
     Rle,
-    /// JPEG-LS lossless or near-lossless, one component (dicom-pixeldata reads it only through
+    /// JPEG-LS lossless or near-lossless: our decoder (dicom-pixeldata reads it only through
     /// CharLS, a C++ library).
     JpegLs { rows: u32, cols: u32 },
     /// JPEG Extended (8 or 12 bits), one component: our decoder (jpeg-decoder refuses 12 bits).
@@ -774,7 +777,14 @@ fn stored_samples(
             let frame =
                 first_frame(obj, seq.fragments()).ok_or_else(|| format!("no {codec} fragment"))?;
             let (samples, width, height) = if matches!(packing, Packing::JpegLs { .. }) {
-                jpegls::decode(&frame, cols, rows).map_err(|e| e.to_string())?
+                let f = super::jpegls::decode(&frame, n as u64)?;
+                if f.components != 1 {
+                    return Err(format!(
+                        "JPEG-LS stream of {} components for one sample per pixel",
+                        f.components
+                    ));
+                }
+                (f.samples, f.width, f.height)
             } else {
                 let gray = super::jpeg_extended::decode(&frame, n as u64)?;
                 (gray.samples, gray.width, gray.height)
@@ -1104,19 +1114,59 @@ fn rle_colour(
         return Err("RLE pixel data is not encapsulated".into());
     };
     let planes = rle_samples(seq.fragments(), n, 3)?;
+    Ok(luma16(|i, c| planes[c * n + i], n, stored, photometric))
+}
+
+/// The first frame of a colour JPEG-LS image (three components) as luminance over the full
+/// range of Bits Stored.
+fn jpegls_colour(
+    obj: &DefaultDicomObject,
+    n: usize,
+    stored: u16,
+    photometric: &str,
+) -> Result<Vec<u16>, String> {
+    use dicom_core::value::Value;
+    let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let Value::PixelSequence(seq) = element.value() else {
+        return Err("JPEG-LS pixel data is not encapsulated".into());
+    };
+    let frame = first_frame(obj, seq.fragments()).ok_or("no JPEG-LS fragment")?;
+    let f = super::jpegls::decode(&frame, n as u64)?;
+    if f.components != 3 || f.width as usize * f.height as usize != n {
+        return Err(format!(
+            "JPEG-LS stream of {}x{} with {} components, for {n} pixels of 3 samples ({photometric})",
+            f.width, f.height, f.components
+        ));
+    }
+    Ok(luma16(
+        |i, c| f.samples[i * 3 + c] as u32,
+        n,
+        stored,
+        photometric,
+    ))
+}
+
+/// Colour samples (`sample(pixel, component)`) to 16-bit luminance over the full range of
+/// Bits Stored: Rec. 601 for RGB, Y for YBR.
+fn luma16(
+    sample: impl Fn(usize, usize) -> u32,
+    n: usize,
+    stored: u16,
+    photometric: &str,
+) -> Vec<u16> {
     let top = ((1u64 << stored.clamp(1, 32)) - 1) as f64;
-    let (r, rest) = planes.split_at(n);
-    let (g, b) = rest.split_at(n);
-    Ok((0..n)
+    (0..n)
         .map(|i| {
             let y = if photometric == "RGB" {
-                0.299 * r[i] as f64 + 0.587 * g[i] as f64 + 0.114 * b[i] as f64
+                0.299 * sample(i, 0) as f64
+                    + 0.587 * sample(i, 1) as f64
+                    + 0.114 * sample(i, 2) as f64
             } else {
-                r[i] as f64
+                sample(i, 0) as f64
             };
             ((y / top).clamp(0.0, 1.0) * 65535.0).round() as u16
         })
-        .collect())
+        .collect()
 }
 
 struct Palette {

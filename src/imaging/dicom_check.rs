@@ -65,9 +65,19 @@ struct Header {
 struct Reader<'a> {
     b: &'a [u8],
     enc: Enc,
+    /// Item lengths to rewrite before parsing: (offset of the length, its new bytes).
+    fixes: std::cell::RefCell<Vec<(usize, [u8; 4])>>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(b: &'a [u8], enc: Enc) -> Self {
+        Reader {
+            b,
+            enc,
+            fixes: Default::default(),
+        }
+    }
+
     fn u16(&self, at: usize) -> Result<u16, String> {
         let s = self.b.get(at..at + 2).ok_or_else(truncated)?;
         Ok(if self.enc.big {
@@ -229,16 +239,31 @@ impl Reader<'_> {
                     at = self.elements(at, end, depth + 1, true)?;
                 }
                 (0xFFFE, 0xE000) => {
-                    let len = len as usize;
+                    let mut len = len as usize;
+                    let fragments = name.contains("(7FE0,0010)");
                     if len > end.saturating_sub(at) {
-                        return Err(format!(
-                            "an item of {name} declares {len} bytes but only {} are left \
-                             (truncated or corrupt)",
-                            end.saturating_sub(at)
-                        ));
+                        // A pixel data fragment is read into memory at its declared length.
+                        if fragments {
+                            return Err(format!(
+                                "an item of {name} declares {len} bytes but only {} are left \
+                                 (truncated or corrupt)",
+                                end.saturating_sub(at)
+                            ));
+                        }
+                        // An item's length reserves nothing: one that overshoots its sequence
+                        // (pydicom's DICOMDIR-nooffset lost two elements and kept the last
+                        // item's length) is read to the sequence's end, as pydicom does; the
+                        // parser, which would stop at the end of the data, is given that length.
+                        len = end.saturating_sub(at);
+                        let bytes = if self.enc.big {
+                            (len as u32).to_be_bytes()
+                        } else {
+                            (len as u32).to_le_bytes()
+                        };
+                        self.fixes.borrow_mut().push((at - 4, bytes));
                     }
                     // Encapsulated pixel data fragments are bytes, not elements.
-                    if !name.contains("(7FE0,0010)") {
+                    if !fragments {
                         self.elements(at, at + len, depth + 1, false)?;
                     }
                     at += len;
@@ -276,20 +301,19 @@ pub const MAX_DEFLATE_RATIO: u64 = 200;
 /// `max_inflated` bytes) and checked as explicit VR little endian. A data set declared explicit
 /// VR little endian whose first element has no VR letters is checked as implicit VR and
 /// reported as [`ImplicitInstead`].
-pub fn check(
-    bytes: &[u8],
-    bare: Option<Enc>,
-    max_inflated: u64,
-) -> Result<Option<ImplicitInstead>, String> {
+pub fn check(bytes: &[u8], bare: Option<Enc>, max_inflated: u64) -> Result<Checked, String> {
+    let walk = |r: Reader, at: usize, implicit: Option<ImplicitInstead>| {
+        r.elements(at, r.b.len(), 0, false)?;
+        Ok(Checked {
+            implicit,
+            fixes: r.fixes.into_inner(),
+        })
+    };
     if let Some(enc) = bare {
-        let r = Reader { b: bytes, enc };
-        return r.elements(0, bytes.len(), 0, false).map(|_| None);
+        return walk(Reader::new(bytes, enc), 0, None);
     }
     // The meta group: explicit VR little endian, group 0002, and it names the transfer syntax.
-    let meta = Reader {
-        b: bytes,
-        enc: EXPLICIT_LE,
-    };
+    let meta = Reader::new(bytes, EXPLICIT_LE);
     let mut at = 4;
     let mut syntax = String::new();
     // Where File Meta Information Group Length (0002,0000) says the group ends.
@@ -361,12 +385,11 @@ pub fn check(
                     )
                 });
             }
-            return Reader {
-                b: &inflated,
-                enc: EXPLICIT_LE,
+            let checked = walk(Reader::new(&inflated, EXPLICIT_LE), 0, None)?;
+            if !checked.fixes.is_empty() {
+                return Err("deflated data set with an item longer than its sequence".into());
             }
-            .elements(0, inflated.len(), 0, false)
-            .map(|_| None);
+            return Ok(checked);
         }
         _ => EXPLICIT_LE,
     };
@@ -374,16 +397,34 @@ pub fn check(
         .get(at + 4..at + 6)
         .is_none_or(|vr| vr.iter().all(u8::is_ascii_uppercase));
     if enc == EXPLICIT_LE && !vr_letters {
-        Reader {
-            b: bytes,
-            enc: IMPLICIT_LE,
-        }
-        .elements(at, bytes.len(), 0, false)?;
-        return Ok(Some(ImplicitInstead { at, syntax }));
+        let implicit = Some(ImplicitInstead { at, syntax });
+        return walk(Reader::new(bytes, IMPLICIT_LE), at, implicit);
     }
-    Reader { b: bytes, enc }
-        .elements(at, bytes.len(), 0, false)
-        .map(|_| None)
+    walk(Reader::new(bytes, enc), at, None)
+}
+
+/// What [`check`] found acceptable, and what the parser needs to be told.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// The data set is implicit VR although the meta group says otherwise.
+    pub implicit: Option<ImplicitInstead>,
+    /// Item lengths that overshoot their sequence, to rewrite (offset, new bytes).
+    fixes: Vec<(usize, [u8; 4])>,
+}
+
+impl Checked {
+    /// The bytes with the overshooting item lengths cut to their sequence (a copy only when
+    /// there is one).
+    pub fn apply<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.fixes.is_empty() {
+            return bytes.into();
+        }
+        let mut fixed = bytes.to_vec();
+        for &(at, len) in &self.fixes {
+            fixed[at..at + 4].copy_from_slice(&len);
+        }
+        fixed.into()
+    }
 }
 
 #[cfg(test)]
@@ -402,7 +443,10 @@ mod tests {
     fn lengths_that_fit_pass_and_lengths_that_do_not_are_named() {
         let mut ok = implicit(0x0008, 0x0060, b"DX");
         ok.extend(implicit(0x0028, 0x0010, &16u16.to_le_bytes()));
-        assert_eq!(check(&ok, Some(IMPLICIT_LE), u64::MAX), Ok(None));
+        assert_eq!(
+            check(&ok, Some(IMPLICIT_LE), u64::MAX),
+            Ok(Checked::default())
+        );
         let mut bad = ok.clone();
         bad.extend([0x28, 0x00, 0x02, 0x01]);
         bad.extend(0x6365_7073u32.to_le_bytes());
@@ -445,6 +489,33 @@ mod tests {
     }
 
     #[test]
+    fn an_item_past_its_sequence_is_read_to_the_end_and_a_fragment_past_it_is_refused() {
+        // (0004,1220) SQ of 20 bytes whose one item declares 30 (DICOMDIR-nooffset's last
+        // record lost two elements and kept its length).
+        let record = implicit(0x0004, 0x1430, b"IMAGE ");
+        let mut b = vec![0x04, 0x00, 0x20, 0x12];
+        b.extend((8 + record.len() as u32).to_le_bytes());
+        b.extend([0xFE, 0xFF, 0x00, 0xE0]);
+        b.extend((record.len() as u32 + 10).to_le_bytes());
+        b.extend(&record);
+        let checked = check(&b, Some(IMPLICIT_LE), u64::MAX).unwrap();
+        let fixed = checked.apply(&b);
+        assert_eq!(fixed[12..16], (record.len() as u32).to_le_bytes());
+        assert_eq!(fixed[16..], b[16..]);
+        assert_eq!(
+            check(&fixed, Some(IMPLICIT_LE), u64::MAX),
+            Ok(Checked::default())
+        );
+        // Encapsulated pixel data whose fragment declares more than is left.
+        let mut px = vec![0xE0, 0x7F, 0x10, 0x00, 0xFF, 0xFF, 0xFF, 0xFF];
+        px.extend([0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        px.extend([0xFE, 0xFF, 0x00, 0xE0, 0x00, 0x00, 0x10, 0x00]);
+        px.extend([0u8; 64]);
+        let err = check(&px, Some(IMPLICIT_LE), u64::MAX).unwrap_err();
+        assert!(err.contains("declares 1048576 bytes but only 64"), "{err}");
+    }
+
+    #[test]
     fn undefined_length_sequences_are_walked_and_depth_is_bounded() {
         // (0008,1140) SQ, undefined length, one undefined-length item holding one element.
         let mut seq = vec![0x08, 0x00, 0x40, 0x11, 0xFF, 0xFF, 0xFF, 0xFF];
@@ -452,7 +523,10 @@ mod tests {
         seq.extend(implicit(0x0008, 0x1150, b"1.2\0"));
         seq.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
         seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-        assert_eq!(check(&seq, Some(IMPLICIT_LE), u64::MAX), Ok(None));
+        assert_eq!(
+            check(&seq, Some(IMPLICIT_LE), u64::MAX),
+            Ok(Checked::default())
+        );
         // 40 nested undefined-length sequences.
         let mut deep = Vec::new();
         for _ in 0..40 {

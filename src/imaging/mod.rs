@@ -10,6 +10,7 @@ pub mod dhash;
 mod dicom;
 mod dicom_check;
 mod jpeg_extended;
+mod jpegls;
 pub mod guard;
 mod thumb;
 

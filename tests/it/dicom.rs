@@ -384,6 +384,32 @@ fn jpeg_ls_near_lossless_stays_within_its_error_bound() {
     assert!(worst <= (near as i32 + 1) * 17, "worst difference {worst}");
 }
 
+/// An item that declares more bytes than its sequence holds (pydicom's DICOMDIR-nooffset lost
+/// elements and kept its last item's length) is read to the sequence's end, as pydicom does;
+/// the film after it decodes as it would without the sequence.
+#[test]
+fn an_item_longer_than_its_sequence_is_read_to_the_sequence_end() {
+    let spec = Spec::eight_bit(6, 5);
+    let values = ramp(&spec, 255);
+    let plain = file(dataset(&spec), native_pixels(&spec, &values), EXPLICIT_LE);
+    // (0008,1140) SQ of one item holding (0008,1150) UI "1.2", the item declaring 20 bytes
+    // more than it has.
+    let element = [
+        0x08, 0x00, 0x50, 0x11, b'U', b'I', 4, 0, b'1', b'.', b'2', 0,
+    ];
+    let mut seq = vec![0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0];
+    seq.extend((8 + element.len() as u32).to_le_bytes());
+    seq.extend([0xFE, 0xFF, 0x00, 0xE0]);
+    seq.extend((element.len() as u32 + 20).to_le_bytes());
+    seq.extend(element);
+    let at = data_set_start(&plain);
+    let mut quirky = plain[..at].to_vec();
+    quirky.extend(&seq);
+    quirky.extend(&plain[at..]);
+    let d = decode(&quirky).unwrap();
+    assert_eq!(d.image, decode(&plain).unwrap().image);
+}
+
 #[test]
 fn float_and_double_float_pixel_data_decode_like_the_same_values_stored_as_integers() {
     let spec = Spec::twelve_bit(24, 40);

@@ -8,13 +8,7 @@ use std::process::Command;
 /// Files pydicom decodes and we do not yet (or not to the same picture), with the reason. The
 /// test fails when one of them starts to match (take it off the list) and when any other file
 /// fails or differs.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        "SC_rgb_jls_lossy_line.dcm",
-        "colour JPEG-LS: pure_jpegls reads one component",
-    ),
-    ("SC_rgb_jls_lossy_sample.dcm", "colour JPEG-LS"),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[];
 
 fn python() -> String {
     std::env::var("CXR_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
