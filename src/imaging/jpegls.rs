@@ -439,22 +439,32 @@ impl<'a> Bits<'a> {
     }
 }
 
-/// A regular-mode context (T.87 A.2).
+/// A regular-mode context (T.87 A.2). A and B in 64 bits: with RESET up to 65,535 and errors
+/// up to RANGE, their sums pass what 32 bits hold.
 #[derive(Clone, Copy)]
 struct Context {
-    a: i32,
-    b: i32,
+    a: i64,
+    b: i64,
     c: i32,
-    n: i32,
+    n: i64,
 }
 
 /// A run-interruption context (T.87 A.7.2).
 #[derive(Clone, Copy)]
 struct RunContext {
     kind: i32,
-    a: i32,
-    n: i32,
-    nn: i32,
+    a: i64,
+    n: i64,
+    nn: i64,
+}
+
+/// Golomb parameter k: the least with `n << k >= a` (T.87 A.5.1).
+fn golomb_k(n: i64, a: i64) -> u32 {
+    let mut k = 0;
+    while (n << k) < a && k < 24 {
+        k += 1;
+    }
+    k
 }
 
 /// One scan's decoder state: contexts shared by its components.
@@ -482,23 +492,20 @@ impl Coder<'_, '_> {
     fn regular(&mut self, q: i32, predicted: i32) -> Result<i32, String> {
         let sign = if q < 0 { -1 } else { 1 };
         let ctx = self.contexts[(q * sign) as usize];
-        let mut k = 0;
-        while (ctx.n << k) < ctx.a && k < 24 {
-            k += 1;
-        }
+        let k = golomb_k(ctx.n, ctx.a);
         let px = (predicted + sign * ctx.c).clamp(0, self.p.maxval);
         let m = self.value(k, self.p.limit)?;
         let mut error = if m & 1 == 1 { -((m + 1) >> 1) } else { m >> 1 };
         if k == 0 && self.p.near == 0 && 2 * ctx.b + ctx.n - 1 < 0 {
             error = -error - 1;
         }
-        if error.abs() > 65535 {
+        if error.abs() > self.p.range {
             return Err("JPEG-LS: an error value out of range (corrupt data)".into());
         }
         let ctx = &mut self.contexts[(q * sign) as usize];
-        ctx.a += error.abs();
-        ctx.b += error * (2 * self.p.near + 1);
-        if ctx.n == self.p.reset {
+        ctx.a += error.abs() as i64;
+        ctx.b += (error * (2 * self.p.near + 1)) as i64;
+        if ctx.n == self.p.reset as i64 {
             ctx.a >>= 1;
             ctx.b >>= 1;
             ctx.n >>= 1;
@@ -543,12 +550,11 @@ impl Coder<'_, '_> {
     /// The error of a run-interruption sample (T.87 A.7.2).
     fn interruption(&mut self, kind: usize, run_index: usize) -> Result<i32, String> {
         let ctx = self.run[kind];
-        let temp = ctx.a + (ctx.n >> 1) * ctx.kind;
-        let mut k = 0;
-        while (ctx.n << k) < temp && k < 24 {
-            k += 1;
-        }
+        let k = golomb_k(ctx.n, ctx.a + (ctx.n >> 1) * ctx.kind as i64);
         let m = self.value(k, self.p.limit - J[run_index] as i32 - 1)?;
+        if m > 2 * self.p.range {
+            return Err("JPEG-LS: an error value out of range (corrupt data)".into());
+        }
         let t = m + ctx.kind;
         let map = t & 1 == 1;
         let magnitude = (t + t % 2) / 2;
@@ -561,8 +567,8 @@ impl Coder<'_, '_> {
         if error < 0 {
             ctx.nn += 1;
         }
-        ctx.a += (m + 1 - ctx.kind) >> 1;
-        if ctx.n == self.p.reset {
+        ctx.a += ((m + 1 - ctx.kind) >> 1) as i64;
+        if ctx.n == self.p.reset as i64 {
             ctx.a >>= 1;
             ctx.n >>= 1;
             ctx.nn >>= 1;
@@ -674,7 +680,7 @@ fn decode_scan(
     out: &mut [u16],
 ) -> Result<usize, String> {
     let (w, h, nf) = (frame.width as usize, frame.height as usize, frame.ids.len());
-    let a = 2.max((p.range + 32) / 64);
+    let a = 2.max((p.range as i64 + 32) / 64);
     let mut coder = Coder {
         p,
         bits: Bits::new(data),
