@@ -315,11 +315,11 @@ fn merge_sorted(
 fn contains_folded(path: &std::path::Path, needle: &str) -> bool {
     let hay = path.as_os_str().as_encoded_bytes();
     if let (true, Some(&first)) = (needle.is_ascii(), needle.as_bytes().first()) {
-        let needle = needle.as_bytes();
-        let last = hay.len().saturating_sub(needle.len() - 1);
-        return (0..last).any(|i| {
-            hay[i].to_ascii_lowercase() == first
-                && hay[i + 1..i + needle.len()].eq_ignore_ascii_case(&needle[1..])
+        let rest = &needle.as_bytes()[1..];
+        let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+        return memchr::memchr2_iter(lower, upper, hay).any(|i| {
+            hay.get(i + 1..i + 1 + rest.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(rest))
         });
     }
     needle.is_empty() || path.to_string_lossy().to_lowercase().contains(needle)
@@ -516,6 +516,9 @@ pub struct App {
 pub struct ListState {
     /// The view must be rebuilt (the sort, the filter, the search or the groups changed).
     pub(super) view_dirty: bool,
+    /// The search grew by a character since the view was built: what it now shows is a subset
+    /// of the view, in the same order, so the view is filtered rather than rebuilt and sorted.
+    pub(super) narrowed: bool,
     /// Items listed or given a result since the view was built: [`App::refresh_view`] moves
     /// only these (an O(n) merge, not a sort of the whole list).
     pub(super) changed: Vec<usize>,
@@ -703,6 +706,7 @@ impl App {
             list: ListState {
                 view: Vec::new(),
                 view_dirty: false,
+                narrowed: false,
                 changed: Vec::new(),
                 cursor: 0,
                 scroll: 0,
@@ -1023,7 +1027,7 @@ impl App {
                 }
                 KeyCode::Char(c) => {
                     self.list.search.push(c);
-                    self.list.view_dirty = true;
+                    self.list.narrowed = true;
                 }
                 KeyCode::Down | KeyCode::Up => self.normal_key(key, out),
                 _ => {}
@@ -1508,7 +1512,8 @@ impl App {
         if !incremental && !self.list.changed.is_empty() {
             self.list.view_dirty = true;
         }
-        if !self.list.view_dirty && self.list.changed.is_empty() {
+        let narrowed = std::mem::take(&mut self.list.narrowed);
+        if !self.list.view_dirty && self.list.changed.is_empty() && !narrowed {
             return;
         }
         self.names.add(&self.items);
@@ -1543,6 +1548,10 @@ impl App {
             };
             shown && (needle.is_empty() || contains_folded(item.entry.rel(), &needle))
         };
+        // Which items to show, asked in storage order (their entries were allocated in that
+        // order too) and read in the view's: on a disk whose listing comes in hash order, a
+        // million items asked in name order were cache misses more than work.
+        let kept = || -> Vec<bool> { (0..self.items.len()).map(&keep).collect() };
         let confidence = |i: usize| {
             self.items[i]
                 .probs()
@@ -1578,7 +1587,8 @@ impl App {
             let mut view: Vec<usize> = if everything {
                 all.collect()
             } else {
-                all.filter(|&i| keep(i)).collect()
+                let kept = kept();
+                all.filter(|&i| kept[i]).collect()
             };
             if self.list.sort != SortKey::Name || !incremental {
                 view.sort_by(order);
@@ -1589,13 +1599,15 @@ impl App {
             changed.dedup();
             let mut moved: Vec<usize> = changed.iter().copied().filter(|&i| keep(i)).collect();
             moved.sort_by(order);
-            // The rest keep their values, so they are still in order.
+            // The rest keep their values, so they are still in order (and a longer search keeps
+            // a subset of them).
+            let kept = if narrowed { kept() } else { Vec::new() };
             let rest: Vec<usize> = self
                 .list
                 .view
                 .iter()
                 .copied()
-                .filter(|i| changed.binary_search(i).is_err())
+                .filter(|&i| changed.binary_search(&i).is_err() && (!narrowed || kept[i]))
                 .collect();
             merge_sorted(&rest, moved, order)
         };
@@ -1751,6 +1763,18 @@ pub struct Review {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_search_matches_anywhere_ignoring_case() {
+        let p = |s: &str| std::path::PathBuf::from(s);
+        assert!(contains_folded(&p("Covid/IMG-12.png"), "img-12"));
+        assert!(contains_folded(&p("a/b/x.PNG"), "png"), "at the very end");
+        assert!(contains_folded(&p("iiimg"), "img"), "after false starts");
+        assert!(!contains_folded(&p("a/im"), "img"), "cut off by the end");
+        assert!(!contains_folded(&p("a"), "abc"), "longer than the path");
+        assert!(contains_folded(&p("a"), ""));
+        assert!(contains_folded(&p("Ärzte/Lunge.png"), "ärzte"), "non-ASCII");
+    }
 
     #[test]
     fn an_entry_in_the_list_stays_small() {

@@ -327,6 +327,41 @@ fn search_filters_as_you_type_and_escape_clears_it() {
     assert_eq!(shown(&app).len(), 6);
 }
 
+/// Each key typed filters the view it narrows (no rebuild, no sort): with a result arriving
+/// between two keys, it shows what the same search typed at once shows.
+#[test]
+fn a_search_narrowed_key_by_key_shows_what_one_typed_at_once_shows() {
+    let mut app = app_with(&NAMES);
+    app.update(key('R'));
+    for (i, p) in [[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]]
+        .into_iter()
+        .enumerate()
+    {
+        let ev = scored(&app, i, p);
+        app.update(ev);
+    }
+    app.update(key('s')); // by P(covid)
+    app.update(key('/'));
+    app.update(key('n'));
+    app.refresh_view();
+    assert_eq!(shown(&app).len(), 6, "every name has an n (.png)");
+    // normal/d.png now leads by P(covid).
+    let ev = scored(&app, 3, [0.99, 0.005, 0.005]);
+    app.update(ev);
+    app.update(key('O'));
+    app.refresh_view();
+    let narrowed = shown(&app);
+    assert_eq!(narrowed, ["normal/d.png", "normal/c.png"]);
+    app.update(code(KeyCode::Esc));
+    app.refresh_view();
+    app.update(key('/'));
+    for c in "nO".chars() {
+        app.update(key(c));
+    }
+    app.refresh_view();
+    assert_eq!(shown(&app), narrowed);
+}
+
 #[test]
 fn export_writes_the_shown_rows_with_the_current_operating_point() {
     let mut app = scored_app();
