@@ -115,25 +115,14 @@ pub fn path_cmp(a: &std::path::Path, b: &std::path::Path) -> Ordering {
                 .any(|s| s.is_empty() || s == b".")
         };
         if plain(a) && plain(b) {
-            let mut x = a.as_os_str().as_bytes().split(|&c| c == b'/');
-            let mut y = b.as_os_str().as_bytes().split(|&c| c == b'/');
-            loop {
-                match (x.next(), y.next()) {
-                    (None, None) => return Ordering::Equal,
-                    (None, Some(_)) => return Ordering::Less,
-                    (Some(_), None) => return Ordering::Greater,
-                    (Some(p), Some(q)) if p == q => {}
-                    (Some(p), Some(q)) => {
-                        return match (std::str::from_utf8(p), std::str::from_utf8(q)) {
-                            (Ok(p), Ok(q)) => natural_cmp(p, q),
-                            _ => natural_cmp(
-                                &String::from_utf8_lossy(p),
-                                &String::from_utf8_lossy(q),
-                            ),
-                        };
-                    }
+            let slash = |c: &u8| *c == b'/';
+            let (x, y) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
+            return parts_cmp(x.split(slash), y.split(slash), |p, q| {
+                match (std::str::from_utf8(p), std::str::from_utf8(q)) {
+                    (Ok(p), Ok(q)) => natural_cmp(p, q),
+                    _ => natural_cmp(&String::from_utf8_lossy(p), &String::from_utf8_lossy(q)),
                 }
-            }
+            });
         }
     }
     components_cmp(a, b)
@@ -141,20 +130,28 @@ pub fn path_cmp(a: &std::path::Path, b: &std::path::Path) -> Ordering {
 
 /// [`path_cmp`] over `Path::components` (any path).
 fn components_cmp(a: &std::path::Path, b: &std::path::Path) -> Ordering {
-    let mut x = a.components();
-    let mut y = b.components();
+    parts_cmp(a.components(), b.components(), |p, q| {
+        natural_cmp(
+            &p.as_os_str().to_string_lossy(),
+            &q.as_os_str().to_string_lossy(),
+        )
+    })
+}
+
+/// Two paths' parts in turn: the first that differ decide by `cmp`, else the shorter first.
+fn parts_cmp<T: PartialEq>(
+    x: impl IntoIterator<Item = T>,
+    y: impl IntoIterator<Item = T>,
+    cmp: impl Fn(&T, &T) -> Ordering,
+) -> Ordering {
+    let (mut x, mut y) = (x.into_iter(), y.into_iter());
     loop {
         match (x.next(), y.next()) {
             (None, None) => return Ordering::Equal,
             (None, Some(_)) => return Ordering::Less,
             (Some(_), None) => return Ordering::Greater,
             (Some(p), Some(q)) if p == q => {}
-            (Some(p), Some(q)) => {
-                return natural_cmp(
-                    &p.as_os_str().to_string_lossy(),
-                    &q.as_os_str().to_string_lossy(),
-                );
-            }
+            (Some(p), Some(q)) => return cmp(&p, &q),
         }
     }
 }

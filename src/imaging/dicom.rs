@@ -1101,6 +1101,16 @@ fn jpeg_rgb_untransformed(
     })())
 }
 
+/// The fragments of encapsulated pixel data in `codec`.
+fn fragments<'a>(obj: &'a DefaultDicomObject, codec: &str) -> Result<&'a [Vec<u8>], String> {
+    use dicom_core::value::Value;
+    let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    match element.value() {
+        Value::PixelSequence(seq) => Ok(seq.fragments()),
+        _ => Err(format!("{codec} pixel data is not encapsulated")),
+    }
+}
+
 /// A 32-bit RGB (or YBR: its Y) RLE image's luminance over the full range of Bits Stored.
 fn rle_colour(
     obj: &DefaultDicomObject,
@@ -1108,12 +1118,7 @@ fn rle_colour(
     stored: u16,
     photometric: &str,
 ) -> Result<Vec<u16>, String> {
-    use dicom_core::value::Value;
-    let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
-    let Value::PixelSequence(seq) = element.value() else {
-        return Err("RLE pixel data is not encapsulated".into());
-    };
-    let planes = rle_samples(seq.fragments(), n, 3)?;
+    let planes = rle_samples(fragments(obj, "RLE")?, n, 3)?;
     Ok(luma16(|i, c| planes[c * n + i], n, stored, photometric))
 }
 
@@ -1125,12 +1130,7 @@ fn jpegls_colour(
     stored: u16,
     photometric: &str,
 ) -> Result<Vec<u16>, String> {
-    use dicom_core::value::Value;
-    let element = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
-    let Value::PixelSequence(seq) = element.value() else {
-        return Err("JPEG-LS pixel data is not encapsulated".into());
-    };
-    let frame = first_frame(obj, seq.fragments()).ok_or("no JPEG-LS fragment")?;
+    let frame = first_frame(obj, fragments(obj, "JPEG-LS")?).ok_or("no JPEG-LS fragment")?;
     let f = super::jpegls::decode(&frame, n as u64)?;
     if f.components != 3 || f.width as usize * f.height as usize != n {
         return Err(format!(
