@@ -502,8 +502,13 @@ pub fn decode(
     let packing = Packing::of(&ts_uid, rows as u32, cols as u32);
     // Colour JPEG-LS: our decoder (dicom-pixeldata reads JPEG-LS only through CharLS).
     if colour && matches!(packing, Packing::JpegLs { .. }) {
-        let out = jpegls_colour(&obj, n, info.bits_stored, &info.photometric)
-            .map_err(|e| fail(format!("{ts_name}: {e}")))?;
+        let out = jpegls_colour(
+            &obj,
+            (cols as u32, rows as u32),
+            info.bits_stored,
+            &info.photometric,
+        )
+        .map_err(|e| fail(format!("{ts_name}: {e}")))?;
         return Ok((GrayImage::new(cols as u32, rows as u32, 16, out)?, info));
     }
     let (pixels, values) = if let Some(tag) = float_data {
@@ -777,7 +782,7 @@ fn stored_samples(
             let frame =
                 first_frame(obj, seq.fragments()).ok_or_else(|| format!("no {codec} fragment"))?;
             let (samples, width, height) = if matches!(packing, Packing::JpegLs { .. }) {
-                let f = super::jpegls::decode(&frame, n as u64)?;
+                let f = super::jpegls::decode(&frame, cols, rows)?;
                 if f.components != 1 {
                     return Err(format!(
                         "JPEG-LS stream of {} components for one sample per pixel",
@@ -1126,18 +1131,19 @@ fn rle_colour(
 /// range of Bits Stored.
 fn jpegls_colour(
     obj: &DefaultDicomObject,
-    n: usize,
+    (cols, rows): (u32, u32),
     stored: u16,
     photometric: &str,
 ) -> Result<Vec<u16>, String> {
     let frame = first_frame(obj, fragments(obj, "JPEG-LS")?).ok_or("no JPEG-LS fragment")?;
-    let f = super::jpegls::decode(&frame, n as u64)?;
-    if f.components != 3 || f.width as usize * f.height as usize != n {
+    let f = super::jpegls::decode(&frame, cols, rows)?;
+    if f.components != 3 {
         return Err(format!(
-            "JPEG-LS stream of {}x{} with {} components, for {n} pixels of 3 samples ({photometric})",
-            f.width, f.height, f.components
+            "JPEG-LS stream of {} components for 3 samples per pixel ({photometric})",
+            f.components
         ));
     }
+    let n = cols as usize * rows as usize;
     Ok(luma16(
         |i, c| f.samples[i * 3 + c] as u32,
         n,

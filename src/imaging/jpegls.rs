@@ -7,8 +7,8 @@
 //! CharLS's reading of it: shared context variables for every component of a scan, one run
 //! index per component in line interleave, one for all of them in sample interleave.
 //! Refused, by name: restart intervals, mapping tables, point transforms, subsampled
-//! components, HP's colour transform. Every length is bounded and the frame's size is checked
-//! against the pixel limit before anything is allocated.
+//! components, HP's colour transform. Every length is bounded and the frame's size must be the
+//! one the caller expects before anything is allocated.
 
 /// A decoded frame: `samples[(y * width + x) * components + c]`.
 pub struct Frame {
@@ -23,8 +23,9 @@ const J: [u32; 32] = [
     14, 15,
 ];
 
-/// Decodes a JPEG-LS stream (SOI to EOI) of at most `max_pixels` pixels.
-pub fn decode(data: &[u8], max_pixels: u64) -> Result<Frame, String> {
+/// Decodes a JPEG-LS stream (SOI to EOI) whose frame must be `width` x `height` (what the
+/// DICOM header says): checked before anything is allocated.
+pub fn decode(data: &[u8], width: u32, height: u32) -> Result<Frame, String> {
     if data.get(..2) != Some(&[0xFF, 0xD8]) {
         return Err("JPEG-LS stream does not start with SOI".into());
     }
@@ -60,7 +61,7 @@ pub fn decode(data: &[u8], max_pixels: u64) -> Result<Frame, String> {
                 if frame.is_some() {
                     return Err("JPEG-LS: a second frame header".into());
                 }
-                let header = Header::parse(segment, max_pixels)?;
+                let header = Header::parse(segment, (width, height))?;
                 let n = header.width as usize * header.height as usize * header.ids.len();
                 out = vec![0; n];
                 done = vec![false; header.ids.len()];
@@ -108,7 +109,7 @@ struct Header {
 }
 
 impl Header {
-    fn parse(s: &[u8], max_pixels: u64) -> Result<Self, String> {
+    fn parse(s: &[u8], expected: (u32, u32)) -> Result<Self, String> {
         let short = || "JPEG-LS: short frame header".to_string();
         let &[p, y0, y1, x0, x1, nf, ..] = s else {
             return Err(short());
@@ -125,9 +126,10 @@ impl Header {
         if !(1..=4).contains(&nf) {
             return Err(format!("JPEG-LS with {nf} components (read: 1 to 4)"));
         }
-        if width as u64 * height as u64 > max_pixels {
+        if (width as u32, height as u32) != expected {
             return Err(format!(
-                "JPEG-LS frame of {width}x{height} is over the limit of {max_pixels} pixels"
+                "JPEG-LS frame of {width}x{height}, the header says {}x{}",
+                expected.0, expected.1
             ));
         }
         let spec = s.get(6..6 + 3 * nf as usize).ok_or_else(short)?;
@@ -764,7 +766,7 @@ mod tests {
             for (w, h) in [(37, 23), (1, 9), (9, 1), (64, 40)] {
                 let values = picture(w, h, bits, bits as usize);
                 let stream = encode(&values, w as u32, h as u32, bits as u8, near);
-                let f = decode(&stream, 1 << 20).unwrap();
+                let f = decode(&stream, w as u32, h as u32).unwrap();
                 assert_eq!((f.width, f.height, f.components), (w as u32, h as u32, 1));
                 for (i, (&a, &b)) in f.samples.iter().zip(&values).enumerate() {
                     assert!(
@@ -807,7 +809,7 @@ mod tests {
             stream.extend_from_slice(&scan);
         }
         stream.extend_from_slice(&[0xFF, 0xD9]);
-        let f = decode(&stream, 1 << 20).unwrap();
+        let f = decode(&stream, w as u32, h as u32).unwrap();
         assert_eq!(f.components, 3);
         for (c, plane) in planes.iter().enumerate() {
             let got: Vec<u16> = f.samples.iter().skip(c).step_by(3).copied().collect();
@@ -820,20 +822,23 @@ mod tests {
         let values = picture(30, 20, 12, 1);
         let stream = encode(&values, 30, 20, 12, 0);
         for end in 0..stream.len() {
-            let _ = decode(&stream[..end], 1 << 20);
+            let _ = decode(&stream[..end], 30, 20);
         }
-        assert!(decode(&stream[..stream.len() / 2], 1 << 20).is_err());
+        assert!(decode(&stream[..stream.len() / 2], 30, 20).is_err());
         for i in 0..stream.len() {
             let mut bad = stream.clone();
             bad[i] ^= 0x5A;
-            let _ = decode(&bad, 1 << 20);
+            let _ = decode(&bad, 30, 20);
         }
     }
 
     #[test]
-    fn a_frame_over_the_pixel_limit_is_refused_before_decoding() {
+    fn a_frame_of_other_dimensions_than_the_header_is_refused_before_decoding() {
         let stream = encode(&picture(40, 30, 8, 0), 40, 30, 8, 0);
-        let e = decode(&stream, 1000).err().unwrap();
-        assert!(e.contains("over the limit"), "{e}");
+        assert!(decode(&stream, 40, 30).is_ok());
+        for (w, h) in [(30, 40), (40, 29), (4000, 3000)] {
+            let e = decode(&stream, w, h).err().unwrap();
+            assert!(e.contains("JPEG-LS frame of 40x30, the header says"), "{e}");
+        }
     }
 }
