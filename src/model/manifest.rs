@@ -138,6 +138,10 @@ impl Manifest {
         if self.labels.is_empty() {
             return bad("`labels` is empty".into());
         }
+        if self.labels.len() > usize::from(u16::MAX) {
+            // The UI keeps a label's index in 16 bits per listed file.
+            return bad(format!("{} labels; at most 65,535", self.labels.len()));
+        }
         for (i, label) in self.labels.iter().enumerate() {
             if label.trim().is_empty() || self.labels[..i].contains(label) {
                 return bad(format!("label `{label}` is empty or repeated"));

@@ -16,6 +16,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::catalog::Entry;
+use crate::imaging::Phi;
 use crate::model::{Manifest, argmax, is_flagged};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -98,7 +100,13 @@ impl Row {
     /// The row for one pipeline result; `show_phi` lets the patient ID and the accession number
     /// through (read again from the file when the result came from the store).
     pub fn from_scored(s: &Scored, manifest: &Manifest, show_phi: bool) -> Self {
-        let (info, probs, error, status, unusual, border) = match &s.outcome {
+        let phi = if show_phi { s.phi() } else { Phi::default() };
+        Self::from_outcome(&s.entry, &s.outcome, manifest, phi)
+    }
+
+    /// The row for `entry`'s outcome, with `phi` (empty unless PHI is to be shown).
+    pub fn from_outcome(entry: &Entry, outcome: &Outcome, manifest: &Manifest, phi: Phi) -> Self {
+        let (info, probs, error, status, unusual, border) = match outcome {
             Outcome::Scored {
                 info,
                 probs,
@@ -130,17 +138,12 @@ impl Row {
             ),
         };
         let scored = status == Status::Done;
-        let dicom = info.and_then(|i| i.dicom.as_ref());
+        let dicom = info.and_then(|i| i.dicom.as_deref());
         let field = |f: fn(&crate::imaging::DicomInfo) -> Option<String>| dicom.and_then(f);
-        let phi = if show_phi {
-            s.phi()
-        } else {
-            Default::default()
-        };
         Row {
-            path: s.entry.rel().to_string_lossy().into_owned(),
+            path: entry.rel().to_string_lossy().into_owned(),
             status,
-            folder_label: s.entry.folder_label.as_deref().map(String::from),
+            folder_label: entry.folder_label.as_deref().map(String::from),
             label: None,
             format: info.map(|i| i.format.to_string()),
             width: info.map(|i| i.width),

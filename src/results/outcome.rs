@@ -12,14 +12,15 @@ pub struct ImageInfo {
     pub width: u32,
     pub height: u32,
     pub bit_depth: u8,
-    pub dicom: Option<DicomInfo>,
+    /// Boxed: most images are not DICOM, and a result is kept per file (a million in a list).
+    pub dicom: Option<Box<DicomInfo>>,
 }
 
 impl ImageInfo {
     /// This info as the results store keeps it: without PHI.
     pub fn without_phi(&self) -> Self {
         Self {
-            dicom: self.dicom.as_ref().map(DicomInfo::without_phi),
+            dicom: self.dicom.as_deref().map(|d| Box::new(d.without_phi())),
             ..self.clone()
         }
     }
@@ -32,7 +33,7 @@ impl From<&Decoded> for ImageInfo {
             width: d.image.width,
             height: d.image.height,
             bit_depth: d.image.bit_depth,
-            dicom: d.dicom.clone(),
+            dicom: d.dicom.clone().map(Box::new),
         }
     }
 }
@@ -98,6 +99,53 @@ impl Outcome {
         }
     }
 
+    /// One probability per model label; empty unless scored.
+    pub fn probs(&self) -> &[f32] {
+        match self {
+            Self::Scored { probs, .. } => probs,
+            _ => &[],
+        }
+    }
+
+    /// Why the image was not scored: the error, or why it is out of scope.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Self::Failed { error, .. } => Some(error),
+            Self::OutOfScope { reason, .. } => Some(reason),
+            Self::Scored { .. } => None,
+        }
+    }
+
+    /// The unusual-input score (multiples of the threshold), when scored by a model with one.
+    pub fn unusual(&self) -> Option<f32> {
+        match self {
+            Self::Scored { unusual, .. } => *unusual,
+            _ => None,
+        }
+    }
+
+    /// The PHI this outcome carries (none once [`Outcome::without_phi`]).
+    pub fn phi(&self) -> Phi {
+        self.info()
+            .and_then(|i| i.dicom.as_deref())
+            .map(DicomInfo::phi)
+            .unwrap_or_default()
+    }
+
+    /// This outcome without PHI, then given `phi` (a DICOM file's only; nothing else has any).
+    pub fn with_phi(&self, phi: Phi) -> Self {
+        let mut out = self.without_phi();
+        let info = match &mut out {
+            Self::Scored { info, .. } | Self::OutOfScope { info, .. } => Some(info),
+            Self::Failed { info, .. } => info.as_mut(),
+        };
+        if let Some(d) = info.and_then(|i| i.dicom.as_deref_mut()) {
+            d.patient_id = phi.patient_id;
+            d.accession_number = phi.accession_number;
+        }
+        out
+    }
+
     /// This outcome as the results store keeps it: without PHI.
     pub fn without_phi(&self) -> Self {
         let mut out = self.clone();
@@ -114,7 +162,7 @@ impl Scored {
     /// (which never keeps PHI), read again from the file's header. Call it only where PHI is to
     /// be shown (`--show-phi`).
     pub fn phi(&self) -> Phi {
-        match self.outcome.info().and_then(|i| i.dicom.as_ref()) {
+        match self.outcome.info().and_then(|i| i.dicom.as_deref()) {
             Some(_) if self.cached => {
                 crate::imaging::read_phi(&self.entry.path, &Limits::default())
             }

@@ -178,7 +178,7 @@ fn usable(outcome: Outcome, force: bool) -> Option<Outcome> {
             probs,
             unusual,
             border,
-        } if !force => match info.dicom.as_ref().and_then(DicomInfo::out_of_scope) {
+        } if !force => match info.dicom.as_deref().and_then(DicomInfo::out_of_scope) {
             Some(reason) => Some(Outcome::OutOfScope { info, reason }),
             None => Some(Outcome::Scored {
                 info,

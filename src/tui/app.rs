@@ -14,8 +14,8 @@ use crate::catalog::Entry;
 use crate::imaging::{Crop, Film, Thumbnail, Window};
 use crate::model::heatmap::{Heatmap, Region};
 use crate::model::{Manifest, argmax};
-use crate::results::Scored;
 use crate::results::{ExportFormat, Row, Status as RowStatus, Tally};
+use crate::results::{Outcome, Scored};
 use crate::tui::image::graphics::{Picture, Shot, ShotKey};
 
 /// Where an item is in its life.
@@ -48,28 +48,51 @@ pub struct Item {
     /// the paths otherwise).
     pub entry: Arc<Entry>,
     pub status: Status,
-    /// The result, once the model (or the decoder) has had its say.
-    pub row: Option<Box<Row>>,
-    /// Index of the predicted label.
-    pub predicted: Option<usize>,
+    /// The result, once the model (or the decoder) has had its say: the outcome alone, boxed
+    /// (about 80 bytes; a [`Row`] is built from it where one is shown or exported, not kept:
+    /// a million rows were half a gigabyte). It holds PHI only with `--show-phi`.
+    pub result: Option<Box<Outcome>>,
+    /// Index of the predicted label (16 bits, like `truth`: a million items are listed; a
+    /// manifest has at most 65,535 labels). Set exactly when the result is a score.
+    predicted: Option<u16>,
     pub marked: bool,
     /// The true label (class folder or `--labels`), as an index into the model's labels.
-    pub truth: Option<usize>,
+    truth: Option<u16>,
     /// Content hash and difference hash, once the file was read (for duplicates); boxed, like
     /// the row, so that an item not read yet costs 8 bytes for them.
     pub hashes: Option<Box<(u128, Option<crate::imaging::dhash::DHash>)>>,
 }
 
 impl Item {
+    /// Index of the predicted label, once scored.
+    pub fn predicted(&self) -> Option<usize> {
+        self.predicted.map(usize::from)
+    }
+
+    /// The true label, as an index into the model's labels.
+    pub fn truth(&self) -> Option<usize> {
+        self.truth.map(usize::from)
+    }
+
     pub fn probs(&self) -> &[f32] {
-        self.row.as_ref().map_or(&[], |r| &r.probabilities)
+        self.result.as_ref().map_or(&[], |r| r.probs())
+    }
+
+    /// The unusual-input score, in multiples of the model's threshold.
+    pub fn unusual_score(&self) -> Option<f32> {
+        self.result.as_ref().and_then(|r| r.unusual())
     }
 
     /// Does the unusual-input score call this image unlike the training data?
     pub fn is_unusual(&self) -> bool {
-        self.row
-            .as_ref()
-            .is_some_and(|r| r.typicality == Some(crate::results::Typicality::Unusual))
+        self.unusual_score().is_some_and(|u| {
+            crate::results::Typicality::of(u) == crate::results::Typicality::Unusual
+        })
+    }
+
+    /// Why the image was not scored (its error, or why it is out of scope).
+    pub fn message(&self) -> Option<&str> {
+        self.result.as_ref().and_then(|r| r.message())
     }
 }
 
@@ -308,6 +331,17 @@ fn merge_sorted(
     }
     out.extend_from_slice(&a[start..]);
     out
+}
+
+/// `p` as a number that sorts the larger probabilities first (`f32::total_cmp`'s order,
+/// reversed: bits of negative numbers flipped, the sign bit set on the others).
+fn descending(p: f32) -> u32 {
+    let bits = p.to_bits();
+    !(if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    })
 }
 
 /// Does `path` contain `needle` (lower case), ignoring case? Without allocating for ASCII
@@ -837,10 +871,10 @@ impl App {
                 let first = self.items.len();
                 let truth = &self.truth;
                 self.items.extend(entries.into_iter().map(|entry| Item {
-                    truth: truth.of(&entry),
+                    truth: truth.of(&entry).and_then(|t| u16::try_from(t).ok()),
                     entry: Arc::new(entry),
                     status: Status::Pending,
-                    row: None,
+                    result: None,
                     predicted: None,
                     marked: false,
                     hashes: None,
@@ -959,21 +993,27 @@ impl App {
         }
         // `flagged` in the row is at the operating point of scoring time; it is recomputed
         // against the current one wherever it is shown or exported.
-        let mut row = Row::from_scored(scored, &self.manifest, self.show_phi);
+        // PHI is kept in memory only when it is to be shown (read again from the header for
+        // a result from the store, which never keeps it).
+        let phi = if self.show_phi {
+            scored.phi()
+        } else {
+            Default::default()
+        };
+        let outcome = scored.outcome.with_phi(phi);
         let before = self.count_of(&self.items[index]);
         let item = &mut self.items[index];
-        row.label = item.truth.map(|t| self.labels[t].clone());
         item.hashes = scored.hash.map(|hash| Box::new((hash, scored.dhash)));
         if scored.hash.is_some() {
             self.dups.dups_stale = true;
         }
-        item.status = match row.status {
-            RowStatus::Done => Status::Done,
-            RowStatus::Error => Status::Error,
-            RowStatus::OutOfScope => Status::OutOfScope,
+        item.status = match &outcome {
+            Outcome::Scored { .. } => Status::Done,
+            Outcome::Failed { .. } => Status::Error,
+            Outcome::OutOfScope { .. } => Status::OutOfScope,
         };
-        item.predicted = (item.status == Status::Done).then(|| argmax(&row.probabilities));
-        item.row = Some(Box::new(row));
+        item.predicted = (item.status == Status::Done).then(|| argmax(outcome.probs()) as u16);
+        item.result = Some(Box::new(outcome));
         let after = self.count_of(&self.items[index]);
         self.counts.remove(&before);
         self.counts.add(&after);
@@ -1471,15 +1511,7 @@ impl App {
         };
         let rows: Vec<Row> = indices
             .iter()
-            .filter_map(|&i| {
-                let item = &self.items[i];
-                item.row.as_deref().cloned().map(|mut r| {
-                    if r.status == RowStatus::Done {
-                        r.flagged = Some(self.is_flagged(item));
-                    }
-                    r
-                })
-            })
+            .filter_map(|&i| self.row(&self.items[i]))
             .collect();
         if rows.is_empty() {
             self.message = Some("nothing to export: no results yet (press R to run)".into());
@@ -1539,7 +1571,7 @@ impl App {
             let item = &self.items[i];
             let shown = match self.list.filter {
                 Filter::All => true,
-                Filter::Label(l) => item.predicted == Some(l),
+                Filter::Label(l) => item.predicted() == Some(l),
                 Filter::Flagged => self.is_flagged(item),
                 Filter::Errors => item.status == Status::Error,
                 Filter::Disagree => self.disagrees(item),
@@ -1552,64 +1584,104 @@ impl App {
         // order too) and read in the view's: on a disk whose listing comes in hash order, a
         // million items asked in name order were cache misses more than work.
         let kept = || -> Vec<bool> { (0..self.items.len()).map(&keep).collect() };
+        // Only a scored item has probabilities: the others are answered without reading their
+        // boxed result (a million errors would be a million cache misses).
+        let scored = |i: usize| Some(&self.items[i]).filter(|item| item.predicted.is_some());
         let confidence = |i: usize| {
-            self.items[i]
-                .probs()
-                .iter()
-                .copied()
-                .fold(-1.0f32, f32::max)
+            scored(i).map_or(-1.0, |item| {
+                item.probs().iter().copied().fold(-1.0f32, f32::max)
+            })
         };
-        let label_p = |l: usize, i: usize| self.items[i].probs().get(l).copied().unwrap_or(-1.0);
-        // The view's order: every arm is total (ties broken by the index).
-        let order = |a: &usize, b: &usize| -> std::cmp::Ordering {
+        let label_p = |l: usize, i: usize| {
+            scored(i)
+                .and_then(|item| item.probs().get(l).copied())
+                .unwrap_or(-1.0)
+        };
+        // The view's order as one number per item: what it is sorted by, then its place by
+        // name (so every order is total, and sorting a million items sorts plain integers).
+        let first = |i: usize| -> u32 {
             match self.list.sort {
-                SortKey::Name if self.list.filter == Filter::Disagree => confidence(*b)
-                    .total_cmp(&confidence(*a))
-                    .then(rank(a).cmp(&rank(b))),
+                SortKey::Name if self.list.filter == Filter::Disagree => descending(confidence(i)),
                 SortKey::Name if self.list.filter == Filter::Duplicates => {
-                    (in_group.get(a).copied(), rank(a)).cmp(&(in_group.get(b).copied(), rank(b)))
+                    in_group.get(&i).map_or(u32::MAX, |&g| g as u32)
                 }
-                SortKey::Name => rank(a).cmp(&rank(b)),
-                SortKey::Label(l) => label_p(l, *b)
-                    .total_cmp(&label_p(l, *a))
-                    .then(rank(a).cmp(&rank(b))),
-                SortKey::Status => {
-                    (self.items[*a].status, rank(a)).cmp(&(self.items[*b].status, rank(b)))
-                }
+                SortKey::Name => 0,
+                SortKey::Label(l) => descending(label_p(l, i)),
+                SortKey::Status => self.items[i].status as u32,
             }
         };
+        let key = |i: usize| (u64::from(first(i)) << 32) | u64::from(rank(&i));
+        let by_name = self.list.sort == SortKey::Name && incremental;
         let view = if everything && self.list.sort == SortKey::Name {
             // Every item, in name order.
             self.names.all().to_vec()
+        } else if self.list.view_dirty && by_name {
+            let kept = kept();
+            self.names
+                .all()
+                .iter()
+                .copied()
+                .filter(|&i| kept[i])
+                .collect()
         } else if self.list.view_dirty {
-            // Starting from name order, so that a stable sort by another key breaks ties by name.
-            let all = self.names.all().iter().copied();
-            let mut view: Vec<usize> = if everything {
-                all.collect()
-            } else {
-                let kept = kept();
-                all.filter(|&i| kept[i]).collect()
+            // The value most items share while a folder is being scored (no probability yet,
+            // pending): those keep their order by name and only the others are sorted, so the
+            // first key after `s` does not sort a million items that are all alike.
+            let common = match self.list.sort {
+                SortKey::Label(_) => Some(descending(-1.0)),
+                SortKey::Status if self.counts.running > self.counts.pending => {
+                    Some(Status::Running as u32)
+                }
+                SortKey::Status => Some(Status::Pending as u32),
+                SortKey::Name => None,
             };
-            if self.list.sort != SortKey::Name || !incremental {
-                view.sort_by(order);
+            // Asked in storage order (the items are read one after the other).
+            let kept = if everything { Vec::new() } else { kept() };
+            let firsts: Vec<u32> = (0..self.items.len())
+                .map(|i| if everything || kept[i] { first(i) } else { 0 })
+                .collect();
+            let shown = |i: usize| everything || kept[i];
+            let mut keys: Vec<u64> = (0..self.items.len())
+                .filter(|&i| shown(i) && Some(firsts[i]) != common)
+                .map(|i| (u64::from(firsts[i]) << 32) | u64::from(rank(&i)))
+                .collect();
+            keys.sort_unstable();
+            let names = self.names.all();
+            let item = |k: &u64| names[(k & 0xffff_ffff) as usize];
+            let split = common.map_or(keys.len(), |c| {
+                keys.partition_point(|k| (k >> 32) < u64::from(c))
+            });
+            let mut view: Vec<usize> = keys[..split].iter().map(item).collect();
+            if let Some(c) = common {
+                view.extend(
+                    names
+                        .iter()
+                        .copied()
+                        .filter(|&i| shown(i) && firsts[i] == c),
+                );
             }
+            view.extend(keys[split..].iter().map(item));
             view
         } else {
             changed.sort_unstable();
             changed.dedup();
             let mut moved: Vec<usize> = changed.iter().copied().filter(|&i| keep(i)).collect();
-            moved.sort_by(order);
+            moved.sort_by_key(|&i| key(i));
             // The rest keep their values, so they are still in order (and a longer search keeps
             // a subset of them).
             let kept = if narrowed { kept() } else { Vec::new() };
+            let mut is_changed = vec![false; self.items.len()];
+            for &i in &changed {
+                is_changed[i] = true;
+            }
             let rest: Vec<usize> = self
                 .list
                 .view
                 .iter()
                 .copied()
-                .filter(|&i| changed.binary_search(&i).is_err() && (!narrowed || kept[i]))
+                .filter(|&i| !is_changed[i] && (!narrowed || kept[i]))
                 .collect();
-            merge_sorted(&rest, moved, order)
+            merge_sorted(&rest, moved, |a, b| key(*a).cmp(&key(*b)))
         };
         self.list.view_dirty = false;
         self.list.view = view;
@@ -1700,7 +1772,7 @@ impl App {
             Status::OutOfScope => s.out_of_scope += 1,
             Status::Done => s.scored(
                 item.probs(),
-                item.predicted,
+                item.predicted(),
                 self.is_flagged(item),
                 item.is_unusual(),
                 |l| self.threshold_of(l),
@@ -1709,12 +1781,24 @@ impl App {
         s
     }
 
+    /// The item's result as shown and exported: its true label, and flagged at the operating
+    /// point in force (not at the one of scoring time).
+    pub fn row(&self, item: &Item) -> Option<Row> {
+        let outcome = item.result.as_deref()?;
+        let mut row = Row::from_outcome(&item.entry, outcome, &self.manifest, outcome.phi());
+        row.label = item.truth().map(|t| self.labels[t].clone());
+        if row.status == RowStatus::Done {
+            row.flagged = Some(self.is_flagged(item));
+        }
+        Some(row)
+    }
+
     /// Label metrics and the per-folder breakdown of what is scored so far.
     pub fn review(&self) -> Review {
         let mut probs = Vec::new();
         let mut truth = Vec::new();
         for item in &self.items {
-            if let (Some(t), Status::Done) = (item.truth, item.status) {
+            if let (Some(t), Status::Done) = (item.truth(), item.status) {
                 probs.push(item.probs().to_vec());
                 truth.push(t);
             }
@@ -1728,7 +1812,11 @@ impl App {
             // Flagged at the operating point in force (the rows keep the one of scoring time);
             // by_folder only asks about scored rows.
             folders: crate::review::by_folder(
-                self.items.iter().filter_map(|i| i.row.as_deref()),
+                &self
+                    .items
+                    .iter()
+                    .filter_map(|i| self.row(i))
+                    .collect::<Vec<_>>(),
                 &self.labels,
                 |r| crate::model::is_flagged(&self.manifest, &r.probabilities),
             ),
@@ -1787,9 +1875,41 @@ mod tests {
             std::mem::size_of::<Entry>()
         );
         assert!(
-            std::mem::size_of::<Item>() <= 64,
+            std::mem::size_of::<Item>() <= 40,
             "{}",
             std::mem::size_of::<Item>()
         );
+        // What a scored or failed item keeps: the outcome, not a row (DICOM facts boxed).
+        assert!(
+            std::mem::size_of::<Outcome>() <= 80,
+            "{}",
+            std::mem::size_of::<Outcome>()
+        );
+    }
+
+    #[test]
+    fn descending_sorts_larger_probabilities_first_in_total_order() {
+        let values = [
+            f32::NEG_INFINITY,
+            -1.0,
+            -0.5,
+            -0.0,
+            0.0,
+            1e-30,
+            0.25,
+            0.5,
+            0.999,
+            1.0,
+            f32::INFINITY,
+        ];
+        for a in values {
+            for b in values {
+                assert_eq!(
+                    descending(a).cmp(&descending(b)),
+                    b.total_cmp(&a),
+                    "{a} against {b}"
+                );
+            }
+        }
     }
 }

@@ -577,7 +577,7 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
         .map(|(k, &i)| {
             let item = &app.items[i];
             let probs = item.probs();
-            let (label, p) = match item.predicted {
+            let (label, p) = match item.predicted() {
                 // `?`: the image is unlike the training data; check before trusting.
                 Some(l) if item.is_unusual() => {
                     (format!("{}?", app.manifest.display_name(l)), probs[l])
@@ -588,7 +588,7 @@ fn draw_list(frame: &mut Frame, app: &App, summary: &Tally, area: Rect, theme: T
             };
             let label_style = if app.disagrees(item) {
                 theme.warn()
-            } else if item.predicted.is_none() {
+            } else if item.predicted().is_none() {
                 theme.status(item.status)
             } else {
                 Style::default()
@@ -660,7 +660,7 @@ fn draw_grid(
         let item = &app.items[i];
         let selected = Some(i) == current;
         draw_picture(frame, app, i, pic, theme, colors, false);
-        let text = match item.predicted {
+        let text = match item.predicted() {
             Some(l) => format!("{} {:.2}", app.manifest.display_name(l), item.probs()[l]),
             None => item.status.name().to_string(),
         };
@@ -768,7 +768,7 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     // Info: size, depth, format, view; then the error or the folder label.
     let describe = match app.preview.previews.peek(i) {
         Some(Preview::Ready { describe, .. }) => Some(describe.clone()),
-        _ => item.row.as_ref().and_then(|r| {
+        _ => app.row(item).and_then(|r| {
             Some(format!(
                 "{}x{} {} {}-bit{}",
                 r.width?,
@@ -796,10 +796,13 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, theme: Theme, colors: 
     if app.heat.on {
         info_lines.push(heat_line(app, i, theme));
     }
-    if let Some(err) = item.row.as_ref().and_then(|r| r.error.clone()) {
-        info_lines.push(Line::from(Span::styled(err, theme.status(item.status))));
+    if let Some(err) = item.message() {
+        info_lines.push(Line::from(Span::styled(
+            err.to_string(),
+            theme.status(item.status),
+        )));
     } else if item.is_unusual()
-        && let Some(score) = item.row.as_ref().and_then(|r| r.unusual_score)
+        && let Some(score) = item.unusual_score()
     {
         info_lines.push(Line::from(Span::styled(
             format!("unusual input ({score:.1}x threshold): check before trusting"),
@@ -1093,7 +1096,7 @@ fn probability_lines(
             let p = item.probs().get(l).copied();
             let op = app.threshold_of(l).filter(|_| l == app.op_label);
             let mut style = Style::default();
-            if item.predicted == Some(l) {
+            if item.predicted() == Some(l) {
                 style = style.add_modifier(Modifier::BOLD);
             }
             let name = fit_left(names[l], label_w);
