@@ -48,19 +48,24 @@ pub struct Item {
     /// the paths otherwise).
     pub entry: Arc<Entry>,
     pub status: Status,
-    /// The result, once the model (or the decoder) has had its say: the outcome alone, boxed
-    /// (about 80 bytes; a [`Row`] is built from it where one is shown or exported, not kept:
-    /// a million rows were half a gigabyte). It holds PHI only with `--show-phi`.
-    pub result: Option<Box<Outcome>>,
+    /// The result, once the model (or the decoder) has had its say: the outcome and the
+    /// file's hashes in one box (a [`Row`] is built from it where one is shown or exported,
+    /// not kept: a million rows were half a gigabyte). It holds PHI only with `--show-phi`.
+    pub result: Option<Box<ItemResult>>,
     /// Index of the predicted label (16 bits, like `truth`: a million items are listed; a
     /// manifest has at most 65,535 labels). Set exactly when the result is a score.
     predicted: Option<u16>,
     pub marked: bool,
     /// The true label (class folder or `--labels`), as an index into the model's labels.
     truth: Option<u16>,
-    /// Content hash and difference hash, once the file was read (for duplicates); boxed, like
-    /// the row, so that an item not read yet costs 8 bytes for them.
-    pub hashes: Option<Box<(u128, Option<crate::imaging::dhash::DHash>)>>,
+}
+
+/// What an item keeps once read: one allocation per file (a million are listed).
+#[derive(Clone, Debug)]
+pub struct ItemResult {
+    pub outcome: Outcome,
+    /// Content hash and difference hash (for duplicates), when the file could be read.
+    pub hashes: Option<(u128, Option<crate::imaging::dhash::DHash>)>,
 }
 
 impl Item {
@@ -75,12 +80,12 @@ impl Item {
     }
 
     pub fn probs(&self) -> &[f32] {
-        self.result.as_ref().map_or(&[], |r| r.probs())
+        self.result.as_ref().map_or(&[], |r| r.outcome.probs())
     }
 
     /// The unusual-input score, in multiples of the model's threshold.
     pub fn unusual_score(&self) -> Option<f32> {
-        self.result.as_ref().and_then(|r| r.unusual())
+        self.result.as_ref().and_then(|r| r.outcome.unusual())
     }
 
     /// Does the unusual-input score call this image unlike the training data?
@@ -92,7 +97,7 @@ impl Item {
 
     /// Why the image was not scored (its error, or why it is out of scope).
     pub fn message(&self) -> Option<&str> {
-        self.result.as_ref().and_then(|r| r.message())
+        self.result.as_ref().and_then(|r| r.outcome.message())
     }
 }
 
@@ -313,24 +318,25 @@ pub struct Progress {
     pub jobs: usize,
 }
 
-/// Two sequences, each in `order`, merged into one in `order` (on ties `a` first). Each
-/// element of `b` is placed by binary search and `a` is moved in blocks: k log n comparisons
-/// for k new elements, not one per element already there.
-fn merge_sorted(
-    a: &[usize],
-    b: Vec<usize>,
+/// `new` (in `order`) merged into `sorted` (in `order`), in place (on ties the elements already
+/// there first). From the back: each new element finds its place by binary search and the
+/// elements after it move once, in a block, so k new elements cost k log n comparisons and
+/// one pass of moves, and no second list of a million is allocated.
+fn merge_into(
+    sorted: &mut Vec<usize>,
+    new: Vec<usize>,
     order: impl Fn(&usize, &usize) -> std::cmp::Ordering,
-) -> Vec<usize> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let mut start = 0;
-    for y in b {
-        let at = start + a[start..].partition_point(|x| !order(&y, x).is_lt());
-        out.extend_from_slice(&a[start..at]);
-        out.push(y);
-        start = at;
+) {
+    let mut end = sorted.len();
+    sorted.resize(end + new.len(), 0);
+    let mut free = sorted.len();
+    for y in new.into_iter().rev() {
+        let at = sorted[..end].partition_point(|x| !order(&y, x).is_lt());
+        sorted.copy_within(at..end, free - (end - at));
+        free -= end - at + 1;
+        sorted[free] = y;
+        end = at;
     }
-    out.extend_from_slice(&a[start..]);
-    out
 }
 
 /// `p` as a number that sorts the larger probabilities first (`f32::total_cmp`'s order,
@@ -400,7 +406,7 @@ impl NameOrder {
             }
             self.sorted.extend(new);
         } else {
-            self.sorted = merge_sorted(&self.sorted, new, by_path);
+            merge_into(&mut self.sorted, new, by_path);
             self.ranked = false;
         }
     }
@@ -835,9 +841,8 @@ impl App {
             .iter()
             .enumerate()
             .filter_map(|(index, item)| {
-                item.hashes
-                    .as_deref()
-                    .map(|&(hash, dhash)| crate::review::Candidate { index, hash, dhash })
+                let (hash, dhash) = item.result.as_ref()?.hashes?;
+                Some(crate::review::Candidate { index, hash, dhash })
             })
             .collect();
         self.dups.dups_stale = false;
@@ -877,7 +882,6 @@ impl App {
                     result: None,
                     predicted: None,
                     marked: false,
-                    hashes: None,
                 }));
                 self.has_folders |= self.items[first..]
                     .iter()
@@ -1003,7 +1007,6 @@ impl App {
         let outcome = scored.outcome.with_phi(phi);
         let before = self.count_of(&self.items[index]);
         let item = &mut self.items[index];
-        item.hashes = scored.hash.map(|hash| Box::new((hash, scored.dhash)));
         if scored.hash.is_some() {
             self.dups.dups_stale = true;
         }
@@ -1013,7 +1016,10 @@ impl App {
             Outcome::OutOfScope { .. } => Status::OutOfScope,
         };
         item.predicted = (item.status == Status::Done).then(|| argmax(outcome.probs()) as u16);
-        item.result = Some(Box::new(outcome));
+        item.result = Some(Box::new(ItemResult {
+            outcome,
+            hashes: scored.hash.map(|hash| (hash, scored.dhash)),
+        }));
         let after = self.count_of(&self.items[index]);
         self.counts.remove(&before);
         self.counts.add(&after);
@@ -1555,6 +1561,8 @@ impl App {
         }
         let mut changed = std::mem::take(&mut self.list.changed);
         let current = self.current();
+        // The view's storage is used again (a million indices: no new list on every burst).
+        let mut old = std::mem::take(&mut self.list.view);
         let rank = |i: &usize| self.names.rank(*i);
         let needle = self.list.search.to_lowercase();
         let in_group: HashMap<usize, usize> = if self.list.filter == Filter::Duplicates {
@@ -1614,15 +1622,14 @@ impl App {
         let by_name = self.list.sort == SortKey::Name && incremental;
         let view = if everything && self.list.sort == SortKey::Name {
             // Every item, in name order.
-            self.names.all().to_vec()
+            old.clear();
+            old.extend_from_slice(self.names.all());
+            old
         } else if self.list.view_dirty && by_name {
             let kept = kept();
-            self.names
-                .all()
-                .iter()
-                .copied()
-                .filter(|&i| kept[i])
-                .collect()
+            old.clear();
+            old.extend(self.names.all().iter().copied().filter(|&i| kept[i]));
+            old
         } else if self.list.view_dirty {
             // The value most items share while a folder is being scored (no probability yet,
             // pending): those keep their order by name and only the others are sorted, so the
@@ -1651,7 +1658,9 @@ impl App {
             let split = common.map_or(keys.len(), |c| {
                 keys.partition_point(|k| (k >> 32) < u64::from(c))
             });
-            let mut view: Vec<usize> = keys[..split].iter().map(item).collect();
+            let mut view = old;
+            view.clear();
+            view.extend(keys[..split].iter().map(item));
             if let Some(c) = common {
                 view.extend(
                     names
@@ -1674,14 +1683,9 @@ impl App {
             for &i in &changed {
                 is_changed[i] = true;
             }
-            let rest: Vec<usize> = self
-                .list
-                .view
-                .iter()
-                .copied()
-                .filter(|&i| !is_changed[i] && (!narrowed || kept[i]))
-                .collect();
-            merge_sorted(&rest, moved, |a, b| key(*a).cmp(&key(*b)))
+            old.retain(|&i| !is_changed[i] && (!narrowed || kept[i]));
+            merge_into(&mut old, moved, |a, b| key(*a).cmp(&key(*b)));
+            old
         };
         self.list.view_dirty = false;
         self.list.view = view;
@@ -1784,7 +1788,7 @@ impl App {
     /// The item's result as shown and exported: its true label, and flagged at the operating
     /// point in force (not at the one of scoring time).
     pub fn row(&self, item: &Item) -> Option<Row> {
-        let outcome = item.result.as_deref()?;
+        let outcome = &item.result.as_deref()?.outcome;
         let mut row = Row::from_outcome(&item.entry, outcome, &self.manifest, outcome.phi());
         row.label = item.truth().map(|t| self.labels[t].clone());
         if row.status == RowStatus::Done {
@@ -1853,6 +1857,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn merging_in_place_equals_a_stable_sort_of_both() {
+        // Values with many ties (v % 7): on a tie, the element already there comes first.
+        let order = |a: &usize, b: &usize| (a % 7).cmp(&(b % 7));
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (seed >> 33) as usize
+        };
+        for (n, k) in [(0, 0), (0, 5), (5, 0), (1, 1), (40, 3), (3, 40), (200, 200)] {
+            let mut sorted: Vec<usize> = (0..n).map(|_| next() % 1000).collect();
+            let mut new: Vec<usize> = (0..k).map(|_| 1000 + next() % 1000).collect();
+            sorted.sort_by(order);
+            new.sort_by(order);
+            let mut want: Vec<usize> = sorted.iter().chain(&new).copied().collect();
+            want.sort_by(order);
+            merge_into(&mut sorted, new, order);
+            assert_eq!(sorted, want, "{n} + {k}");
+        }
+    }
+
+    #[test]
     fn the_search_matches_anywhere_ignoring_case() {
         let p = |s: &str| std::path::PathBuf::from(s);
         assert!(contains_folded(&p("Covid/IMG-12.png"), "img-12"));
@@ -1884,6 +1909,11 @@ mod tests {
             std::mem::size_of::<Outcome>() <= 80,
             "{}",
             std::mem::size_of::<Outcome>()
+        );
+        assert!(
+            std::mem::size_of::<ItemResult>() <= 144,
+            "{}",
+            std::mem::size_of::<ItemResult>()
         );
     }
 
