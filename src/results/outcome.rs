@@ -132,10 +132,10 @@ impl Outcome {
             .unwrap_or_default()
     }
 
-    /// This outcome without PHI, then given `phi` (a DICOM file's only; nothing else has any).
-    pub fn with_phi(&self, phi: Phi) -> Self {
-        let mut out = self.without_phi();
-        let info = match &mut out {
+    /// This outcome with `phi` as its only PHI (a DICOM file's; nothing else has any): pass
+    /// `Phi::default()` to keep none.
+    pub fn with_phi(mut self, phi: Phi) -> Self {
+        let info = match &mut self {
             Self::Scored { info, .. } | Self::OutOfScope { info, .. } => Some(info),
             Self::Failed { info, .. } => info.as_mut(),
         };
@@ -143,7 +143,7 @@ impl Outcome {
             d.patient_id = phi.patient_id;
             d.accession_number = phi.accession_number;
         }
-        out
+        self
     }
 
     /// This outcome as the results store keeps it: without PHI.

@@ -892,7 +892,7 @@ impl App {
                 let ready: Vec<usize> = self.work.early.range(..listed).map(|(i, _)| *i).collect();
                 for i in ready {
                     if let Some(scored) = self.work.early.remove(&i) {
-                        self.scored(i, &scored);
+                        self.scored(i, scored);
                         self.work.restored += 1;
                     }
                 }
@@ -907,7 +907,7 @@ impl App {
                 self.ask_duplicates(&mut out);
             }
             Event::WalkDone => self.work.walking = false,
-            Event::Scored { item, scored } => self.scored(item, &scored),
+            Event::Scored { item, scored } => self.scored(item, *scored),
             Event::Restored(found) => {
                 for (item, scored) in found {
                     if item >= self.items.len() {
@@ -915,7 +915,7 @@ impl App {
                         self.work.early.insert(item, scored);
                     } else if self.items[item].status == Status::Pending {
                         // (A result that arrived from a run in the meantime wins.)
-                        self.scored(item, &scored);
+                        self.scored(item, scored);
                         self.work.restored += 1;
                     }
                 }
@@ -991,12 +991,10 @@ impl App {
         out
     }
 
-    fn scored(&mut self, index: usize, scored: &Scored) {
+    fn scored(&mut self, index: usize, scored: Scored) {
         if index >= self.items.len() {
             return;
         }
-        // `flagged` in the row is at the operating point of scoring time; it is recomputed
-        // against the current one wherever it is shown or exported.
         // PHI is kept in memory only when it is to be shown (read again from the header for
         // a result from the store, which never keeps it).
         let phi = if self.show_phi {
