@@ -58,11 +58,20 @@ pub struct Phi {
 impl DicomInfo {
     /// This info without its PHI (what the results store keeps).
     pub fn without_phi(&self) -> Self {
-        Self {
-            patient_id: None,
-            accession_number: None,
-            ..self.clone()
-        }
+        let mut info = self.clone();
+        info.set_phi(Phi::default());
+        info
+    }
+
+    /// Make `phi` this info's PHI, replacing what it had (the one place that knows which
+    /// fields are PHI, with [`DicomInfo::phi`]).
+    pub fn set_phi(&mut self, phi: Phi) {
+        let Phi {
+            patient_id,
+            accession_number,
+        } = phi;
+        self.patient_id = patient_id;
+        self.accession_number = accession_number;
     }
 
     pub fn phi(&self) -> Phi {

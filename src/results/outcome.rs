@@ -140,8 +140,7 @@ impl Outcome {
             Self::Failed { info, .. } => info.as_mut(),
         };
         if let Some(d) = info.and_then(|i| i.dicom.as_deref_mut()) {
-            d.patient_id = phi.patient_id;
-            d.accession_number = phi.accession_number;
+            d.set_phi(phi);
         }
         self
     }

@@ -39,9 +39,10 @@ fn folder_of(row: &Row) -> String {
 }
 
 /// Figures per folder, folders in natural order. `flagged` says whether a scored row is
-/// flagged (at the operating point in force).
-pub fn by_folder<'a>(
-    rows: impl IntoIterator<Item = &'a Row>,
+/// flagged (at the operating point in force). The rows may be made as they are read (the UI
+/// builds each from an item's outcome: a million of them are not collected first).
+pub fn by_folder(
+    rows: impl IntoIterator<Item = impl std::borrow::Borrow<Row>>,
     labels: &[String],
     flagged: impl Fn(&Row) -> bool,
 ) -> Vec<FolderStats> {
@@ -51,6 +52,7 @@ pub fn by_folder<'a>(
     type Sums = (Vec<f64>, f64, usize);
     let mut map: BTreeMap<String, (FolderStats, Sums)> = BTreeMap::new();
     for row in rows {
+        let row = row.borrow();
         let folder = folder_of(row);
         let (s, (sums, border, bordered)) = map.entry(folder.clone()).or_insert_with(|| {
             (

@@ -1616,7 +1616,8 @@ impl App {
                 SortKey::Status => self.items[i].status as u32,
             }
         };
-        let key = |i: usize| (u64::from(first(i)) << 32) | u64::from(rank(&i));
+        let pack = |first: u32, i: usize| (u64::from(first) << 32) | u64::from(rank(&i));
+        let key = |i: usize| pack(first(i), i);
         let by_name = self.list.sort == SortKey::Name && incremental;
         let view = if everything && self.list.sort == SortKey::Name {
             // Every item, in name order.
@@ -1648,7 +1649,7 @@ impl App {
             let shown = |i: usize| everything || kept[i];
             let mut keys: Vec<u64> = (0..self.items.len())
                 .filter(|&i| shown(i) && Some(firsts[i]) != common)
-                .map(|i| (u64::from(firsts[i]) << 32) | u64::from(rank(&i)))
+                .map(|i| pack(firsts[i], i))
                 .collect();
             keys.sort_unstable();
             let names = self.names.all();
@@ -1814,11 +1815,7 @@ impl App {
             // Flagged at the operating point in force (the rows keep the one of scoring time);
             // by_folder only asks about scored rows.
             folders: crate::review::by_folder(
-                &self
-                    .items
-                    .iter()
-                    .filter_map(|i| self.row(i))
-                    .collect::<Vec<_>>(),
+                self.items.iter().filter_map(|i| self.row(i)),
                 &self.labels,
                 |r| crate::model::is_flagged(&self.manifest, &r.probabilities),
             ),
