@@ -15,7 +15,9 @@
 //! `-shm`) `0600`, since they hold file paths; an existing store that others can read is
 //! reported (once per run). PHI (patient ID, accession number) is never written: a result from
 //! the store shown with `--show-phi` reads it again from the file's header. Schema 3 removed
-//! the patient IDs that earlier versions kept; schema 4 added the border-attention share.
+//! the patient IDs that earlier versions kept; schema 4 added the border-attention share;
+//! schema 5 keyed both tables without a rowid (one B-tree per lookup, not an index and then
+//! the table: reopening a million stored results searches half as many).
 //!
 //! Durability: WAL journal, writes batched in transactions of at most [`BATCH`] outcomes or
 //! [`FLUSH_EVERY`]; a crash (even `kill -9`) loses at most the batch in flight and never
@@ -24,10 +26,13 @@
 //! without the store: the cache must never stop a scan.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rusqlite::types::Value;
+use rusqlite::vtab::array::{Array, load_module};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::imaging::dhash::DHash;
@@ -35,7 +40,34 @@ use crate::model::Manifest;
 use crate::results::{ImageInfo, Outcome};
 
 /// Schema version, in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
+/// The `files` table: a file's path, size and mtime -> the hash of its bytes. Keyed by path
+/// alone (no rowid): one B-tree to search per lookup.
+const FILES: &str = "(
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    seen INTEGER NOT NULL
+) WITHOUT ROWID";
+/// The `results` table: (model, content hash) -> outcome, keyed by both (no rowid).
+const RESULTS: &str = "(
+    model TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    info TEXT,
+    probs BLOB,
+    dhash BLOB,
+    version TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    unusual REAL,
+    border REAL,
+    PRIMARY KEY (model, hash)
+) WITHOUT ROWID";
+/// The columns of `results`, in order.
+const RESULT_COLUMNS: &str =
+    "model, hash, status, error, info, probs, dhash, version, created, unusual, border";
 /// Largest number of outcomes written in one transaction.
 pub const BATCH: usize = 64;
 /// Longest time an outcome waits in memory before it is written.
@@ -89,15 +121,25 @@ pub struct FileKey {
 impl FileKey {
     /// The key for `path` from its metadata (the path is made absolute, not canonical).
     pub fn new(path: &Path, meta: &std::fs::Metadata) -> Self {
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        #[cfg(unix)]
+        let mtime_ns = {
+            use std::os::unix::fs::MetadataExt;
+            mtime_ns(meta.mtime(), meta.mtime_nsec())
+        };
+        #[cfg(not(unix))]
         let mtime_ns = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
+        Self::of(path, meta.len(), mtime_ns)
+    }
+
+    fn of(path: &Path, size: u64, mtime_ns: i64) -> Self {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         Self {
-            path: abs.as_os_str().as_encoded_bytes().to_vec(),
-            size: meta.len(),
+            path: abs.into_os_string().into_encoded_bytes(),
+            size,
             mtime_ns,
         }
     }
@@ -106,6 +148,74 @@ impl FileKey {
     pub fn stat(path: &Path) -> std::io::Result<Self> {
         Ok(Self::new(path, &std::fs::metadata(path)?))
     }
+
+    /// [`FileKey::stat`] for many paths (`None` where it fails). A folder met for a second
+    /// file in a row is opened once and the rest of the run looked up in it (`fstatat`),
+    /// rather than the whole path resolved again for every file: reopening a folder stats a
+    /// million files.
+    pub fn stat_many<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<Option<Self>> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::ffi::OsStrExt;
+            // The folder of the last path, and (from its second file on) the folder opened.
+            let mut last: Option<&Path> = None;
+            let mut opened: Option<Option<std::fs::File>> = None;
+            let mut keys = Vec::new();
+            for path in paths {
+                let (parent, name) = (path.parent(), path.file_name());
+                let same = parent.is_some() && parent == last;
+                last = parent;
+                let (Some(parent), Some(name), true) = (parent, name, same) else {
+                    opened = None;
+                    keys.push(Self::stat(path).ok());
+                    continue;
+                };
+                let dir = opened.get_or_insert_with(|| {
+                    let dir = if parent.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        parent
+                    };
+                    std::fs::File::open(dir).ok()
+                });
+                let key = match (dir.as_ref(), std::ffi::CString::new(name.as_bytes())) {
+                    (Some(dir), Ok(name)) => {
+                        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                        // SAFETY: a valid directory descriptor, a NUL-terminated name and room
+                        // for the answer; `st` is read only when the call succeeded.
+                        let ok = unsafe {
+                            libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), 0)
+                        } == 0;
+                        ok.then(|| {
+                            // SAFETY: fstatat succeeded and filled it.
+                            let st = unsafe { st.assume_init() };
+                            Self::of(
+                                path,
+                                st.st_size as u64,
+                                mtime_ns(st.st_mtime, st.st_mtime_nsec),
+                            )
+                        })
+                    }
+                    _ => Self::stat(path).ok(),
+                };
+                keys.push(key);
+            }
+            keys
+        }
+        #[cfg(not(unix))]
+        paths.into_iter().map(|p| Self::stat(p).ok()).collect()
+    }
+}
+
+/// A modification time (seconds and nanoseconds since the epoch) in nanoseconds; 0 before
+/// the epoch, saturating far after it.
+#[cfg(unix)]
+fn mtime_ns(secs: i64, nsec: i64) -> i64 {
+    if secs < 0 {
+        return 0;
+    }
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 /// An outcome found in the store.
@@ -190,6 +300,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(sql)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+    // `rarray(?)`: looking up a batch of paths in one statement.
+    load_module(&conn).map_err(sql)?;
     // Switching to WAL and creating the schema can be answered "database is locked" at once,
     // without the busy handler, while another process does the same to a new store (SQLite
     // refuses rather than risk a deadlock). Those steps are idempotent: retry them for a while.
@@ -298,33 +410,38 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         )
         .map_err(sql)?;
     }
-    if found < 1
-        && let Err(e) = conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS files (
-                 path BLOB PRIMARY KEY,
-                 size INTEGER NOT NULL,
-                 mtime_ns INTEGER NOT NULL,
-                 hash BLOB NOT NULL,
-                 seen INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS results (
-                 model TEXT NOT NULL,
-                 hash BLOB NOT NULL,
-                 status TEXT NOT NULL,
-                 error TEXT,
-                 info TEXT,
-                 probs BLOB,
-                 dhash BLOB,
-                 version TEXT NOT NULL,
-                 created INTEGER NOT NULL,
-                 unusual REAL,
-                 border REAL,
-                 PRIMARY KEY (model, hash)
-             );
-             PRAGMA user_version = 4;
-             COMMIT;",
+    // Versions 1 to 4 kept both tables with a rowid beside their key: a lookup went through
+    // the key's index, then the table. Rebuilt keyed by path and by (model, hash).
+    if (1..5).contains(&found) {
+        migrate(
+            conn,
+            &format!(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE files_v5 {FILES};
+                 INSERT OR IGNORE INTO files_v5 (path, size, mtime_ns, hash, seen)
+                     SELECT path, size, mtime_ns, hash, seen FROM files;
+                 DROP TABLE files;
+                 ALTER TABLE files_v5 RENAME TO files;
+                 CREATE TABLE results_v5 {RESULTS};
+                 INSERT OR IGNORE INTO results_v5 ({RESULT_COLUMNS})
+                     SELECT {RESULT_COLUMNS} FROM results;
+                 DROP TABLE results;
+                 ALTER TABLE results_v5 RENAME TO results;
+                 PRAGMA user_version = 5;
+                 COMMIT;"
+            ),
+            5,
         )
+        .map_err(sql)?;
+    }
+    if found < 1
+        && let Err(e) = conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS files {FILES};
+             CREATE TABLE IF NOT EXISTS results {RESULTS};
+             PRAGMA user_version = {SCHEMA_VERSION};
+             COMMIT;"
+        ))
     {
         // A failure half-way leaves the transaction open; end it before a retry.
         let _ = conn.execute_batch("ROLLBACK");
@@ -363,55 +480,58 @@ fn blob_to_dhash(b: &[u8]) -> Option<DHash> {
     })
 }
 
-type RawRow = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    String,
-    Option<f64>,
-    Option<f64>,
-);
+/// The eight result columns, borrowed from the row they were read from.
+struct RawRow<'a> {
+    status: &'a str,
+    error: Option<&'a str>,
+    info: Option<&'a str>,
+    probs: Option<&'a [u8]>,
+    dhash: Option<&'a [u8]>,
+    version: &'a str,
+    unusual: Option<f64>,
+    border: Option<f64>,
+}
 
 /// The eight result columns (status, error, info, probs, dhash, version, unusual, border) from
-/// `first` on.
-fn raw_row(r: &rusqlite::Row, first: usize) -> rusqlite::Result<RawRow> {
-    Ok((
-        r.get(first)?,
-        r.get(first + 1)?,
-        r.get(first + 2)?,
-        r.get(first + 3)?,
-        r.get(first + 4)?,
-        r.get(first + 5)?,
-        r.get(first + 6)?,
-        r.get(first + 7)?,
-    ))
+/// `first` on, without copying them; `None` when one has a type this version does not write.
+fn raw_row<'a>(r: &'a rusqlite::Row, first: usize) -> Option<RawRow<'a>> {
+    use rusqlite::types::FromSql;
+    let column = |i: usize| r.get_ref(first + i).ok();
+    let real = |i: usize| Option::<f64>::column_result(column(i)?).ok();
+    Some(RawRow {
+        status: column(0)?.as_str().ok()?,
+        error: column(1)?.as_str_or_null().ok()?,
+        info: column(2)?.as_str_or_null().ok()?,
+        probs: column(3)?.as_blob_or_null().ok()?,
+        dhash: column(4)?.as_blob_or_null().ok()?,
+        version: column(5)?.as_str().ok()?,
+        unusual: real(6)?,
+        border: real(7)?,
+    })
 }
 
 /// Rebuild an outcome from its columns; `None` when the row is not usable (another version's
 /// error, a row this version cannot read).
 fn outcome_from(raw: RawRow) -> Option<(Outcome, Option<DHash>)> {
-    let (status, error, info, probs, dhash, version, unusual, border) = raw;
-    let info: Option<ImageInfo> = match info {
-        Some(text) => Some(serde_json::from_str(&text).ok()?),
+    let info: Option<ImageInfo> = match raw.info {
+        Some(text) => Some(serde_json::from_str(text).ok()?),
         None => None,
     };
-    let dhash = dhash.as_deref().and_then(blob_to_dhash);
-    let outcome = match status.as_str() {
+    let dhash = raw.dhash.and_then(blob_to_dhash);
+    let outcome = match raw.status {
         "done" => Outcome::Scored {
             info: info?,
-            probs: blob_to_f32s(&probs?),
-            unusual: unusual.map(|v| v as f32),
-            border: border.map(|v| v as f32),
+            probs: blob_to_f32s(raw.probs?),
+            unusual: raw.unusual.map(|v| v as f32),
+            border: raw.border.map(|v| v as f32),
         },
         "out of scope" => Outcome::OutOfScope {
             info: info?,
-            reason: error?,
+            reason: raw.error?.to_owned(),
         },
-        "error" if version == env!("CARGO_PKG_VERSION") => Outcome::Failed {
+        "error" if raw.version == env!("CARGO_PKG_VERSION") => Outcome::Failed {
             info,
-            error: error?,
+            error: raw.error?.to_owned(),
         },
         _ => return None,
     };
@@ -567,26 +687,82 @@ impl Store {
 
     /// This model's outcome for the file at `key`, if the file is unchanged since it was stored.
     pub fn by_file(&self, key: &FileKey) -> Option<Hit> {
-        let found = self.with_conn(|c| {
-            c.prepare_cached(
-                "SELECT f.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version, r.unusual,
-                     r.border
-                 FROM files f JOIN results r ON r.hash = f.hash AND r.model = ?1
-                 WHERE f.path = ?2 AND f.size = ?3 AND f.mtime_ns = ?4",
-            )?
-            .query_row(
-                params![self.model, key.path, key.size as i64, key.mtime_ns],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, raw_row(r, 1)?)),
-            )
-            .optional()
-        })??;
-        let hash = u128::from_le_bytes(found.0.as_slice().try_into().ok()?);
-        let (outcome, dhash) = outcome_from(found.1)?;
-        Some(Hit {
-            hash,
-            outcome,
-            dhash,
-        })
+        self.by_files(std::slice::from_ref(key)).pop().flatten()
+    }
+
+    /// [`Store::by_file`] for many files in one statement (one read transaction, one pass of
+    /// the query over an array of paths): reopening a folder of a million stored results
+    /// looks them up a batch at a time. The answer has one place per key, in order.
+    pub fn by_files(&self, keys: &[FileKey]) -> Vec<Option<Hit>> {
+        let mut hits: Vec<Option<Hit>> = keys.iter().map(|_| None).collect();
+        if keys.is_empty() {
+            return hits;
+        }
+        // The keys by path, to find a row's keys (a path may be asked for twice).
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by(|&a, &b| keys[a].path.cmp(&keys[b].path));
+        let paths: Array = Rc::new(
+            order
+                .iter()
+                .map(|&i| Value::Blob(keys[i].path.clone()))
+                .collect(),
+        );
+        self.with_conn(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT f.path, f.size, f.mtime_ns, f.hash, r.status, r.error, r.info, r.probs,
+                     r.dhash, r.version, r.unusual, r.border
+                 FROM rarray(?1) a
+                 JOIN files f ON f.path = a.value
+                 JOIN results r ON r.hash = f.hash AND r.model = ?2",
+            )?;
+            let mut rows = stmt.query(params![paths, self.model])?;
+            let mut at = 0;
+            while let Some(r) = rows.next()? {
+                let path = r.get_ref(0)?.as_blob()?;
+                let (size, mtime_ns): (i64, i64) = (r.get(1)?, r.get(2)?);
+                // The rows come in the array's order as a rule: look where the last one ended
+                // first.
+                let start = if order.get(at).is_some_and(|&i| keys[i].path == path) {
+                    at
+                } else {
+                    order.partition_point(|&i| keys[i].path.as_slice() < path)
+                };
+                let end = start + order[start..].partition_point(|&i| keys[i].path == path);
+                at = end;
+                let same = || {
+                    order[start..end]
+                        .iter()
+                        .copied()
+                        .filter(|&i| keys[i].size as i64 == size && keys[i].mtime_ns == mtime_ns)
+                };
+                if same().next().is_none() {
+                    continue;
+                }
+                let hash = r.get_ref(3)?.as_blob().ok();
+                let Some(hash) = hash.and_then(|h| <[u8; 16]>::try_from(h).ok()) else {
+                    continue;
+                };
+                let Some((outcome, dhash)) = raw_row(r, 4).and_then(outcome_from) else {
+                    continue;
+                };
+                // Moved to the last key that asked for it, copied for any before.
+                let (mut outcome, mut same) = (Some(outcome), same().peekable());
+                while let Some(i) = same.next() {
+                    let outcome = if same.peek().is_some() {
+                        outcome.clone()
+                    } else {
+                        outcome.take()
+                    };
+                    hits[i] = outcome.map(|outcome| Hit {
+                        hash: u128::from_le_bytes(hash),
+                        outcome,
+                        dhash,
+                    });
+                }
+            }
+            Ok(())
+        });
+        hits
     }
 
     /// This model's outcome for a file with these bytes, wherever it was seen.
@@ -597,11 +773,11 @@ impl Store {
                  WHERE model = ?1 AND hash = ?2",
             )?
             .query_row(params![self.model, hash.to_le_bytes().to_vec()], |r| {
-                raw_row(r, 0)
+                Ok(raw_row(r, 0).and_then(outcome_from))
             })
             .optional()
-        })??;
-        let (outcome, dhash) = outcome_from(raw)?;
+        })???;
+        let (outcome, dhash) = raw;
         Some(Hit {
             hash,
             outcome,
@@ -819,12 +995,10 @@ pub fn import(into: &Path, from: &Path) -> Result<Imported, StoreError> {
              mtime_ns = excluded.mtime_ns, hash = excluded.hash, seen = excluded.seen
          WHERE excluded.seen > files.seen",
     )?;
-    let columns =
-        "model, hash, status, error, info, probs, dhash, version, created, unusual, border";
     let results = copy(
-        &format!("SELECT {columns} FROM results"),
+        &format!("SELECT {RESULT_COLUMNS} FROM results"),
         &format!(
-            "INSERT OR IGNORE INTO results ({columns}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT OR IGNORE INTO results ({RESULT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ),
     )?;
     let added = Imported { results, files };

@@ -220,7 +220,7 @@ fn prepare(
         return done(entry, outcome, None, None, false);
     }
     if let Some(store) = reuse
-        && let Some(hit) = restore(&entry, store, force)
+        && let Some((_, hit)) = restore(std::slice::from_ref(&entry), store, force).next()
     {
         return Ready::Done(Scored { index, ..hit });
     }
@@ -273,23 +273,41 @@ fn prepare(
     }
 }
 
-/// Look up one file by path, size and mtime only (no read): what reopening a folder shows
-/// at once. `None` when the store has nothing for it (or it changed).
-pub fn restore(entry: &Entry, store: &Store, force: bool) -> Option<Scored> {
-    if entry.walk_error.is_some() {
-        return None;
-    }
-    let key = FileKey::stat(&entry.path).ok()?;
-    let hit = store.by_file(&key)?;
-    let outcome = usable(hit.outcome, force)?;
-    Some(Scored {
-        index: 0,
-        entry: entry.clone(),
-        outcome,
-        hash: Some(hit.hash),
-        dhash: hit.dhash,
-        cached: true,
-        overlay: None,
+/// Look files up by path, size and mtime only (no read): what reopening a folder shows at
+/// once. One statement for the whole batch ([`Store::by_files`]); each found file comes back
+/// with its index in `entries`. Files the store has nothing for (or that changed) are left out.
+pub fn restore<'a>(
+    entries: &'a [Entry],
+    store: &Store,
+    force: bool,
+) -> impl Iterator<Item = (usize, Scored)> + 'a {
+    let readable = || {
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.walk_error.is_none())
+    };
+    let stats = FileKey::stat_many(readable().map(|(_, e)| e.path.as_path()));
+    let (places, keys): (Vec<usize>, Vec<FileKey>) = readable()
+        .zip(stats)
+        .filter_map(|((i, _), key)| Some((i, key?)))
+        .unzip();
+    let hits = store.by_files(&keys);
+    places.into_iter().zip(hits).filter_map(move |(i, hit)| {
+        let hit = hit?;
+        let outcome = usable(hit.outcome, force)?;
+        Some((
+            i,
+            Scored {
+                index: 0,
+                entry: entries[i].clone(),
+                outcome,
+                hash: Some(hit.hash),
+                dhash: hit.dhash,
+                cached: true,
+                overlay: None,
+            },
+        ))
     })
 }
 

@@ -123,10 +123,8 @@ fn restore_loop(
     tx: &Sender<Event>,
 ) {
     for (first, entries) in batches {
-        let found: Vec<(usize, Scored)> = entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| restore(e, store, force).map(|s| (first + i, s)))
+        let found: Vec<(usize, Scored)> = restore(&entries, store, force)
+            .map(|(i, s)| (first + i, s))
             .collect();
         if !found.is_empty() && tx.send(Event::Restored(found)).is_err() {
             return;

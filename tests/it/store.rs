@@ -496,3 +496,187 @@ fn a_store_readable_by_others_is_reported() {
     assert!(err.contains("chmod 600"), "{err}");
     assert_eq!(stored_count(&err), 2, "{err}");
 }
+
+fn scored_png(width: u32) -> Outcome {
+    Outcome::Scored {
+        info: ImageInfo {
+            format: cxr_triage::imaging::Format::Png,
+            width,
+            height: 30,
+            bit_depth: 8,
+            dicom: None,
+        },
+        probs: vec![0.25, 0.5, 0.25],
+        unusual: None,
+        border: None,
+    }
+}
+
+/// Many files looked up at once answer as each one alone would: in the order asked, a file
+/// asked twice twice, a changed or unknown file not at all.
+#[test]
+fn a_batch_of_lookups_answers_each_file_in_order() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let store = Store::open(&path, "m:1").unwrap();
+    let mut keys = Vec::new();
+    for i in 0..40u32 {
+        let file = dir.path().join(format!("img-{i}.png"));
+        write_png8(&file, 30, 30);
+        let key = FileKey::stat(&file).unwrap();
+        if i % 4 != 3 {
+            store.put(key.clone(), u128::from(i) + 1, &scored_png(i), None);
+        }
+        keys.push(key);
+    }
+    store.flush();
+    // Changed since it was stored: another size.
+    keys[5].size += 1;
+    let mut asked: Vec<FileKey> = keys.iter().rev().cloned().collect();
+    asked.push(keys[8].clone());
+    let hits = store.by_files(&asked);
+    assert_eq!(hits.len(), asked.len());
+    for (key, hit) in asked.iter().zip(&hits) {
+        let alone = store.by_file(key);
+        assert_eq!(hit.as_ref().map(|h| h.hash), alone.as_ref().map(|h| h.hash));
+        assert_eq!(
+            hit.as_ref().map(|h| &h.outcome),
+            alone.as_ref().map(|h| &h.outcome)
+        );
+    }
+    let width = |h: &Option<cxr_triage::results::store::Hit>| match h.as_ref().map(|h| &h.outcome) {
+        Some(Outcome::Scored { info, .. }) => Some(info.width),
+        _ => None,
+    };
+    let expected: Vec<Option<u32>> = asked
+        .iter()
+        .map(|k| {
+            let i = keys.iter().position(|x| x == k)? as u32;
+            (i % 4 != 3 && i != 5).then_some(i)
+        })
+        .collect();
+    assert_eq!(hits.iter().map(width).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        width(&hits[40]),
+        Some(8),
+        "a file asked twice is answered twice"
+    );
+    assert!(hits[39 - 5].is_none(), "a changed file is not answered");
+    assert!(store.by_files(&[]).is_empty());
+}
+
+/// Schema 4 kept both tables with a rowid: opening one rebuilds them keyed by path and by
+/// (model, hash), keeping every file and result.
+#[test]
+fn a_schema_4_store_is_rebuilt_without_rowids_and_keeps_its_results() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let file = dir.path().join("a.png");
+    write_png8(&file, 30, 30);
+    let key = FileKey::stat(&file).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+             hash BLOB NOT NULL, seen INTEGER NOT NULL);
+         CREATE TABLE results (model TEXT NOT NULL, hash BLOB NOT NULL, status TEXT NOT NULL,
+             error TEXT, info TEXT, probs BLOB, dhash BLOB, version TEXT NOT NULL,
+             created INTEGER NOT NULL, unusual REAL, border REAL, PRIMARY KEY (model, hash));
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    let hash = 9u128.to_le_bytes().to_vec();
+    conn.execute(
+        "INSERT INTO files VALUES (?1, ?2, ?3, ?4, 0)",
+        rusqlite::params![key.path, key.size as i64, key.mtime_ns, hash],
+    )
+    .unwrap();
+    let probs: Vec<u8> = [0.25f32, 0.5, 0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    conn.execute(
+        "INSERT INTO results VALUES ('m:1', ?1, 'done', NULL, ?2, ?3, NULL, '0.0.1', 0, 0.75, 0.125)",
+        rusqlite::params![
+            hash,
+            r#"{"format":"png","width":30,"height":30,"bit_depth":8,"dicom":null}"#,
+            probs
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path, "m:1").unwrap();
+    let hit = store.by_file(&key).expect("the schema-4 result");
+    assert_eq!(hit.hash, 9);
+    match hit.outcome {
+        Outcome::Scored {
+            probs,
+            unusual,
+            border,
+            ..
+        } => {
+            assert_eq!(probs, [0.25, 0.5, 0.25]);
+            assert_eq!((unusual, border), (Some(0.75), Some(0.125)));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, cxr_triage::results::store::SCHEMA_VERSION);
+    for table in ["files", "results"] {
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{table}: {sql}");
+    }
+}
+
+/// Files stated a folder at a time get the keys each would get alone: folders changing, a
+/// missing file, links followed (a dangling one is missing).
+#[test]
+fn many_files_are_stated_as_each_alone() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let mut paths = Vec::new();
+    for i in 0..5 {
+        let p = dir.path().join(format!("a{i}.png"));
+        write_png8(&p, 10 + i, 10);
+        paths.push(p);
+    }
+    paths.push(dir.path().join("missing.png"));
+    let other = dir.path().join("sub/b.png");
+    write_png8(&other, 12, 12);
+    paths.push(other.clone());
+    paths.push(dir.path().join("a1.png"));
+    paths.push(dir.path().join("a2.png"));
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("link.png");
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        let dangling = dir.path().join("dangling.png");
+        std::os::unix::fs::symlink(dir.path().join("gone.png"), &dangling).unwrap();
+        paths.extend([link, dangling]);
+    }
+    let keys = FileKey::stat_many(paths.iter().map(PathBuf::as_path));
+    let alone: Vec<Option<FileKey>> = paths.iter().map(|p| FileKey::stat(p).ok()).collect();
+    assert_eq!(keys, alone);
+    assert!(keys[5].is_none() && keys.last().unwrap().is_none());
+    assert_eq!(keys.iter().flatten().count(), paths.len() - 2);
+    // The modification time is the one the file system reports, in nanoseconds.
+    let since_epoch = std::fs::metadata(&paths[0])
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    assert_eq!(
+        keys[0].as_ref().unwrap().mtime_ns as u128,
+        since_epoch.as_nanos()
+    );
+}
