@@ -49,9 +49,11 @@ pub struct Item {
     pub entry: Arc<Entry>,
     pub status: Status,
     /// The result, once the model (or the decoder) has had its say: the outcome and the
-    /// file's hashes in one box (a [`Row`] is built from it where one is shown or exported,
-    /// not kept: a million rows were half a gigabyte). It holds PHI only with `--show-phi`.
-    pub result: Option<Box<ItemResult>>,
+    /// file's hashes in one allocation (a [`Row`] is built from it where one is shown or
+    /// exported, not kept: a million rows were half a gigabyte). A failure with nothing but its
+    /// message (an empty file, a file that is not an image) is shared by every item that
+    /// failed the same way ([`App`] keeps one of each). It holds PHI only with `--show-phi`.
+    pub result: Option<Arc<ItemResult>>,
     /// Index of the predicted label (16 bits, like `truth`: a million items are listed; a
     /// manifest has at most 65,535 labels). Set exactly when the result is a score.
     predicted: Option<u16>,
@@ -60,12 +62,78 @@ pub struct Item {
     truth: Option<u16>,
 }
 
-/// What an item keeps once read: one allocation per file (a million are listed).
+/// What an item keeps once read: at most one allocation per file (a million are listed).
 #[derive(Clone, Debug)]
 pub struct ItemResult {
     pub outcome: Outcome,
+    /// Content hash (xxh3-128) in two halves, when the file could be read: a `u128` would
+    /// align the whole result to 16 bytes.
+    hash: Option<[u64; 2]>,
+    /// Difference hash (near duplicates), when the file could be decoded.
+    dhash: Option<crate::imaging::dhash::DHash>,
+}
+
+impl ItemResult {
+    pub fn new(
+        outcome: Outcome,
+        hash: Option<u128>,
+        dhash: Option<crate::imaging::dhash::DHash>,
+    ) -> Self {
+        Self {
+            outcome,
+            hash: hash.map(|h| [h as u64, (h >> 64) as u64]),
+            dhash: hash.and(dhash),
+        }
+    }
+
     /// Content hash and difference hash (for duplicates), when the file could be read.
-    pub hashes: Option<(u128, Option<crate::imaging::dhash::DHash>)>,
+    pub fn hashes(&self) -> Option<(u128, Option<crate::imaging::dhash::DHash>)> {
+        let [low, high] = self.hash?;
+        Some((u128::from(low) | u128::from(high) << 64, self.dhash))
+    }
+
+    /// A failure with nothing but its message and the file's content hash (when it was read):
+    /// the same result for every file with those bytes, or unread, that failed so.
+    fn bare_failure(&self) -> Option<(&str, Option<[u64; 2]>)> {
+        match &self.outcome {
+            Outcome::Failed { info: None, error } if self.dhash.is_none() => {
+                Some((error, self.hash))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The bare failures ([`ItemResult::bare_failure`]) seen so far, one of each, for the items
+/// to share: a folder of a million empty files, or of files that are not images, keeps a
+/// result or a few, not a million.
+#[derive(Debug, Default)]
+pub struct Failures {
+    seen: HashMap<(String, Option<[u64; 2]>), Arc<ItemResult>>,
+}
+
+impl Failures {
+    /// At most this many are kept (a message that names its file is never met again; past
+    /// this, a failure keeps its own result).
+    pub const MAX: usize = 4096;
+
+    /// `result`, or the same failure met before.
+    fn share(&mut self, result: ItemResult) -> Arc<ItemResult> {
+        let Some((error, hash)) = result.bare_failure() else {
+            return Arc::new(result);
+        };
+        // Looked up by borrowed parts would need a key type of its own; the copy is one
+        // short string per failure, dropped at once.
+        let key = (error.to_owned(), hash);
+        if let Some(shared) = self.seen.get(&key) {
+            return shared.clone();
+        }
+        let result = Arc::new(result);
+        if self.seen.len() < Self::MAX {
+            self.seen.insert(key, result.clone());
+        }
+        result
+    }
 }
 
 impl Item {
@@ -545,6 +613,8 @@ pub struct App {
     pub heat: HeatState,
     /// The summary counts, kept up to date item by item (see [`App::summary`]).
     counts: Tally,
+    /// One result for each way of failing with nothing else to keep, shared by the items.
+    failures: Failures,
     /// The items in name order, whatever order the walk sent them in.
     names: NameOrder,
     /// Some item sits in a folder below the root (the list shows a folder column).
@@ -794,6 +864,7 @@ impl App {
             },
             heat: HeatState::default(),
             counts,
+            failures: Failures::default(),
             names: NameOrder::default(),
             has_folders: false,
         }
@@ -841,7 +912,7 @@ impl App {
             .iter()
             .enumerate()
             .filter_map(|(index, item)| {
-                let (hash, dhash) = item.result.as_ref()?.hashes?;
+                let (hash, dhash) = item.result.as_ref()?.hashes()?;
                 Some(crate::review::Candidate { index, hash, dhash })
             })
             .collect();
@@ -1014,10 +1085,11 @@ impl App {
             Outcome::OutOfScope { .. } => Status::OutOfScope,
         };
         item.predicted = (item.status == Status::Done).then(|| argmax(outcome.probs()) as u16);
-        item.result = Some(Box::new(ItemResult {
+        item.result = Some(self.failures.share(ItemResult::new(
             outcome,
-            hashes: scored.hash.map(|hash| (hash, scored.dhash)),
-        }));
+            scored.hash,
+            scored.dhash,
+        )));
         let after = self.count_of(&self.items[index]);
         self.counts.remove(&before);
         self.counts.add(&after);
@@ -1905,10 +1977,81 @@ mod tests {
             "{}",
             std::mem::size_of::<Outcome>()
         );
+        // The hashes in 64-bit halves: no 16-byte alignment (it was 144 with a u128).
         assert!(
-            std::mem::size_of::<ItemResult>() <= 144,
+            std::mem::size_of::<ItemResult>() <= 128,
             "{}",
             std::mem::size_of::<ItemResult>()
+        );
+        assert_eq!(std::mem::align_of::<ItemResult>(), 8);
+    }
+
+    #[test]
+    fn a_failure_with_nothing_but_its_message_is_kept_once() {
+        let mut failures = Failures::default();
+        let failed = |m: &str, hash| {
+            let outcome = Outcome::Failed {
+                info: None,
+                error: m.into(),
+            };
+            ItemResult::new(outcome, hash, None)
+        };
+        let a = failures.share(failed("empty file", None));
+        let b = failures.share(failed("empty file", None));
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = failures.share(failed("not an image", None));
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(other.outcome.message(), Some("not an image"));
+        // A file that was read shares only with files of the same bytes.
+        let read = failures.share(failed("empty file", Some(u128::MAX - 5)));
+        assert!(!Arc::ptr_eq(&a, &read));
+        assert_eq!(read.hashes(), Some((u128::MAX - 5, None)));
+        let same_bytes = failures.share(failed("empty file", Some(u128::MAX - 5)));
+        assert!(Arc::ptr_eq(&read, &same_bytes));
+        let other_bytes = failures.share(failed("empty file", Some(3)));
+        assert!(!Arc::ptr_eq(&read, &other_bytes));
+        // A failure with image facts or a difference hash keeps its own result.
+        let decoded = || {
+            ItemResult::new(
+                Outcome::Failed {
+                    info: None,
+                    error: "empty file".into(),
+                },
+                Some(3),
+                Some([0; 4]),
+            )
+        };
+        assert!(!Arc::ptr_eq(
+            &failures.share(decoded()),
+            &failures.share(decoded())
+        ));
+        // Past the limit, a new message is kept but not shared.
+        for i in 0..Failures::MAX {
+            failures.share(failed(&format!("failure {i}"), None));
+        }
+        assert_eq!(failures.seen.len(), Failures::MAX);
+        let (x, y) = (
+            failures.share(failed("late", None)),
+            failures.share(failed("late", None)),
+        );
+        assert!(!Arc::ptr_eq(&x, &y));
+        assert!(Arc::ptr_eq(&a, &failures.share(failed("empty file", None))));
+    }
+
+    #[test]
+    fn a_result_keeps_both_hashes() {
+        let outcome = || Outcome::Failed {
+            info: None,
+            error: "x".into(),
+        };
+        let both = ItemResult::new(outcome(), Some(u128::MAX / 3), Some([1, 2, 3, u64::MAX]));
+        assert_eq!(
+            both.hashes(),
+            Some((u128::MAX / 3, Some([1, 2, 3, u64::MAX])))
+        );
+        assert_eq!(
+            ItemResult::new(outcome(), None, Some([1; 4])).hashes(),
+            None
         );
     }
 
