@@ -330,24 +330,23 @@ fn a_stored_score_comes_back_exactly() {
     assert!(Store::open(&path, "m:2").unwrap().by_file(&key).is_none());
 }
 
-/// A store written before the unusual-input score (schema 1) opens, gains the column, and its
-/// results still come back (without a score).
-#[test]
-fn a_schema_1_store_is_migrated_and_keeps_its_results() {
-    let dir = tempdir();
-    let path = dir.path().join("store.sqlite3");
-    let file = dir.path().join("a.png");
+/// A store of an older schema `version` (the tables of schema 1 with the result columns
+/// `added` since, e.g. `"unusual REAL,"`) holding a PNG `a.png` made in `dir` (content hash 9)
+/// and its score for model `m:1`; `more` ends the result's values (`", 0.5"`).
+fn old_store(dir: &Path, version: i64, added: &str, more: &str) -> (PathBuf, FileKey) {
+    let path = dir.join("store.sqlite3");
+    let file = dir.join("a.png");
     write_png8(&file, 30, 30);
     let key = FileKey::stat(&file).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
              hash BLOB NOT NULL, seen INTEGER NOT NULL);
          CREATE TABLE results (model TEXT NOT NULL, hash BLOB NOT NULL, status TEXT NOT NULL,
              error TEXT, info TEXT, probs BLOB, dhash BLOB, version TEXT NOT NULL,
-             created INTEGER NOT NULL, PRIMARY KEY (model, hash));
-         PRAGMA user_version = 1;",
-    )
+             created INTEGER NOT NULL, {added} PRIMARY KEY (model, hash));
+         PRAGMA user_version = {version};"
+    ))
     .unwrap();
     let hash = 9u128.to_le_bytes().to_vec();
     conn.execute(
@@ -360,7 +359,9 @@ fn a_schema_1_store_is_migrated_and_keeps_its_results() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     conn.execute(
-        "INSERT INTO results VALUES ('m:1', ?1, 'done', NULL, ?2, ?3, NULL, '0.0.1', 0)",
+        &format!(
+            "INSERT INTO results VALUES ('m:1', ?1, 'done', NULL, ?2, ?3, NULL, '0.0.1', 0{more})"
+        ),
         rusqlite::params![
             hash,
             r#"{"format":"png","width":30,"height":30,"bit_depth":8,"dicom":null}"#,
@@ -368,7 +369,22 @@ fn a_schema_1_store_is_migrated_and_keeps_its_results() {
         ],
     )
     .unwrap();
-    drop(conn);
+    (path, key)
+}
+
+fn schema_of(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A store written before the unusual-input score (schema 1) opens, gains the column, and its
+/// results still come back (without a score).
+#[test]
+fn a_schema_1_store_is_migrated_and_keeps_its_results() {
+    let dir = tempdir();
+    let (path, key) = old_store(dir.path(), 1, "", "");
     let store = Store::open(&path, "m:1").unwrap();
     let hit = store.by_file(&key).expect("the schema-1 result");
     match hit.outcome {
@@ -378,11 +394,7 @@ fn a_schema_1_store_is_migrated_and_keeps_its_results() {
         }
         other => panic!("{other:?}"),
     }
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, cxr_triage::results::store::SCHEMA_VERSION);
+    assert_eq!(schema_of(&path), cxr_triage::results::store::SCHEMA_VERSION);
 }
 
 /// Schema 2 stores kept DICOM patient IDs: opening one removes them from every file of the
@@ -570,40 +582,7 @@ fn a_batch_of_lookups_answers_each_file_in_order() {
 #[test]
 fn a_schema_4_store_is_rebuilt_without_rowids_and_keeps_its_results() {
     let dir = tempdir();
-    let path = dir.path().join("store.sqlite3");
-    let file = dir.path().join("a.png");
-    write_png8(&file, 30, 30);
-    let key = FileKey::stat(&file).unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE files (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-             hash BLOB NOT NULL, seen INTEGER NOT NULL);
-         CREATE TABLE results (model TEXT NOT NULL, hash BLOB NOT NULL, status TEXT NOT NULL,
-             error TEXT, info TEXT, probs BLOB, dhash BLOB, version TEXT NOT NULL,
-             created INTEGER NOT NULL, unusual REAL, border REAL, PRIMARY KEY (model, hash));
-         PRAGMA user_version = 4;",
-    )
-    .unwrap();
-    let hash = 9u128.to_le_bytes().to_vec();
-    conn.execute(
-        "INSERT INTO files VALUES (?1, ?2, ?3, ?4, 0)",
-        rusqlite::params![key.path, key.size as i64, key.mtime_ns, hash],
-    )
-    .unwrap();
-    let probs: Vec<u8> = [0.25f32, 0.5, 0.25]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    conn.execute(
-        "INSERT INTO results VALUES ('m:1', ?1, 'done', NULL, ?2, ?3, NULL, '0.0.1', 0, 0.75, 0.125)",
-        rusqlite::params![
-            hash,
-            r#"{"format":"png","width":30,"height":30,"bit_depth":8,"dicom":null}"#,
-            probs
-        ],
-    )
-    .unwrap();
-    drop(conn);
+    let (path, key) = old_store(dir.path(), 4, "unusual REAL, border REAL,", ", 0.75, 0.125");
     let store = Store::open(&path, "m:1").unwrap();
     let hit = store.by_file(&key).expect("the schema-4 result");
     assert_eq!(hit.hash, 9);
@@ -620,11 +599,8 @@ fn a_schema_4_store_is_rebuilt_without_rowids_and_keeps_its_results() {
         other => panic!("{other:?}"),
     }
     drop(store);
+    assert_eq!(schema_of(&path), cxr_triage::results::store::SCHEMA_VERSION);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, cxr_triage::results::store::SCHEMA_VERSION);
     for table in ["files", "results"] {
         let sql: String = conn
             .query_row(
