@@ -32,6 +32,33 @@ const STAGES: [(usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 320),
 ];
 const STEM: usize = 32;
+
+/// Widths of the maps the unusual-input score summarises: the stem, then each stage.
+pub const STAGE_WIDTHS: [usize; 8] = [32, 16, 24, 40, 80, 112, 192, 320];
+
+/// (index of the block that ends a stage, its width), in order.
+fn stage_ends() -> std::iter::Peekable<impl Iterator<Item = (usize, usize)>> {
+    STAGES
+        .iter()
+        .scan(0, |blocks, &(repeats, _, _, _, width)| {
+            *blocks += repeats;
+            Some((*blocks - 1, width))
+        })
+        .peekable()
+}
+/// `sum of f(v)` over `v` in eight lanes, so that the compiler can vectorise it.
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += f(x);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// Width of the pooled features (the classifier's input).
 pub const FEATURES: usize = 1280;
 const EPS: f64 = 1e-3;
@@ -330,25 +357,72 @@ impl EfficientNetLite {
     }
 
     /// The folded network over a batch (see [`kernels::batch`]).
-    fn infer(&self, (stem, head): &(Folded, Folded), x: &Tensor) -> Result<Tensor> {
-        kernels::batch(x, |img, (cin, h, w), par, threads| {
-            let (mut y, mut oh, mut ow) = kernels::conv_dense(
-                img,
-                stem,
-                (cin, h, w),
-                3,
-                2,
-                Pad::Same,
-                Act::Relu6,
-                None,
-                par,
-            );
-            for block in &self.blocks {
-                (y, oh, ow) = block.infer(&y, (oh, ow), par, threads);
-            }
-            let y = kernels::pointwise(&y, head, oh * ow, Act::Relu6, None, par);
-            (y, (FEATURES, oh, ow))
+    fn infer(&self, folded: &(Folded, Folded), x: &Tensor) -> Result<Tensor> {
+        kernels::batch(x, |img, dims, par, threads| {
+            self.infer_one(folded, img, dims, par, threads, &mut |_, _| {})
         })
+    }
+
+    /// One image through the folded network; `stage` sees the stem's and each stage's output
+    /// map `(map, channels)` on the way.
+    fn infer_one(
+        &self,
+        (stem, head): &(Folded, Folded),
+        img: &[f32],
+        (cin, h, w): (usize, usize, usize),
+        par: Parallelism,
+        threads: usize,
+        stage: &mut dyn FnMut(&[f32], usize),
+    ) -> kernels::Map {
+        let (mut y, mut oh, mut ow) = kernels::conv_dense(
+            img,
+            stem,
+            (cin, h, w),
+            3,
+            2,
+            Pad::Same,
+            Act::Relu6,
+            None,
+            par,
+        );
+        stage(&y, STEM);
+        let mut ends = stage_ends();
+        for (i, block) in self.blocks.iter().enumerate() {
+            (y, oh, ow) = block.infer(&y, (oh, ow), par, threads);
+            if let Some(&(_, width)) = ends.peek().filter(|(end, _)| *end == i) {
+                stage(&y, width);
+                ends.next();
+            }
+        }
+        let y = kernels::pointwise(&y, head, oh * ow, Act::Relu6, None, par);
+        (y, (FEATURES, oh, ow))
+    }
+
+    /// [`EfficientNetLite::stage_t`]'s map (folded network, inference) and, per image, the
+    /// per-channel mean and standard deviation of the stem's and each stage's map (what the
+    /// unusual-input score looks at besides the pooled features): `(n, 2 x sum of
+    /// [`STAGE_WIDTHS`])`, each layer's channels in turn, mean then deviation.
+    pub fn stage_and_statistics(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let Some(folded) = &self.folded else {
+            candle_core::bail!("stage statistics need the folded network");
+        };
+        let (map, stats) = kernels::batch_with(x, |img, dims, par, threads| {
+            let mut stats = Vec::with_capacity(2 * STAGE_WIDTHS.iter().sum::<usize>());
+            let map = self.infer_one(folded, img, dims, par, threads, &mut |map, c| {
+                let hw = map.len() / c;
+                for ch in map.chunks(hw) {
+                    let mean = lane_sum(ch, |v| v) / hw as f32;
+                    let var = lane_sum(ch, |v| (v - mean) * (v - mean)) / hw as f32;
+                    stats.push(mean);
+                    stats.push(var.sqrt());
+                }
+            });
+            (map, stats)
+        })?;
+        let n = stats.len();
+        let d = stats.first().map_or(0, Vec::len);
+        let stats = Tensor::from_vec(stats.concat(), (n, d), x.device())?;
+        Ok((map, stats))
     }
 
     /// The linear classifier on pooled features: logits `(n, labels)`.
@@ -518,8 +592,8 @@ mod tests {
 
     /// Folded inference (direct depthwise kernel) equals the training path in eval mode, with
     /// non-trivial batch-norm statistics, on odd input sizes.
-    #[test]
-    fn folded_inference_matches_unfolded_network() -> Result<()> {
+    /// Lite0 with random weights and non-trivial batch-norm statistics, folded.
+    fn random_folded_net() -> Result<EfficientNetLite> {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let mut net = EfficientNetLite::lite0(1, 3, vb)?;
@@ -542,6 +616,12 @@ mod tests {
             var.set(&v)?;
         }
         net.fold_batchnorm()?;
+        Ok(net)
+    }
+
+    #[test]
+    fn folded_inference_matches_unfolded_network() -> Result<()> {
+        let mut net = random_folded_net()?;
         assert_eq!(net.blocks.len(), 16);
         for (n, s) in [(1, 33), (2, 64)] {
             let x = rand(&[n, 1, s, s], 5);
@@ -564,6 +644,39 @@ mod tests {
             // PyTorch within 1e-4 (tests/it/efficientnet.rs), each kernel within 1e-5 (above).
             assert!(max_rel(&fast, &slow) < 5e-3, "{fast} vs {slow}");
         }
+        Ok(())
+    }
+
+    /// The statistics come from the stem and the end of each stage (widths as listed), the
+    /// map is the plain inference map, and an image's statistics do not depend on its batch.
+    #[test]
+    fn stage_statistics_follow_the_stages() -> Result<()> {
+        let widths: Vec<usize> = std::iter::once(STEM)
+            .chain(STAGES.iter().map(|s| s.4))
+            .collect();
+        assert_eq!(widths, STAGE_WIDTHS);
+        let ends: Vec<usize> = stage_ends().map(|(end, _)| end).collect();
+        assert_eq!(ends, [0, 2, 4, 7, 10, 14, 15]);
+        let net = random_folded_net()?;
+        let x = rand(&[2, 1, 40, 36], 9);
+        let (map, stats) = net.stage_and_statistics(&x)?;
+        let plain = net.stage_t(&x, false)?;
+        assert_eq!(map.dims(), plain.dims());
+        assert!(max_rel(&map, &plain) < 1e-6);
+        let d: usize = 2 * STAGE_WIDTHS.iter().sum::<usize>();
+        assert_eq!(stats.dims(), &[2, d]);
+        let rows = stats.to_vec2::<f32>()?;
+        // Deviations (every second value) are never negative, and not all zero.
+        assert!(rows[0].iter().skip(1).step_by(2).all(|v| *v >= 0.0));
+        assert!(rows[0].iter().skip(1).step_by(2).any(|v| *v > 0.0));
+        let (_, alone) = net.stage_and_statistics(&x.narrow(0, 1, 1)?)?;
+        let alone = alone.to_vec2::<f32>()?;
+        let diff = rows[1]
+            .iter()
+            .zip(&alone[0])
+            .map(|(a, b)| (a - b).abs() / (1.0 + a.abs()))
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "batch changed the statistics by {diff}");
         Ok(())
     }
 }

@@ -695,11 +695,24 @@ pub fn batch<F>(x: &Tensor, one: F) -> Result<Tensor>
 where
     F: Fn(&[f32], (usize, usize, usize), Parallelism, usize) -> Map + Sync,
 {
+    Ok(batch_with(x, |img, dims, par, threads| {
+        (one(img, dims, par, threads), ())
+    })?
+    .0)
+}
+
+/// [`batch`] where each image also gives something besides its map (e.g. statistics of
+/// the maps on the way): the maps as one tensor and the rest in image order.
+pub fn batch_with<F, E>(x: &Tensor, one: F) -> Result<(Tensor, Vec<E>)>
+where
+    F: Fn(&[f32], (usize, usize, usize), Parallelism, usize) -> (Map, E) + Sync,
+    E: Send,
+{
     let (n, cin, h, w) = x.dims4()?;
     let data = x.flatten_all()?.to_vec1::<f32>()?;
     let per = cin * h * w;
     let threads = threads();
-    let maps: Vec<Map> = if n >= threads && threads > 1 {
+    let outs: Vec<(Map, E)> = if n >= threads && threads > 1 {
         let images = n.div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = data
@@ -723,12 +736,20 @@ where
             .map(|img| one(img, (cin, h, w), Parallelism::Rayon(threads), threads))
             .collect()
     };
-    let dims = maps.first().map_or((0, 0, 0), |m| m.1);
-    if maps.iter().any(|m| m.1 != dims) {
+    let dims = outs.first().map_or((0, 0, 0), |m| m.0.1);
+    if outs.iter().any(|m| m.0.1 != dims) {
         candle_core::bail!("images of one batch gave maps of different shapes");
     }
-    let flat: Vec<f32> = maps.into_iter().flat_map(|m| m.0).collect();
-    Tensor::from_vec(flat, (n, dims.0, dims.1, dims.2), x.device())
+    let mut flat = Vec::with_capacity(n * dims.0 * dims.1 * dims.2);
+    let mut extra = Vec::with_capacity(n);
+    for ((map, _), e) in outs {
+        flat.extend(map);
+        extra.push(e);
+    }
+    Ok((
+        Tensor::from_vec(flat, (n, dims.0, dims.1, dims.2), x.device())?,
+        extra,
+    ))
 }
 
 /// Threads for inference.

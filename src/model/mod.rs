@@ -107,7 +107,7 @@ impl Model {
         let mut net = build_net(&manifest, vb).map_err(|e| ModelError::Weights(e.to_string()))?;
         net.prepare_inference()?;
         let unusual = match &manifest.unusual {
-            Some(_) => Some(read_unusual(weights, &device)?),
+            Some(spec) => Some(read_unusual(weights, &device, spec, &net)?),
             None => None,
         };
         Ok(Self {
@@ -152,13 +152,15 @@ impl Model {
         if planes.is_empty() {
             return Ok(Vec::new());
         }
-        let map = self.stage(planes)?;
+        let layers = self.unusual.as_ref().map_or(1, |u| u.layers.len());
+        let x = input_tensor(planes, &self.manifest.input, &self.device)?;
+        let (map, stats) = self.net.stage_parts(&x, layers > 1)?;
         let features = map.mean((2, 3))?;
         let logits = self.net.head(&features)?;
         let probs = probabilities(&logits, &self.manifest)?.to_vec2::<f32>()?;
         let unusual = match (&self.unusual, &self.manifest.unusual) {
             (Some(u), Some(spec)) => u
-                .distances(&features)?
+                .scores(&unusual_layers(features.clone(), stats)?)?
                 .into_iter()
                 .map(|d| Some(d / spec.threshold))
                 .collect(),
@@ -214,10 +216,13 @@ impl Model {
         Ok(n)
     }
 
-    /// Pooled features (the classifier's input) for a batch of planes: `(n, d)`.
-    pub fn features(&self, planes: &[Vec<f32>]) -> Result<Tensor, ModelError> {
+    /// The features an unusual-input score is fitted on, one tensor `(n, d_l)` per layer:
+    /// for EfficientNet the stem's and each stage's per-channel mean and deviation, then the
+    /// pooled features; for the other networks the pooled features alone.
+    pub fn unusual_features(&self, planes: &[Vec<f32>]) -> Result<Vec<Tensor>, ModelError> {
         let x = input_tensor(planes, &self.manifest.input, &self.device)?;
-        Ok(self.net.features_t(&x, false)?)
+        let (map, stats) = self.net.stage_parts(&x, true)?;
+        unusual_layers(map.mean((2, 3))?, stats)
     }
 }
 
@@ -249,6 +254,30 @@ impl Net {
             Net::EfficientNet(n) => n.fold_batchnorm(),
             Net::CxrNet(n) => n.fold_batchnorm(),
             Net::DenseNet(n) => n.fold_batchnorm(),
+        }
+    }
+
+    /// The last stage's map at inference and, where asked and the network has them (the
+    /// EfficientNet), its stages' statistics for the unusual-input score.
+    pub fn stage_parts(
+        &self,
+        x: &Tensor,
+        stats: bool,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        match self {
+            Net::EfficientNet(n) if stats => {
+                let (map, stats) = n.stage_and_statistics(x)?;
+                Ok((map, Some(stats)))
+            }
+            _ => Ok((self.stage_t(x, false)?, None)),
+        }
+    }
+
+    /// Layers of features the unusual-input score can use (see [`Model::unusual_features`]).
+    pub fn unusual_layer_count(&self) -> usize {
+        match self {
+            Net::EfficientNet(_) => efficientnet::STAGE_WIDTHS.len() + 1,
+            _ => 1,
         }
     }
 
@@ -346,8 +375,36 @@ pub fn input_tensor(
     x.broadcast_sub(&mean)?.broadcast_div(&std)
 }
 
-/// The unusual-input tensors of a weights file.
-fn read_unusual(weights: &[u8], device: &Device) -> Result<Unusual, ModelError> {
+/// The unusual-input score's layers: each stage's statistics (where there are any), then the
+/// pooled features.
+fn unusual_layers(features: Tensor, stats: Option<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+    let mut layers = Vec::new();
+    if let Some(stats) = stats {
+        let mut at = 0;
+        for w in efficientnet::STAGE_WIDTHS {
+            layers.push(stats.narrow(1, at, 2 * w)?);
+            at += 2 * w;
+        }
+    }
+    layers.push(features);
+    Ok(layers)
+}
+
+/// The unusual-input tensors of a weights file: one layer under the names from before there
+/// were layers, or `spec.layers` indexed layers and their scales.
+fn read_unusual(
+    weights: &[u8],
+    device: &Device,
+    spec: &unusual::UnusualSpec,
+    net: &Net,
+) -> Result<Unusual, ModelError> {
+    if spec.layers != 1 && spec.layers != net.unusual_layer_count() {
+        return Err(ModelError::Weights(format!(
+            "the manifest's unusual-input score has {} layers of features; this network gives 1 or {}",
+            spec.layers,
+            net.unusual_layer_count()
+        )));
+    }
     let tensors = safetensors::SafeTensors::deserialize(weights)
         .map_err(|e| ModelError::Weights(format!("not a readable safetensors file: {e}")))?;
     let get = |name: &str| -> Result<Tensor, ModelError> {
@@ -358,8 +415,33 @@ fn read_unusual(weights: &[u8], device: &Device) -> Result<Unusual, ModelError> 
         })?;
         Ok(candle_core::safetensors::Load::load(&view, device)?.to_dtype(DType::F32)?)
     };
-    Unusual::from_tensors(get(unusual::WHITEN)?, get(unusual::CENTRES)?)
-        .map_err(|e| ModelError::Weights(e.to_string()))
+    let layer = |whiten: &str, centres: &str| {
+        unusual::Layer::from_tensors(get(whiten)?, get(centres)?)
+            .map_err(|e| ModelError::Weights(e.to_string()))
+    };
+    if spec.layers == 1 {
+        return Ok(Unusual {
+            layers: vec![(layer(unusual::WHITEN, unusual::CENTRES)?, 1.0)],
+        });
+    }
+    let scales = get(unusual::SCALES)?.to_vec1::<f32>()?;
+    if scales.len() != spec.layers || scales.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+        return Err(ModelError::Weights(format!(
+            "`{}` must hold {} positive finite scales, one per layer; it holds {scales:?}",
+            unusual::SCALES,
+            spec.layers
+        )));
+    }
+    let layers = (0..spec.layers)
+        .zip(scales)
+        .map(|(i, s)| {
+            Ok((
+                layer(&unusual::whiten_name(i), &unusual::centres_name(i))?,
+                s,
+            ))
+        })
+        .collect::<Result<_, ModelError>>()?;
+    Ok(Unusual { layers })
 }
 
 /// Refuse weights with NaN or infinite values, and unreadable safetensors, with a clear reason.

@@ -1,12 +1,16 @@
-//! The unusual-input score: how far an image's pooled features lie from the training data.
+//! The unusual-input score: how far an image's features lie from the training data.
 //!
-//! Mahalanobis distance (Lee et al. 2018) with class means and one shared covariance, fitted on
-//! the training images' features (centre view): `d2(f) = min_c |W (f - mu_c)|^2` where
-//! `W = L^-1` and `L L^T` is the covariance, shrunk towards a multiple of the identity so that
-//! it stays invertible with few images. The manifest stores the threshold chosen on `val` (95 %
-//! of val images at or below it); a score is reported as `d2 / threshold`, so above 1 is
-//! unusual: a photo, a CT slice, a lateral view, a child's film, a drawing. Unusual images are
-//! still scored; the flag says "check before trusting".
+//! Mahalanobis distance (Lee et al. 2018) with class means and one shared covariance per
+//! layer, fitted on the training images' features (centre view): `d2(f) = min_c |W (f -
+//! mu_c)|^2` where `W = L^-1` and `L L^T` is the covariance, shrunk towards a multiple of the
+//! identity so that it stays invertible with few images. A network gives one or more layers of
+//! features (the pooled features; for EfficientNet also the per-channel mean and deviation of
+//! the stem's and each stage's map, where texture, noise and contrast show), and each layer's
+//! distance is divided by its own 95th percentile on `val`; the score is the largest of those.
+//! The manifest stores the threshold on that score chosen on `val` (95 % of val images at or
+//! below it); a score is reported as `score / threshold`, so above 1 is unusual: a photo, a CT
+//! slice, a lateral view, a rendered film, an inverted one. Unusual images are still scored;
+//! the flag says "check before trusting".
 
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -15,32 +19,113 @@ use serde::{Deserialize, Serialize};
 pub const SHRINKAGE: f64 = 0.1;
 /// Share of val images that the threshold keeps typical.
 pub const TYPICAL_SHARE: f64 = 0.95;
-/// Tensor names in the weights file.
+/// Tensor names in the weights file: a score of several layers has each layer's
+/// (`unusual.{i}.whiten`, `...centres`) and their scales (`unusual.scales`); a score of one
+/// layer keeps the names from before there were layers (`unusual.whiten`, `unusual.centres`).
+pub fn whiten_name(layer: usize) -> String {
+    format!("unusual.{layer}.whiten")
+}
+pub fn centres_name(layer: usize) -> String {
+    format!("unusual.{layer}.centres")
+}
+pub const SCALES: &str = "unusual.scales";
 pub const WHITEN: &str = "unusual.whiten";
 pub const CENTRES: &str = "unusual.centres";
+
+fn one() -> usize {
+    1
+}
 
 /// The manifest's part: what the tensors are and the threshold.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct UnusualSpec {
-    /// Always `mahalanobis` (pooled features, class means, shared shrunk covariance).
+    /// Always `mahalanobis` (class means, shared shrunk covariance, per layer).
     pub method: String,
-    /// Squared distance at which an image becomes unusual (95th percentile on val).
+    /// Score at which an image becomes unusual (95th percentile on val): the squared distance
+    /// for one layer, the largest scaled one for several.
     pub threshold: f32,
+    /// Layers of features the score combines (1: the pooled features alone).
+    #[serde(default = "one")]
+    pub layers: usize,
     /// How it was fitted, for the record.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fitted_on: String,
 }
 
-/// The fitted score: whitening matrix and whitened class centres.
+/// The fitted score: one [`Layer`] per layer of features, and each layer's scale (its
+/// distances are divided by it before the largest is taken).
 #[derive(Clone, Debug)]
 pub struct Unusual {
+    pub layers: Vec<(Layer, f32)>,
+}
+
+impl Unusual {
+    /// Fit every layer on the train features `(n, d_l)` and scale it by its val distances'
+    /// [`TYPICAL_SHARE`] quantile; returns the score and the val images' scores.
+    pub fn fit(
+        train: &[Tensor],
+        labels: &[usize],
+        k: usize,
+        val: &[Tensor],
+    ) -> Result<(Self, Vec<f32>)> {
+        if train.len() != val.len() || train.is_empty() {
+            candle_core::bail!("{} train and {} val layers", train.len(), val.len());
+        }
+        let mut layers = Vec::new();
+        let mut val_scores: Vec<f32> = Vec::new();
+        for (t, v) in train.iter().zip(val) {
+            let layer = Layer::fit(t, labels, k)?;
+            let d = layer.distances(v)?;
+            let scale = if train.len() == 1 {
+                1.0
+            } else {
+                quantile(&d, TYPICAL_SHARE).max(f32::MIN_POSITIVE)
+            };
+            combine(&mut val_scores, &d, scale);
+            layers.push((layer, scale));
+        }
+        Ok((Self { layers }, val_scores))
+    }
+
+    /// The score of each image: the largest of its layers' scaled distances. `features` holds
+    /// one tensor `(n, d_l)` per layer.
+    pub fn scores(&self, features: &[Tensor]) -> Result<Vec<f32>> {
+        if features.len() != self.layers.len() {
+            candle_core::bail!(
+                "the unusual-input score has {} layers, given {}",
+                self.layers.len(),
+                features.len()
+            );
+        }
+        let mut out = Vec::new();
+        for ((layer, scale), f) in self.layers.iter().zip(features) {
+            combine(&mut out, &layer.distances(f)?, *scale);
+        }
+        Ok(out)
+    }
+}
+
+/// `acc = max(acc, d / scale)` element-wise (`acc` empty: the first layer).
+fn combine(acc: &mut Vec<f32>, d: &[f32], scale: f32) {
+    if acc.is_empty() {
+        acc.extend(d.iter().map(|v| v / scale));
+    } else {
+        acc.iter_mut()
+            .zip(d)
+            .for_each(|(a, v)| *a = a.max(v / scale));
+    }
+}
+
+/// One layer's fit: whitening matrix and whitened class centres.
+#[derive(Clone, Debug)]
+pub struct Layer {
     /// `(d, d)`: rows of `W`.
     pub whiten: Tensor,
     /// `(k, d)`: `W mu_c`.
     pub centres: Tensor,
 }
 
-impl Unusual {
+impl Layer {
     /// Fit on features `(n, d)` with their labels (`k` classes; a class without images is
     /// left out).
     pub fn fit(features: &Tensor, labels: &[usize], k: usize) -> Result<Self> {
@@ -243,7 +328,7 @@ mod tests {
             (v, y)
         };
         let (v, y) = sample(&mut rng, 2000);
-        let fit = Unusual::fit(&Tensor::from_vec(v, (2000, d), &Device::Cpu)?, &y, 2)?;
+        let fit = Layer::fit(&Tensor::from_vec(v, (2000, d), &Device::Cpu)?, &y, 2)?;
         let (v, _) = sample(&mut rng, 1000);
         let val = fit.distances(&Tensor::from_vec(v, (1000, d), &Device::Cpu)?)?;
         let t = quantile(&val, TYPICAL_SHARE);
@@ -253,6 +338,55 @@ mod tests {
         assert!((920..=980).contains(&typical), "{typical} of 1000 typical");
         let far = Tensor::from_vec(vec![25f32; d], (1, d), &Device::Cpu)?;
         assert!(fit.distances(&far)?[0] > 10.0 * t);
+        Ok(())
+    }
+
+    /// Two layers, each scaled by its val quantile: a point typical in one layer and far in the
+    /// other is unusual, in-distribution points stay typical at the val threshold, and the
+    /// score of one layer alone is its plain distance.
+    #[test]
+    fn a_point_far_in_any_layer_is_unusual() -> Result<()> {
+        let mut rng = StdRng::seed_from_u64(5);
+        let cpu = &Device::Cpu;
+        // Layer 0: 8 dims around 0; layer 1: 4 dims around 10, ten times wider.
+        let sample = |rng: &mut StdRng, n: usize| -> Result<Vec<Tensor>> {
+            let a: Vec<f32> = (0..n * 8).map(|_| gauss(rng)).collect();
+            let b: Vec<f32> = (0..n * 4).map(|_| 10.0 + 10.0 * gauss(rng)).collect();
+            Ok(vec![
+                Tensor::from_vec(a, (n, 8), cpu)?,
+                Tensor::from_vec(b, (n, 4), cpu)?,
+            ])
+        };
+        let labels = vec![0; 3000];
+        let (fit, val) = Unusual::fit(
+            &sample(&mut rng, 3000)?,
+            &labels,
+            1,
+            &sample(&mut rng, 1000)?,
+        )?;
+        let t = quantile(&val, TYPICAL_SHARE);
+        // Each layer scaled to its own 95th percentile: the largest of two such is about 1.1-1.3.
+        assert!((1.0..1.5).contains(&t), "threshold {t}");
+        let fresh = fit.scores(&sample(&mut rng, 1000)?)?;
+        let typical = fresh.iter().filter(|&&x| x <= t).count();
+        assert!((920..=980).contains(&typical), "{typical} of 1000 typical");
+        // Typical in layer 1, 6 sigma off in layer 0; then the other way round.
+        let far_a = vec![
+            Tensor::from_vec(vec![6f32; 8], (1, 8), cpu)?,
+            Tensor::from_vec(vec![10f32; 4], (1, 4), cpu)?,
+        ];
+        let far_b = vec![
+            Tensor::from_vec(vec![0f32; 8], (1, 8), cpu)?,
+            Tensor::from_vec(vec![70f32; 4], (1, 4), cpu)?,
+        ];
+        assert!(fit.scores(&far_a)?[0] > 3.0 * t);
+        assert!(fit.scores(&far_b)?[0] > 3.0 * t);
+        assert!(fit.scores(&far_a[..1]).is_err(), "a layer missing");
+        // One layer: the score is the layer's distance, unscaled.
+        let one = sample(&mut rng, 500)?;
+        let (single, val) = Unusual::fit(&one[..1], &labels[..500], 1, &one[..1])?;
+        assert_eq!(single.layers[0].1, 1.0);
+        assert_eq!(val, single.layers[0].0.distances(&one[0])?);
         Ok(())
     }
 

@@ -58,7 +58,8 @@ pub(super) fn fit_unusual(
     batch_done: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<(), TrainError> {
     use crate::model::unusual::{
-        CENTRES, SHRINKAGE, TYPICAL_SHARE, Unusual, UnusualSpec, WHITEN, quantile,
+        CENTRES, SCALES, SHRINKAGE, TYPICAL_SHARE, Unusual, UnusualSpec, WHITEN, centres_name,
+        quantile, whiten_name,
     };
     let started = Instant::now();
     let model = crate::model::Model::load(saved)?;
@@ -66,11 +67,21 @@ pub(super) fn fit_unusual(
     // Train and val go in separate chunks: the progress total counts each split's own.
     let total = train_set.len().div_ceil(FEATURE_CHUNK) + val_planes.len().div_ceil(FEATURE_CHUNK);
     let mut done = 0;
-    let mut features_of = |planes: &[Vec<f32>]| -> Result<Tensor, TrainError> {
-        let t = model.features(planes)?;
+    let mut features_of = |planes: &[Vec<f32>]| -> Result<Vec<Tensor>, TrainError> {
+        let t = model.unusual_features(planes)?;
         done += 1;
         batch_done(0, done, total);
         Ok(t)
+    };
+    // Chunks of layers -> layers of all images.
+    let by_layer = |chunks: Vec<Vec<Tensor>>| -> Result<Vec<Tensor>, TrainError> {
+        let layers = chunks.first().map_or(0, Vec::len);
+        (0..layers)
+            .map(|l| {
+                let parts: Vec<&Tensor> = chunks.iter().map(|c| &c[l]).collect();
+                Ok(Tensor::cat(&parts, 0)?)
+            })
+            .collect()
     };
     let mut parts = Vec::new();
     for chunk in train_set.chunks(FEATURE_CHUNK) {
@@ -80,25 +91,50 @@ pub(super) fn fit_unusual(
             .collect::<Result<_, _>>()?;
         parts.push(features_of(&planes)?);
     }
-    let train_features = Tensor::cat(&parts, 0)?;
+    let train_features = by_layer(parts)?;
     let parts = val_planes
         .chunks(FEATURE_CHUNK)
         .map(&mut features_of)
         .collect::<Result<Vec<_>, _>>()?;
-    let val_features = Tensor::cat(&parts, 0)?;
+    let val_features = by_layer(parts)?;
     let labels: Vec<usize> = train_set.iter().map(|s| s.label).collect();
-    let fit = Unusual::fit(&train_features, &labels, manifest.labels.len())?;
-    let threshold = quantile(&fit.distances(&val_features)?, TYPICAL_SHARE);
+    let (fit, val_scores) = Unusual::fit(
+        &train_features,
+        &labels,
+        manifest.labels.len(),
+        &val_features,
+    )?;
+    let threshold = quantile(&val_scores, TYPICAL_SHARE);
+    let layers = fit.layers.len();
     {
         let mut data = varmap.data().lock().expect("varmap lock");
-        data.insert(WHITEN.into(), Var::from_tensor(&fit.whiten)?);
-        data.insert(CENTRES.into(), Var::from_tensor(&fit.centres)?);
+        if let [(layer, _)] = fit.layers.as_slice() {
+            // One layer keeps the names from before there were layers.
+            data.insert(WHITEN.into(), Var::from_tensor(&layer.whiten)?);
+            data.insert(CENTRES.into(), Var::from_tensor(&layer.centres)?);
+        } else {
+            for (i, (layer, _)) in fit.layers.iter().enumerate() {
+                data.insert(whiten_name(i), Var::from_tensor(&layer.whiten)?);
+                data.insert(centres_name(i), Var::from_tensor(&layer.centres)?);
+            }
+            let scales: Vec<f32> = fit.layers.iter().map(|(_, s)| *s).collect();
+            let scales = Tensor::from_vec(scales, layers, &candle_core::Device::Cpu)?;
+            data.insert(SCALES.into(), Var::from_tensor(&scales)?);
+        }
     }
+    let what = if layers == 1 {
+        "the pooled features".to_string()
+    } else {
+        format!(
+            "{layers} layers (the stem's and each stage's per-channel mean and deviation, the pooled features), each divided by its val 95th percentile, the largest kept"
+        )
+    };
     manifest.unusual = Some(UnusualSpec {
         method: "mahalanobis".into(),
         threshold,
+        layers,
         fitted_on: format!(
-            "{} train images (centre view; class means, shared covariance shrunk {} % to the identity); threshold: {} % of {} val images typical",
+            "{} train images (centre view; {what}; class means, shared covariance shrunk {} % to the identity); threshold: {} % of {} val images typical",
             train_set.len(),
             SHRINKAGE * 100.0,
             (TYPICAL_SHARE * 100.0).round(),
@@ -106,7 +142,7 @@ pub(super) fn fit_unusual(
         ),
     });
     log(&format!(
-        "unusual-input score: fitted on {} train images, threshold {threshold:.1} (95th percentile of val), {:.0} s",
+        "unusual-input score: fitted on {} train images ({layers} layer(s)), threshold {threshold:.4} (95th percentile of val), {:.0} s",
         train_set.len(),
         started.elapsed().as_secs_f64()
     ));
