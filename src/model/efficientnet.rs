@@ -34,7 +34,15 @@ const STAGES: [(usize, usize, usize, usize, usize); 7] = [
 const STEM: usize = 32;
 
 /// Widths of the maps the unusual-input score summarises: the stem, then each stage.
-pub const STAGE_WIDTHS: [usize; 8] = [32, 16, 24, 40, 80, 112, 192, 320];
+pub const STAGE_WIDTHS: [usize; STAGES.len() + 1] = {
+    let mut widths = [STEM; STAGES.len() + 1];
+    let mut i = 0;
+    while i < STAGES.len() {
+        widths[i + 1] = STAGES[i].4;
+        i += 1;
+    }
+    widths
+};
 
 /// (index of the block that ends a stage, its width), in order.
 fn stage_ends() -> std::iter::Peekable<impl Iterator<Item = (usize, usize)>> {
@@ -651,10 +659,7 @@ mod tests {
     /// map is the plain inference map, and an image's statistics do not depend on its batch.
     #[test]
     fn stage_statistics_follow_the_stages() -> Result<()> {
-        let widths: Vec<usize> = std::iter::once(STEM)
-            .chain(STAGES.iter().map(|s| s.4))
-            .collect();
-        assert_eq!(widths, STAGE_WIDTHS);
+        assert_eq!(STAGE_WIDTHS, [32, 16, 24, 40, 80, 112, 192, 320]);
         let ends: Vec<usize> = stage_ends().map(|(end, _)| end).collect();
         assert_eq!(ends, [0, 2, 4, 7, 10, 14, 15]);
         let net = random_folded_net()?;
