@@ -17,7 +17,8 @@
 //! the store shown with `--show-phi` reads it again from the file's header. Schema 3 removed
 //! the patient IDs that earlier versions kept; schema 4 added the border-attention share;
 //! schema 5 keyed both tables without a rowid (one B-tree per lookup, not an index and then
-//! the table: reopening a million stored results searches half as many).
+//! the table: reopening a million stored results searches half as many); schema 6 keeps a copy
+//! of each file's last outcome in its `files` row (see [`FILES`]).
 //!
 //! Durability: WAL journal, writes batched in transactions of at most [`BATCH`] outcomes or
 //! [`FLUSH_EVERY`]; a crash (even `kill -9`) loses at most the batch in flight and never
@@ -40,16 +41,34 @@ use crate::model::Manifest;
 use crate::results::{ImageInfo, Outcome};
 
 /// Schema version, in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
-/// The `files` table: a file's path, size and mtime -> the hash of its bytes. Keyed by path
-/// alone (no rowid): one B-tree to search per lookup.
+pub const SCHEMA_VERSION: i64 = 6;
+/// The `files` table: a file's path, size and mtime -> the hash of its bytes, and a copy of
+/// the outcome last stored for it (`model` and the result columns; NULL when none was). Keyed
+/// by path alone (no rowid): one B-tree to search per lookup.
+///
+/// The copy is what makes reopening a big folder fast: `results` is keyed by content hash, so
+/// a folder's results lie on pages spread over the whole table, one page read per file; a
+/// folder's `files` rows lie together, a page read per dozen files. `results` stays the
+/// reference (a moved or copied file is found there by its content, and another model's
+/// outcome); a copy is always an outcome its model gave for those bytes.
 const FILES: &str = "(
     path BLOB PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     hash BLOB NOT NULL,
-    seen INTEGER NOT NULL
+    seen INTEGER NOT NULL,
+    model TEXT,
+    status TEXT,
+    error TEXT,
+    info TEXT,
+    probs BLOB,
+    dhash BLOB,
+    version TEXT,
+    unusual REAL,
+    border REAL
 ) WITHOUT ROWID";
+/// The columns of `files`, in order.
+const FILE_COLUMNS: &str = "path, size, mtime_ns, hash, seen, model, status, error, info, probs, dhash, version, unusual, border";
 /// The `results` table: (model, content hash) -> outcome, keyed by both (no rowid).
 const RESULTS: &str = "(
     model TEXT NOT NULL,
@@ -68,10 +87,18 @@ const RESULTS: &str = "(
 /// The columns of `results`, in order.
 const RESULT_COLUMNS: &str =
     "model, hash, status, error, info, probs, dhash, version, created, unusual, border";
+/// The columns a file's row copies from its result: the model, then [`raw_row`]'s eight.
+const COPY_COLUMNS: &str = "model, status, error, info, probs, dhash, version, unusual, border";
 /// Largest number of outcomes written in one transaction.
 pub const BATCH: usize = 64;
 /// Longest time an outcome waits in memory before it is written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// Fewest empty copies [`Store::by_files`] fills at once (a write transaction each time):
+/// a reopened folder's batches fill theirs, a single lookup (`scan`'s, one per file) leaves
+/// the row as it is.
+const FILL_AT_LEAST: usize = 32;
+/// How long a writer waits for another process's transaction before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// File name inside the cache folder.
 pub const FILE_NAME: &str = "results.sqlite3";
 
@@ -229,8 +256,9 @@ pub struct Hit {
 struct Pending {
     key: FileKey,
     hash: u128,
-    /// `None`: only the file's path -> hash row (the outcome is already stored).
-    outcome: Option<(Outcome, Option<DHash>)>,
+    outcome: (Outcome, Option<DHash>),
+    /// Written to `results` too (else only to the file's row: the outcome is there already).
+    new_result: bool,
 }
 
 #[derive(Default)]
@@ -299,7 +327,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(sql)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
     // `rarray(?)`: looking up a batch of paths in one statement.
     load_module(&conn).map_err(sql)?;
     // Switching to WAL and creating the schema can be answered "database is locked" at once,
@@ -411,7 +439,8 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(sql)?;
     }
     // Versions 1 to 4 kept both tables with a rowid beside their key: a lookup went through
-    // the key's index, then the table. Rebuilt keyed by path and by (model, hash).
+    // the key's index, then the table. Rebuilt keyed by path and by (model, hash), `files`
+    // with schema 6's columns (filled below).
     if (1..5).contains(&found) {
         migrate(
             conn,
@@ -431,6 +460,32 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                  COMMIT;"
             ),
             5,
+        )
+        .map_err(sql)?;
+    }
+    // Version 5 kept no copy of a file's outcome in its row (see `FILES`): the columns are
+    // added (the rebuild above made them already), empty; a file's first lookup fills its
+    // copy ([`Store::by_files`]), so opening stays instant however big the store.
+    if (1..6).contains(&found) {
+        let added: String = if found == 5 {
+            [
+                "model TEXT",
+                "status TEXT",
+                "error TEXT",
+                "info TEXT",
+                "probs BLOB",
+            ]
+            .into_iter()
+            .chain(["dhash BLOB", "version TEXT", "unusual REAL", "border REAL"])
+            .map(|c| format!("ALTER TABLE files ADD COLUMN {c};"))
+            .collect()
+        } else {
+            String::new()
+        };
+        migrate(
+            conn,
+            &format!("BEGIN IMMEDIATE; {added} PRAGMA user_version = 6; COMMIT;"),
+            6,
         )
         .map_err(sql)?;
     }
@@ -508,6 +563,50 @@ fn raw_row<'a>(r: &'a rusqlite::Row, first: usize) -> Option<RawRow<'a>> {
         unusual: real(6)?,
         border: real(7)?,
     })
+}
+
+/// Give the file rows at `paths` that hold no copy yet `model`'s result for their content, if
+/// any: their next lookup reads the row alone. Best effort: when another process is writing,
+/// it is left for another time rather than waited for.
+fn fill_copies(c: &Connection, paths: Array, model: &str) {
+    let fill = || -> rusqlite::Result<()> {
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        c.prepare_cached(&format!(
+            "UPDATE files SET ({COPY_COLUMNS}) = (
+                 SELECT {COPY_COLUMNS} FROM results r WHERE r.model = ?2 AND r.hash = files.hash)
+             WHERE path IN rarray(?1) AND model IS NULL"
+        ))?
+        .execute(params![paths, model])?;
+        c.execute_batch("COMMIT")
+    };
+    let _ = c.busy_timeout(Duration::ZERO);
+    if fill().is_err() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    let _ = c.busy_timeout(BUSY_TIMEOUT);
+}
+
+/// `outcome` for each key in `keys` (of `hits`): moved to the last, copied for any before.
+fn give(
+    hits: &mut [Option<Hit>],
+    keys: impl Iterator<Item = usize>,
+    hash: [u8; 16],
+    outcome: Outcome,
+    dhash: Option<DHash>,
+) {
+    let (mut outcome, mut keys) = (Some(outcome), keys.peekable());
+    while let Some(i) = keys.next() {
+        let outcome = if keys.peek().is_some() {
+            outcome.clone()
+        } else {
+            outcome.take()
+        };
+        hits[i] = outcome.map(|outcome| Hit {
+            hash: u128::from_le_bytes(hash),
+            outcome,
+            dhash,
+        });
+    }
 }
 
 /// Rebuild an outcome from its columns; `None` when the row is not usable (another version's
@@ -690,9 +789,12 @@ impl Store {
         self.by_files(std::slice::from_ref(key)).pop().flatten()
     }
 
-    /// [`Store::by_file`] for many files in one statement (one read transaction, one pass of
-    /// the query over an array of paths): reopening a folder of a million stored results
-    /// looks them up a batch at a time. The answer has one place per key, in order.
+    /// [`Store::by_file`] for many files at once, in two statements: one over an array of
+    /// paths, answered from each file's row where it holds this model's outcome (the rows of a
+    /// folder lie together: a page read per dozen files), then one over an array of content
+    /// hashes for the rest (another model's copy, none, or one this version cannot use).
+    /// Reopening a folder of a million stored results looks them up a batch at a time. The
+    /// answer has one place per key, in order.
     pub fn by_files(&self, keys: &[FileKey]) -> Vec<Option<Hit>> {
         let mut hits: Vec<Option<Hit>> = keys.iter().map(|_| None).collect();
         if keys.is_empty() {
@@ -707,13 +809,16 @@ impl Store {
                 .map(|&i| Value::Blob(keys[i].path.clone()))
                 .collect(),
         );
+        // The keys whose row had no usable copy, with their content hash; the paths of rows
+        // with no copy at all (rows
+        // of a store from before schema 6), to be filled.
+        let mut rest: Vec<([u8; 16], usize)> = Vec::new();
+        let mut empty: Vec<usize> = Vec::new();
         self.with_conn(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT f.path, f.size, f.mtime_ns, f.hash, r.status, r.error, r.info, r.probs,
-                     r.dhash, r.version, r.unusual, r.border
-                 FROM rarray(?1) a
-                 JOIN files f ON f.path = a.value
-                 JOIN results r ON r.hash = f.hash AND r.model = ?2",
+                "SELECT f.path, f.size, f.mtime_ns, f.hash, f.model = ?2, f.status, f.error,
+                     f.info, f.probs, f.dhash, f.version, f.unusual, f.border
+                 FROM rarray(?1) a JOIN files f ON f.path = a.value",
             )?;
             let mut rows = stmt.query(params![paths, self.model])?;
             let mut at = 0;
@@ -729,36 +834,67 @@ impl Store {
                 };
                 let end = start + order[start..].partition_point(|&i| keys[i].path == path);
                 at = end;
-                let same = || {
-                    order[start..end]
-                        .iter()
-                        .copied()
-                        .filter(|&i| keys[i].size as i64 == size && keys[i].mtime_ns == mtime_ns)
-                };
-                if same().next().is_none() {
-                    continue;
-                }
+                let mut same = order[start..end]
+                    .iter()
+                    .copied()
+                    .filter(|&i| keys[i].size as i64 == size && keys[i].mtime_ns == mtime_ns)
+                    .peekable();
                 let hash = r.get_ref(3)?.as_blob().ok();
+                let (Some(hash), Some(&first)) =
+                    (hash.and_then(|h| h.try_into().ok()), same.peek())
+                else {
+                    continue;
+                };
+                let ours = r.get_ref(4)?.as_i64_or_null().ok().flatten();
+                if ours.is_none() {
+                    empty.push(first);
+                }
+                match (ours == Some(1))
+                    .then(|| raw_row(r, 5).and_then(outcome_from))
+                    .flatten()
+                {
+                    Some((outcome, dhash)) => give(&mut hits, same, hash, outcome, dhash),
+                    None => rest.extend(same.map(|i| (hash, i))),
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            rest.sort_unstable();
+            let mut hashes: Vec<Value> =
+                rest.iter().map(|(h, _)| Value::Blob(h.to_vec())).collect();
+            hashes.dedup();
+            let mut stmt = c.prepare_cached(
+                "SELECT r.hash, r.status, r.error, r.info, r.probs, r.dhash, r.version, r.unusual,
+                     r.border
+                 FROM rarray(?1) a JOIN results r ON r.model = ?2 AND r.hash = a.value",
+            )?;
+            let mut rows = stmt.query(params![Rc::new(hashes), self.model])?;
+            while let Some(r) = rows.next()? {
+                let hash = r.get_ref(0)?.as_blob().ok();
                 let Some(hash) = hash.and_then(|h| <[u8; 16]>::try_from(h).ok()) else {
                     continue;
                 };
-                let Some((outcome, dhash)) = raw_row(r, 4).and_then(outcome_from) else {
+                let Some((outcome, dhash)) = raw_row(r, 1).and_then(outcome_from) else {
                     continue;
                 };
-                // Moved to the last key that asked for it, copied for any before.
-                let (mut outcome, mut same) = (Some(outcome), same().peekable());
-                while let Some(i) = same.next() {
-                    let outcome = if same.peek().is_some() {
-                        outcome.clone()
-                    } else {
-                        outcome.take()
-                    };
-                    hits[i] = outcome.map(|outcome| Hit {
-                        hash: u128::from_le_bytes(hash),
-                        outcome,
-                        dhash,
-                    });
-                }
+                let start = rest.partition_point(|(h, _)| *h < hash);
+                let end = start + rest[start..].partition_point(|(h, _)| *h == hash);
+                give(
+                    &mut hits,
+                    rest[start..end].iter().map(|&(_, i)| i),
+                    hash,
+                    outcome,
+                    dhash,
+                );
+            }
+            let found: Vec<Value> = empty
+                .iter()
+                .filter(|&&i| hits[i].is_some())
+                .map(|&i| Value::Blob(keys[i].path.clone()))
+                .collect();
+            if found.len() >= FILL_AT_LEAST {
+                fill_copies(c, Rc::new(found), &self.model);
             }
             Ok(())
         });
@@ -785,12 +921,14 @@ impl Store {
         })
     }
 
-    /// Remember that the file at `key` has content `hash` (its outcome is stored already).
-    pub fn record_file(&self, key: FileKey, hash: u128) {
+    /// Remember that the file at `key` has content `hash`, whose `outcome` is stored already
+    /// (found by [`Store::by_hash`]): the file's row gets its copy, `results` is left alone.
+    pub fn record_file(&self, key: FileKey, hash: u128, outcome: &Outcome, dhash: Option<DHash>) {
         self.enqueue(Pending {
             key,
             hash,
-            outcome: None,
+            outcome: (outcome.without_phi(), dhash),
+            new_result: false,
         });
     }
 
@@ -799,7 +937,8 @@ impl Store {
         self.enqueue(Pending {
             key,
             hash,
-            outcome: Some((outcome.without_phi(), dhash)),
+            outcome: (outcome.without_phi(), dhash),
+            new_result: true,
         });
     }
 
@@ -834,10 +973,13 @@ impl Store {
             // (busy timeout) instead of failing when a read lock would need upgrading.
             let tx = rusqlite::Transaction::new_unchecked(c, rusqlite::TransactionBehavior::Immediate)?;
             {
-                let mut file = tx.prepare_cached(
-                    "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (path) DO UPDATE SET size = ?2, mtime_ns = ?3, hash = ?4, seen = ?5",
-                )?;
+                let mut file = tx.prepare_cached(&format!(
+                    "INSERT INTO files ({FILE_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (path) DO UPDATE SET size = ?2, mtime_ns = ?3, hash = ?4,
+                         seen = ?5, model = ?6, status = ?7, error = ?8, info = ?9, probs = ?10,
+                         dhash = ?11, version = ?12, unusual = ?13, border = ?14"
+                ))?;
                 let mut result = tx.prepare_cached(
                     "INSERT OR REPLACE INTO results
                      (model, hash, status, error, info, probs, dhash, version, created, unusual, border)
@@ -845,27 +987,32 @@ impl Store {
                 )?;
                 for p in &items {
                     let hash = p.hash.to_le_bytes().to_vec();
+                    let (outcome, dhash) = &p.outcome;
+                    let (status, error, info, probs, unusual, border) = status_of(outcome);
+                    let info = info.map(|i| serde_json::to_string(i).expect("info serialises"));
+                    let (probs, dhash) = (probs.map(f32s_to_blob), dhash.as_ref().map(dhash_to_blob));
+                    let version = env!("CARGO_PKG_VERSION");
+                    let (unusual, border) = (unusual.map(f64::from), border.map(f64::from));
                     file.execute(params![
                         p.key.path,
                         p.key.size as i64,
                         p.key.mtime_ns,
                         hash,
-                        created
+                        created,
+                        self.model,
+                        status,
+                        error,
+                        info,
+                        probs,
+                        dhash,
+                        version,
+                        unusual,
+                        border
                     ])?;
-                    if let Some((outcome, dhash)) = &p.outcome {
-                        let (status, error, info, probs, unusual, border) = status_of(outcome);
+                    if p.new_result {
                         result.execute(params![
-                            self.model,
-                            hash,
-                            status,
-                            error,
-                            info.map(|i| serde_json::to_string(i).expect("info serialises")),
-                            probs.map(f32s_to_blob),
-                            dhash.as_ref().map(dhash_to_blob),
-                            env!("CARGO_PKG_VERSION"),
-                            created,
-                            unusual.map(f64::from),
-                            border.map(f64::from)
+                            self.model, hash, status, error, info, probs, dhash, version, created,
+                            unusual, border
                         ])?;
                     }
                 }
@@ -952,7 +1099,7 @@ pub fn import(into: &Path, from: &Path) -> Result<Imported, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(src_err)?;
-    src.busy_timeout(Duration::from_secs(5)).map_err(src_err)?;
+    src.busy_timeout(BUSY_TIMEOUT).map_err(src_err)?;
     let found: i64 = src
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(src_err)?;
@@ -989,11 +1136,16 @@ pub fn import(into: &Path, from: &Path) -> Result<Imported, StoreError> {
         Ok(taken)
     };
     let files = copy(
-        "SELECT path, size, mtime_ns, hash, seen FROM files",
-        "INSERT INTO files (path, size, mtime_ns, hash, seen) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (path) DO UPDATE SET size = excluded.size,
-             mtime_ns = excluded.mtime_ns, hash = excluded.hash, seen = excluded.seen
-         WHERE excluded.seen > files.seen",
+        &format!("SELECT {FILE_COLUMNS} FROM files"),
+        &format!(
+            "INSERT INTO files ({FILE_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (path) DO UPDATE SET (size, mtime_ns, hash, seen, {COPY_COLUMNS}) = (
+                 excluded.size, excluded.mtime_ns, excluded.hash, excluded.seen,
+                 excluded.model, excluded.status, excluded.error, excluded.info, excluded.probs,
+                 excluded.dhash, excluded.version, excluded.unusual, excluded.border)
+             WHERE excluded.seen > files.seen"
+        ),
     )?;
     let results = copy(
         &format!("SELECT {RESULT_COLUMNS} FROM results"),

@@ -235,7 +235,7 @@ fn prepare(
         && let Some(hit) = store.by_hash(hash)
         && let Some(outcome) = usable(hit.outcome, force)
     {
-        store.record_file(key.clone(), hash);
+        store.record_file(key.clone(), hash, &outcome, hit.dhash);
         return done(entry, outcome, Some(hash), hit.dhash, true);
     }
     let stored = |entry, outcome: Outcome, dhash| {

@@ -289,8 +289,9 @@ fn a_decode_error_is_kept_for_this_version_only() {
         Some(Outcome::Failed { .. })
     ));
     drop(store);
+    // As if an older version had stored it: the result and the file row's copy of it.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE results SET version = '0.0.1'", [])
+    conn.execute_batch("UPDATE results SET version = '0.0.1'; UPDATE files SET version = '0.0.1';")
         .unwrap();
     drop(conn);
     let store = Store::open(&path, "m:1").unwrap();
@@ -655,4 +656,158 @@ fn many_files_are_stated_as_each_alone() {
         keys[0].as_ref().unwrap().mtime_ns as u128,
         since_epoch.as_nanos()
     );
+}
+
+/// A file's own row answers for the model that stored it last (its copy of the outcome: what
+/// makes reopening a big folder read a page per dozen files, not one per file); the results
+/// table answers for any other model, and a file found by its content gets the copy too.
+#[test]
+fn a_files_row_answers_for_its_last_model_and_the_results_table_for_the_rest() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let key = |name: &str| {
+        let file = dir.path().join(name);
+        write_png8(&file, 30, 30);
+        FileKey::stat(&file).unwrap()
+    };
+    let (a, b, c) = (key("a.png"), key("b.png"), key("c.png"));
+    let width = |store: &Store, k: &FileKey| match store.by_file(k).map(|h| h.outcome) {
+        Some(Outcome::Scored { info, .. }) => Some(info.width),
+        _ => None,
+    };
+    let m1 = Store::open(&path, "m:1").unwrap();
+    m1.put(a.clone(), 1, &scored_png(10), None);
+    m1.put(b.clone(), 2, &scored_png(20), None);
+    m1.flush();
+    let m2 = Store::open(&path, "m:2").unwrap();
+    m2.put(b.clone(), 2, &scored_png(21), None);
+    m2.flush();
+    assert_eq!(width(&m1, &b), Some(20), "b's row holds m:2's outcome now");
+    assert_eq!(width(&m2, &b), Some(21));
+    assert!(m2.by_file(&a).is_none(), "m:2 never scored a");
+    // c has b's bytes: found by content, then its row gets the copy.
+    m1.record_file(c.clone(), 2, &scored_png(20), None);
+    m1.flush();
+    let hits = m1.by_files(&[a.clone(), b.clone(), c.clone()]);
+    let widths: Vec<_> = hits
+        .iter()
+        .map(|h| match h.as_ref().map(|h| &h.outcome) {
+            Some(Outcome::Scored { info, .. }) => Some(info.width),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(widths, [Some(10), Some(20), Some(20)]);
+    assert_eq!(hits[2].as_ref().map(|h| h.hash), Some(2));
+    // Without m:1's results, its copies still answer; b (whose row is m:2's) does not.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("DELETE FROM results WHERE model = 'm:1'", [])
+        .unwrap();
+    drop(conn);
+    let hits = m1.by_files(&[a.clone(), b.clone(), c.clone()]);
+    assert_eq!(
+        hits.iter().map(Option::is_some).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    assert_eq!(width(&m2, &b), Some(21));
+}
+
+/// A copy this version cannot use (another version's decode error) is not the last word: the
+/// results table may hold a newer outcome for the same bytes.
+#[test]
+fn an_unusable_copy_falls_back_to_the_results_table() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let key = |name: &str| {
+        let file = dir.path().join(name);
+        write_png8(&file, 30, 30);
+        FileKey::stat(&file).unwrap()
+    };
+    let (a, d) = (key("a.png"), key("d.png"));
+    let store = Store::open(&path, "m:1").unwrap();
+    let failed = Outcome::Failed {
+        info: None,
+        error: "cannot decode".into(),
+    };
+    store.put(a.clone(), 5, &failed, None);
+    store.flush();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("UPDATE results SET version = '0.0.1'; UPDATE files SET version = '0.0.1';")
+        .unwrap();
+    drop(conn);
+    assert!(store.by_file(&a).is_none(), "an older version's error");
+    // The same bytes scored since (under another path): a's row still holds the old error.
+    store.put(d, 5, &scored_png(30), None);
+    store.flush();
+    match store.by_file(&a).map(|h| h.outcome) {
+        Some(Outcome::Scored { info, .. }) => assert_eq!(info.width, 30),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Schema 5 kept no copy of a file's outcome in its row: opening one adds the (empty)
+/// columns at once, and the result is found through the results table.
+#[test]
+fn a_schema_5_store_gains_the_copy_columns_and_keeps_its_results() {
+    let dir = tempdir();
+    let (path, key) = old_store(dir.path(), 5, "unusual REAL, border REAL,", ", 0.75, 0.125");
+    let store = Store::open(&path, "m:1").unwrap();
+    let hit = store.by_file(&key).expect("the schema-5 result");
+    assert_eq!(hit.hash, 9);
+    assert!(matches!(
+        hit.outcome,
+        Outcome::Scored {
+            unusual: Some(0.75),
+            ..
+        }
+    ));
+    drop(store);
+    assert_eq!(schema_of(&path), cxr_triage::results::store::SCHEMA_VERSION);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let copy: Option<String> = conn
+        .query_row("SELECT model FROM files", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(copy, None, "one lookup alone fills no copy");
+}
+
+/// Rows without a copy (a store from before schema 6) get theirs when a batch of lookups
+/// (a reopened folder's) finds their results: the next reopen reads the rows alone.
+#[test]
+fn a_batch_of_lookups_fills_the_copies_an_older_store_lacks() {
+    let dir = tempdir();
+    let path = dir.path().join("store.sqlite3");
+    let store = Store::open(&path, "m:1").unwrap();
+    let keys: Vec<FileKey> = (0..40u32)
+        .map(|i| {
+            let file = dir.path().join(format!("img-{i}.png"));
+            write_png8(&file, 30, 30);
+            let key = FileKey::stat(&file).unwrap();
+            store.put(key.clone(), u128::from(i) + 1, &scored_png(i), None);
+            key
+        })
+        .collect();
+    store.flush();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let copies = || -> i64 {
+        conn.query_row("SELECT count(*) FROM files WHERE model = 'm:1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(copies(), 40);
+    conn.execute_batch(
+        "UPDATE files SET model = NULL, status = NULL, error = NULL, info = NULL, probs = NULL,
+             dhash = NULL, version = NULL, unusual = NULL, border = NULL",
+    )
+    .unwrap();
+    let before = store.by_files(&keys);
+    assert_eq!(copies(), 40, "the batch filled every copy");
+    let after = store.by_files(&keys);
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!((a.hash, &a.outcome), (b.hash, &b.outcome));
+        assert_eq!(a.outcome, scored_png(i as u32));
+    }
+    // Answered by the rows alone now.
+    conn.execute("DELETE FROM results", []).unwrap();
+    assert!(store.by_files(&keys).iter().all(Option::is_some));
 }
