@@ -21,6 +21,14 @@ first --freeze-blocks blocks (and the stem) not optimised (their batch norms sti
 best epoch by pooled val macro AUC + 0.1 x val accuracy (--select auc) or by the pooled val
 specificity at 95 % COVID-19 sensitivity + 0.1 x macro AUC (--select oppoint). Checkpoint
 after every epoch; --resume continues.
+
+--adversary W (off by default; an experiment, see the model card): a class-conditional source
+adversary. One small head per label predicts, from the pooled features of an image of that label,
+which data set it came from; its gradient reaches the network reversed (gradient reversal, DANN)
+and scaled by W x (2 / (1 + exp(-10 p)) - 1), p the fraction of training done. The network is
+pushed to make a normal film from NIH and a normal film from siim-covid look alike to that head,
+while the classifier still separates the labels. `train` in candle has no adversary: weights
+trained with it would need one before they could ship.
 """
 
 import argparse
@@ -71,6 +79,31 @@ class Block(nn.Module):
         return y + x if self.skip else y
 
 
+class GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return -ctx.scale * g, None
+
+
+class SourceAdversary(nn.Module):
+    """One head per label: P(source | features, label)."""
+
+    def __init__(self, features, labels, sources, hidden=256):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, sources))
+            for _ in range(labels))
+
+    def forward(self, f, y):
+        every = torch.stack([h(f) for h in self.heads], 1)  # batch x labels x sources
+        return every[torch.arange(len(y)), y]
+
+
 class Lite0(nn.Module):
     """EfficientNet-Lite0 with cxr-triage's tensor names (src/model/efficientnet.rs)."""
 
@@ -105,9 +138,10 @@ class Lite0(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean((2, 3))
 
-    def forward(self, x):
+    def forward(self, x, with_features=False):
         f = self.features(x)
-        return self._fc(F.dropout(f, self.dropout, self.training))
+        logits = self._fc(F.dropout(f, self.dropout, self.training))
+        return (logits, f) if with_features else logits
 
 
 def macro_auc(probs, truth, k):
@@ -163,6 +197,9 @@ def main():
     p.add_argument("--select", choices=["auc", "oppoint"], default="auc",
                    help="best epoch by pooled val macro AUC + 0.1 x accuracy (auc), or by the pooled "
                         "val specificity at 95 %% COVID-19 sensitivity + 0.1 x macro AUC (oppoint)")
+    p.add_argument("--adversary", type=float, default=0.0,
+                   help="weight of a class-conditional source adversary through gradient reversal "
+                        "(0: off; see the docstring)")
     p.add_argument("--keep-epochs", action="store_true",
                    help="also write each epoch's weights (OUT.eN.safetensors), to choose on val later")
     args = p.parse_args()
@@ -183,6 +220,7 @@ def main():
 
     y_train = torch.tensor(index["train"]["label"])
     w_train = torch.tensor(index["train"]["weight"], dtype=torch.float32)
+    s_train = torch.tensor(index["train"]["source"])
     y_val = np.array(index["val"]["label"])
     src_val = np.array(index["val"]["source"])
 
@@ -196,6 +234,10 @@ def main():
     print(f"init: {len(copied)} tensors from {args.init.name}; new: {missing}", flush=True)
     frozen = net.frozen_parameters()
     params = [p_ for p_ in net.parameters() if id(p_) not in frozen]
+    adversary = None
+    if args.adversary > 0:
+        adversary = SourceAdversary(1280, k, len(index["sources"]))
+        params += list(adversary.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps = math.ceil(n / args.batch)
     total = steps * args.epochs
@@ -212,6 +254,8 @@ def main():
     if args.resume and ckpt.exists():
         c = torch.load(ckpt)
         net.load_state_dict(c["net"])
+        if adversary is not None:
+            adversary.load_state_dict(c["adversary"])
         opt.load_state_dict(c["opt"])
         start, best, history = c["epoch"], tuple(c["best"]), c["history"]
         print(f"resumed after epoch {start}", flush=True)
@@ -228,13 +272,14 @@ def main():
         order = torch.randperm(n, generator=g).numpy()
         view = epoch % views
         loss_sum, seen, correct = 0.0, 0, 0
+        adv_sum, adv_correct = 0.0, 0.0
         for b in range(steps):
             idx = np.sort(order[b * args.batch:(b + 1) * args.batch])
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps + b)
             x = tensor(np.asarray(train[idx, view]))
             y, w = y_train[idx], w_train[idx]
-            logits = net(x)
+            logits, f = net(x, with_features=True)
             per = F.cross_entropy(logits, y, reduction="none", label_smoothing=0.0)
             if args.label_smoothing > 0:
                 logp = F.log_softmax(logits, 1)
@@ -243,14 +288,25 @@ def main():
                 target.scatter_(1, y[:, None], 1 - args.label_smoothing)
                 per = -(target * logp).sum(1)
             loss = (per * w).sum() / w.sum()
+            if adversary is not None:
+                progress = (epoch * steps + b) / total
+                scale = args.adversary * (2 / (1 + math.exp(-10 * progress)) - 1)
+                s_idx = s_train[idx]
+                adv_logits = adversary(GradReverse.apply(f, scale), y)
+                adv_per = F.cross_entropy(adv_logits, s_idx, reduction="none")
+                adv_loss = (adv_per * w).sum() / w.sum()
+                loss = loss + adv_loss
+                adv_sum += adv_loss.item() * len(idx)
+                adv_correct += (adv_logits.argmax(1) == s_idx).sum().item()
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += (loss.item() - (adv_loss.item() if adversary is not None else 0.0)) * len(idx)
             seen += len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             if b % 20 == 0:
-                print(f"  epoch {epoch + 1} batch {b + 1}/{steps} loss {loss_sum / seen:.4f} "
+                adv = f" adversary loss {adv_sum / seen:.4f} acc {adv_correct / seen:.3f}" if adversary is not None else ""
+                print(f"  epoch {epoch + 1} batch {b + 1}/{steps} loss {loss_sum / seen:.4f}{adv} "
                       f"{seen / (time.time() - t0):.1f} img/s", flush=True)
         net.eval()
         with torch.no_grad():
@@ -269,7 +325,10 @@ def main():
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                         "val_accuracy": acc, "val_macro_auc": auc,
                         "val_specificity_at_95_sensitivity": spec95, "seconds": time.time() - t0})
+        if adversary is not None:
+            history[-1].update(adversary_loss=adv_sum / seen, adversary_accuracy=adv_correct / seen)
         print(f"epoch {epoch + 1}/{args.epochs} train loss {loss_sum / seen:.4f} acc {correct / seen:.3f} "
+              f"{f'adversary loss {adv_sum / seen:.4f} acc {adv_correct / seen:.3f} ' if adversary is not None else ''}"
               f"val acc {acc:.3f} macro AUC {auc:.4f} spec@95 {spec95:.3f} ({time.time() - t0:.0f} s); {'; '.join(per_source)}",
               flush=True)
         if score > best[0]:
@@ -278,6 +337,7 @@ def main():
         if args.keep_epochs:
             export(args.out.with_name(f"{args.out.name}.e{epoch + 1}.safetensors"))
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
+                    "adversary": adversary.state_dict() if adversary is not None else None,
                     "best": list(best), "history": history}, ckpt)
 
     weights = args.out.with_suffix(".safetensors")
@@ -292,7 +352,8 @@ def main():
         "weights": weights.name,
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "trained_on": f"{'+'.join(index['sources'])} train splits (tools/train_twin.py, best epoch "
-                      f"{best[1]} of {args.epochs}, from {base['name']})",
+                      f"{best[1]} of {args.epochs}, from {base['name']}"
+                      f"{f', source adversary {args.adversary}' if args.adversary > 0 else ''})",
     }
     args.out.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
     (args.out.parent / (args.out.name + ".history.json")).write_text(json.dumps(history, indent=2))
