@@ -658,6 +658,13 @@ fn many_files_are_stated_as_each_alone() {
     );
 }
 
+/// The key of a 30x30 PNG `name` made in `dir`.
+fn png_key(dir: &Path, name: &str) -> FileKey {
+    let file = dir.join(name);
+    write_png8(&file, 30, 30);
+    FileKey::stat(&file).unwrap()
+}
+
 /// A file's own row answers for the model that stored it last (its copy of the outcome: what
 /// makes reopening a big folder read a page per dozen files, not one per file); the results
 /// table answers for any other model, and a file found by its content gets the copy too.
@@ -665,11 +672,7 @@ fn many_files_are_stated_as_each_alone() {
 fn a_files_row_answers_for_its_last_model_and_the_results_table_for_the_rest() {
     let dir = tempdir();
     let path = dir.path().join("store.sqlite3");
-    let key = |name: &str| {
-        let file = dir.path().join(name);
-        write_png8(&file, 30, 30);
-        FileKey::stat(&file).unwrap()
-    };
+    let key = |name: &str| png_key(dir.path(), name);
     let (a, b, c) = (key("a.png"), key("b.png"), key("c.png"));
     let width = |store: &Store, k: &FileKey| match store.by_file(k).map(|h| h.outcome) {
         Some(Outcome::Scored { info, .. }) => Some(info.width),
@@ -717,11 +720,7 @@ fn a_files_row_answers_for_its_last_model_and_the_results_table_for_the_rest() {
 fn an_unusable_copy_falls_back_to_the_results_table() {
     let dir = tempdir();
     let path = dir.path().join("store.sqlite3");
-    let key = |name: &str| {
-        let file = dir.path().join(name);
-        write_png8(&file, 30, 30);
-        FileKey::stat(&file).unwrap()
-    };
+    let key = |name: &str| png_key(dir.path(), name);
     let (a, d) = (key("a.png"), key("d.png"));
     let store = Store::open(&path, "m:1").unwrap();
     let failed = Outcome::Failed {
