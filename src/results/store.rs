@@ -468,17 +468,21 @@ fn set_up(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     // copy ([`Store::by_files`]), so opening stays instant however big the store.
     if (1..6).contains(&found) {
         let added: String = if found == 5 {
-            [
+            let columns = [
                 "model TEXT",
                 "status TEXT",
                 "error TEXT",
                 "info TEXT",
                 "probs BLOB",
-            ]
-            .into_iter()
-            .chain(["dhash BLOB", "version TEXT", "unusual REAL", "border REAL"])
-            .map(|c| format!("ALTER TABLE files ADD COLUMN {c};"))
-            .collect()
+                "dhash BLOB",
+                "version TEXT",
+                "unusual REAL",
+                "border REAL",
+            ];
+            columns
+                .iter()
+                .map(|c| format!("ALTER TABLE files ADD COLUMN {c};"))
+                .collect()
         } else {
             String::new()
         };
@@ -809,9 +813,8 @@ impl Store {
                 .map(|&i| Value::Blob(keys[i].path.clone()))
                 .collect(),
         );
-        // The keys whose row had no usable copy, with their content hash; the paths of rows
-        // with no copy at all (rows
-        // of a store from before schema 6), to be filled.
+        // The keys whose row had no usable copy, with their content hash; one key of each row
+        // with no copy at all (a store from before schema 6), to be filled.
         let mut rest: Vec<([u8; 16], usize)> = Vec::new();
         let mut empty: Vec<usize> = Vec::new();
         self.with_conn(|c| {
